@@ -1,0 +1,36 @@
+# One-command set-up: every target installs what it needs (venv, pinned Python and npm packages).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.apiary-installed
+NPM_STAMP := node_modules/.apiary-installed
+PYTEST_ARGS ?=
+
+.PHONY: all deps test demo lint bench clean
+
+all: test
+
+deps: $(PY_STAMP) $(NPM_STAMP)
+
+$(PY_STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: deps
+	$(BIN)/ruff check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: deps
+	$(BIN)/apiary demo
+
+lint: deps
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache runs

@@ -1,0 +1,85 @@
+"""`apiary bench chain`: gas and time of on-chain aggregation on a real anvil devnet."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from apiary.bench.report import machine, median, table
+from apiary.coefficients import block_digest
+from apiary.he import HEContext
+from contracts.binding import SwarmContract
+from contracts.devnet import dev_private_keys, running_devnet
+
+
+def bench_chain(
+    node_counts: Sequence[int] = (3, 5, 10),
+    params: int = 100_000,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Aggregate a real encrypted update of `params` parameters per node, per node count."""
+    say = progress or (lambda _msg: None)
+    he = HEContext.create()
+    rng = np.random.default_rng(seed)
+    keys = dev_private_keys(max(node_counts) + 1)
+    results = []
+    with running_devnet() as devnet:
+        w3 = devnet.web3()
+        for nodes in node_counts:
+            say(f"{nodes} nodes: encrypting {nodes} × {params:,} parameters")
+            updates = [he.encrypt(rng.normal(0, 0.1, params)) for _ in range(nodes)]
+            contract = SwarmContract.deploy(
+                w3, keys[0], param_count=params, modulus=he.modulus, min_peers=nodes
+            )
+            members = [contract.as_account(k) for k in keys[1 : nodes + 1]]
+            for i, member in enumerate(members):
+                contract.add_member(member.sender, f"127.0.0.1:{50100 + i}", bytes([i + 1]) * 32)
+            commit_gas = []
+            for i, (member, blocks) in enumerate(zip(members, updates, strict=True)):
+                tx = member.commit(1, [block_digest(b) for b in blocks], 100 + i)
+                commit_gas.append(tx.gas_used)
+            say(f"{nodes} nodes: aggregating {len(updates[0])} blocks on chain")
+            gas, seconds = [], []
+            relay = members[0]
+            for index in range(len(updates[0])):
+                started = time.perf_counter()
+                tx = relay.aggregate(1, index, [u[index] for u in updates])
+                seconds.append(time.perf_counter() - started)
+                gas.append(tx.gas_used)
+            if not contract.round_info(1).finalized:
+                raise RuntimeError("the benchmark round did not finalize")
+            param_nodes = params * nodes
+            results.append(
+                {
+                    "nodes": nodes,
+                    "params": params,
+                    "blocks": len(gas),
+                    "gas_per_param_per_node": sum(gas) / param_nodes,
+                    "commit_gas_per_param_per_node": sum(commit_gas) / param_nodes,
+                    "seconds_per_100k_params_per_node": sum(seconds) * 100_000 / param_nodes,
+                    "median_seconds_per_block": median(seconds),
+                    "max_gas_per_transaction": max(gas),
+                }
+            )
+    return {"benchmark": "chain", "hardfork": "anvil default", **machine(), "results": results}
+
+
+def format_chain_table(result: dict[str, Any]) -> str:
+    rows = [
+        (
+            r["nodes"],
+            r["params"],
+            r["gas_per_param_per_node"],
+            r["commit_gas_per_param_per_node"],
+            r["seconds_per_100k_params_per_node"],
+            r["max_gas_per_transaction"],
+        )
+        for r in result["results"]
+    ]
+    headers = ("nodes", "params", "gas/param/node", "commit gas/param/node",
+               "s per 100k params/node", "max gas/tx")  # fmt: skip
+    return table(headers, rows) + f"\n(machine: {result['processor']}, {result['cpus']} CPUs)"

@@ -1,0 +1,416 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+/// @title SwarmLearning
+/// @notice Membership, per-round commitments and the on-chain weighted average of
+/// CKKS ciphertexts for the Apiary hospital swarm.
+/// @dev A ciphertext block is 2·N coefficients modulo one prime q, shipped as big-endian
+/// u64 (four per 32-byte word). CKKS is linear in those coefficients, so
+/// Σ wᵢ·ctᵢ mod q, computed coefficient-wise, decrypts to Σ wᵢ·xᵢ. The contract never
+/// sees a key; it checks each ciphertext against the digest its member committed,
+/// computes the sum and emits it. The Python reference of the same arithmetic is
+/// `apiary.coefficients` (weighted_sum, weights_from_sample_counts).
+contract SwarmLearning {
+    /// @notice Upper bound of Σ wᵢ; keeps |Σ wᵢ·xᵢ| far below q / (2·scale).
+    uint256 public constant MAX_WEIGHT_SUM = 1024;
+    /// @notice Most active members at once (bounds the per-coefficient accumulators).
+    uint256 public constant MAX_MEMBERS = 64;
+    /// @notice Largest sample count a member may report for one round.
+    uint256 public constant MAX_SAMPLE_COUNT = 2 ** 32 - 1;
+
+    uint256 private constant _LANE_MASK =
+        0x0000000000000000ffffffffffffffff0000000000000000ffffffffffffffff;
+    uint256 private constant _SLOT_MASK = 0xffffffffffffffffffffffffffffffff;
+
+    struct Member {
+        string endpoint;
+        bytes32 x25519PublicKey;
+        bool active;
+        bool exists;
+    }
+
+    struct Round {
+        address[] committers;
+        uint256 totalSamples;
+        uint256 aggregatedBlocks;
+        bool isSealed;
+        bool isFinalized;
+        mapping(address => uint256) sampleCounts;
+        mapping(address => bytes32[]) digests;
+        mapping(uint256 => bytes32) aggregateDigests;
+    }
+
+    /// @notice CKKS polynomial modulus degree N.
+    uint256 public immutable polyModulusDegree;
+    /// @notice The ciphertext coefficient modulus q (one data prime, < 2^64).
+    uint256 public immutable modulus;
+    /// @notice Plaintext slots per ciphertext block (N / 2).
+    uint256 public immutable slotsPerBlock;
+    /// @notice Parameters of the model every member trains.
+    uint256 public immutable paramCount;
+    /// @notice ceil(paramCount / slotsPerBlock).
+    uint256 public immutable blockCount;
+    /// @notice Bytes of one ciphertext block: 2·N coefficients of 8 bytes.
+    uint256 public immutable blockBytes;
+    /// @notice Fewest contributors a round may be aggregated with.
+    uint256 public immutable minPeers;
+
+    /// @notice The account that adds and removes members.
+    address public admin;
+    /// @notice The round that accepts commits and aggregates now (starts at 1).
+    uint256 public currentRound;
+    /// @notice The last round whose every block is aggregated (0: none yet).
+    uint256 public lastFinalizedRound;
+    /// @notice Active members right now.
+    uint256 public activeMemberCount;
+
+    address[] private _memberList;
+    mapping(address => Member) private _members;
+    mapping(uint256 => Round) private _rounds;
+
+    event MemberAdded(address indexed member, string endpoint, bytes32 x25519PublicKey);
+    event MemberRemoved(address indexed member);
+    event Committed(uint256 indexed round, address indexed member, uint256 sampleCount);
+    event RoundSealed(uint256 indexed round, uint256 contributors, uint256 weightSum);
+    event BlockAggregated(
+        uint256 indexed round,
+        uint256 indexed blockIndex,
+        uint256 weightSum,
+        bytes32 digest,
+        bytes coefficients
+    );
+    event RoundFinalized(uint256 indexed round, uint256 weightSum, bytes32 aggregateRoot);
+
+    error InvalidParameters();
+    error NotAdmin(address caller);
+    error NotMember(address account);
+    error MemberExists(address account);
+    error InvalidMember(address account);
+    error TooManyMembers(uint256 limit);
+    error RoundNotOpen(uint256 round, uint256 currentRound);
+    error RoundSealedAlready(uint256 round);
+    error AlreadyCommitted(uint256 round, address member);
+    error WrongBlockCount(uint256 got, uint256 expected);
+    error InvalidSampleCount(uint256 got);
+    error NothingCommitted(uint256 round);
+    error NotEnoughContributors(uint256 have, uint256 need);
+    error BlockOutOfRange(uint256 blockIndex, uint256 blockCount);
+    error BlockAlreadyAggregated(uint256 round, uint256 blockIndex);
+    error WrongContributionCount(uint256 got, uint256 expected);
+    error WrongCiphertextLength(uint256 index, uint256 got, uint256 expected);
+    error DigestMismatch(uint256 index, address member);
+
+    modifier onlyAdmin() {
+        if (msg.sender != admin) revert NotAdmin(msg.sender);
+        _;
+    }
+
+    modifier onlyActiveMember() {
+        if (!_members[msg.sender].active) revert NotMember(msg.sender);
+        _;
+    }
+
+    modifier onlyCurrentRound(uint256 round) {
+        if (round != currentRound) revert RoundNotOpen(round, currentRound);
+        _;
+    }
+
+    /// @param polyModulusDegree_ CKKS N (a power of two).
+    /// @param modulus_ the data prime q, below 2^64.
+    /// @param paramCount_ parameters of the swarm's model.
+    /// @param minPeers_ fewest contributors per round.
+    constructor(uint256 polyModulusDegree_, uint256 modulus_, uint256 paramCount_, uint256 minPeers_) {
+        if (
+            polyModulusDegree_ < 2 || polyModulusDegree_ & (polyModulusDegree_ - 1) != 0
+                || modulus_ < 2 || modulus_ >= 2 ** 64 || paramCount_ == 0 || minPeers_ == 0
+                || minPeers_ > MAX_MEMBERS
+        ) revert InvalidParameters();
+        polyModulusDegree = polyModulusDegree_;
+        modulus = modulus_;
+        slotsPerBlock = polyModulusDegree_ / 2;
+        paramCount = paramCount_;
+        blockCount = (paramCount_ + polyModulusDegree_ / 2 - 1) / (polyModulusDegree_ / 2);
+        blockBytes = polyModulusDegree_ * 2 * 8;
+        minPeers = minPeers_;
+        admin = msg.sender;
+        currentRound = 1;
+    }
+
+    // ------------------------------------------------------------------ membership
+
+    /// @notice Admit `account` with its gRPC endpoint and X25519 public key.
+    function addMember(address account, string calldata endpoint, bytes32 x25519PublicKey)
+        external
+        onlyAdmin
+    {
+        if (account == address(0) || bytes(endpoint).length == 0 || x25519PublicKey == bytes32(0)) {
+            revert InvalidMember(account);
+        }
+        if (_members[account].exists) revert MemberExists(account);
+        if (activeMemberCount >= MAX_MEMBERS) revert TooManyMembers(MAX_MEMBERS);
+        _members[account] = Member(endpoint, x25519PublicKey, true, true);
+        _memberList.push(account);
+        activeMemberCount += 1;
+        emit MemberAdded(account, endpoint, x25519PublicKey);
+    }
+
+    /// @notice Deactivate `account`: it can no longer commit or aggregate.
+    function removeMember(address account) external onlyAdmin {
+        if (!_members[account].active) revert NotMember(account);
+        _members[account].active = false;
+        activeMemberCount -= 1;
+        emit MemberRemoved(account);
+    }
+
+    /// @notice A member's record (inactive and unknown accounts return active = false).
+    function member(address account)
+        external
+        view
+        returns (string memory endpoint, bytes32 x25519PublicKey, bool active)
+    {
+        Member storage m = _members[account];
+        return (m.endpoint, m.x25519PublicKey, m.active);
+    }
+
+    /// @notice Every account ever admitted, in admission order.
+    function memberAddresses() external view returns (address[] memory) {
+        return _memberList;
+    }
+
+    /// @notice The active members in admission order, rotated so the round's relay is first.
+    /// @dev The relay is chosen from chain state only, so every node computes the same one;
+    /// when it fails, the next in this list takes over.
+    function relayOrder(uint256 round) public view returns (address[] memory order) {
+        address[] memory active = new address[](activeMemberCount);
+        uint256 k;
+        for (uint256 i; i < _memberList.length; ++i) {
+            if (_members[_memberList[i]].active) active[k++] = _memberList[i];
+        }
+        order = new address[](k);
+        if (k == 0) return order;
+        uint256 start = uint256(keccak256(abi.encode(address(this), round))) % k;
+        for (uint256 i; i < k; ++i) {
+            order[i] = active[(start + i) % k];
+        }
+    }
+
+    // ------------------------------------------------------------------ rounds
+
+    /// @notice Commit to this round's update: one keccak256 digest per ciphertext block.
+    function commit(uint256 round, bytes32[] calldata blockDigests, uint256 sampleCount)
+        external
+        onlyActiveMember
+        onlyCurrentRound(round)
+    {
+        Round storage r = _rounds[round];
+        if (r.isSealed) revert RoundSealedAlready(round);
+        if (r.sampleCounts[msg.sender] != 0) revert AlreadyCommitted(round, msg.sender);
+        if (blockDigests.length != blockCount) {
+            revert WrongBlockCount(blockDigests.length, blockCount);
+        }
+        if (sampleCount == 0 || sampleCount > MAX_SAMPLE_COUNT) revert InvalidSampleCount(sampleCount);
+        r.sampleCounts[msg.sender] = sampleCount;
+        r.digests[msg.sender] = blockDigests;
+        r.committers.push(msg.sender);
+        r.totalSamples += sampleCount;
+        emit Committed(round, msg.sender, sampleCount);
+    }
+
+    /// @notice Aggregate one block of this round: `ciphertexts[i]` belongs to the i-th
+    /// committer (commit order). The first aggregate seals the round's contributor set.
+    function aggregate(uint256 round, uint256 blockIndex, bytes[] calldata ciphertexts)
+        external
+        onlyActiveMember
+        onlyCurrentRound(round)
+    {
+        Round storage r = _rounds[round];
+        uint256 n = r.committers.length;
+        if (n == 0) revert NothingCommitted(round);
+        if (n < minPeers) revert NotEnoughContributors(n, minPeers);
+        if (blockIndex >= blockCount) revert BlockOutOfRange(blockIndex, blockCount);
+        if (r.aggregateDigests[blockIndex] != bytes32(0)) {
+            revert BlockAlreadyAggregated(round, blockIndex);
+        }
+        if (ciphertexts.length != n) revert WrongContributionCount(ciphertexts.length, n);
+
+        (uint256[] memory weights, uint256 weightSum) = _weights(r);
+        if (!r.isSealed) {
+            r.isSealed = true;
+            emit RoundSealed(round, n, weightSum);
+        }
+        bytes memory payload = _sumBlock(r, blockIndex, ciphertexts, weights);
+        bytes32 resultDigest = _emitAggregate(round, blockIndex, weightSum, payload);
+        r.aggregateDigests[blockIndex] = resultDigest;
+        r.aggregatedBlocks += 1;
+        if (r.aggregatedBlocks == blockCount) _finalize(round, r, weightSum);
+    }
+
+    /// @dev Verifies the block's ciphertexts and returns a buffer whose bytes from offset 128
+    /// hold Σ wᵢ·ctᵢ mod q; the first 128 bytes are left for the event's ABI head.
+    function _sumBlock(
+        Round storage r,
+        uint256 blockIndex,
+        bytes[] calldata ciphertexts,
+        uint256[] memory weights
+    ) private view returns (bytes memory payload) {
+        uint256 size = blockBytes;
+        payload = new bytes(size + 128);
+        uint256 dataPtr;
+        assembly ("memory-safe") {
+            dataPtr := add(payload, 160)
+        }
+        uint256[] memory offsets = _verifiedOffsets(r, blockIndex, ciphertexts, dataPtr, size);
+        _weightedSum(offsets, weights, dataPtr, size);
+    }
+
+    /// @dev Emits BlockAggregated straight from `payload` (no second copy of the block).
+    function _emitAggregate(uint256 round, uint256 blockIndex, uint256 weightSum, bytes memory payload)
+        private
+        returns (bytes32 resultDigest)
+    {
+        uint256 size = payload.length - 128;
+        bytes32 topic = BlockAggregated.selector;
+        assembly ("memory-safe") {
+            let head := add(payload, 32)
+            resultDigest := keccak256(add(head, 128), size)
+            mstore(head, weightSum)
+            mstore(add(head, 32), resultDigest)
+            mstore(add(head, 64), 96)
+            mstore(add(head, 96), size)
+            log3(head, add(size, 128), topic, round, blockIndex)
+        }
+    }
+
+    /// @dev Checks every ciphertext's length and digest (hashing it in the `scratch` buffer)
+    /// and returns their calldata offsets.
+    function _verifiedOffsets(
+        Round storage r,
+        uint256 blockIndex,
+        bytes[] calldata ciphertexts,
+        uint256 scratch,
+        uint256 size
+    ) private view returns (uint256[] memory offsets) {
+        uint256 n = ciphertexts.length;
+        offsets = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            bytes calldata ct = ciphertexts[i];
+            if (ct.length != size) revert WrongCiphertextLength(i, ct.length, size);
+            bytes32 digest;
+            uint256 offset;
+            assembly ("memory-safe") {
+                offset := ct.offset
+                calldatacopy(scratch, offset, size)
+                digest := keccak256(scratch, size)
+            }
+            address contributor = r.committers[i];
+            if (digest != r.digests[contributor][blockIndex]) revert DigestMismatch(i, contributor);
+            offsets[i] = offset;
+        }
+    }
+
+    /// @dev Σ wᵢ·ctᵢ mod q into `out`. Each 32-byte word holds four coefficients; masking
+    /// alternate 64-bit lanes puts two of them in 128-bit slots, so one `mul` scales two
+    /// coefficients without carries (coefficient < 2^64, w ≤ 2^10, ≤ 64 terms < 2^80).
+    function _weightedSum(uint256[] memory offsets, uint256[] memory weights, uint256 out, uint256 size)
+        private
+        view
+    {
+        uint256 q = modulus;
+        uint256 n = offsets.length;
+        assembly ("memory-safe") {
+            let offsPtr := add(offsets, 32)
+            let wPtr := add(weights, 32)
+            let end := mul(n, 32)
+            for { let j := 0 } lt(j, size) { j := add(j, 32) } {
+                let oddLanes := 0
+                let evenLanes := 0
+                for { let i := 0 } lt(i, end) { i := add(i, 32) } {
+                    let word := calldataload(add(mload(add(offsPtr, i)), j))
+                    let w := mload(add(wPtr, i))
+                    oddLanes := add(oddLanes, mul(and(word, _LANE_MASK), w))
+                    evenLanes := add(evenLanes, mul(and(shr(64, word), _LANE_MASK), w))
+                }
+                let c0 := mod(shr(128, evenLanes), q)
+                let c1 := mod(shr(128, oddLanes), q)
+                let c2 := mod(and(evenLanes, _SLOT_MASK), q)
+                let c3 := mod(and(oddLanes, _SLOT_MASK), q)
+                mstore(add(out, j), or(or(shl(192, c0), shl(128, c1)), or(shl(64, c2), c3)))
+            }
+        }
+    }
+
+    function _finalize(uint256 round, Round storage r, uint256 weightSum) private {
+        bytes32[] memory digests = new bytes32[](blockCount);
+        for (uint256 b; b < blockCount; ++b) {
+            digests[b] = r.aggregateDigests[b];
+        }
+        r.isFinalized = true;
+        lastFinalizedRound = round;
+        currentRound = round + 1;
+        emit RoundFinalized(round, weightSum, keccak256(abi.encodePacked(digests)));
+    }
+
+    /// @dev Sample counts to integer weights: the counts themselves while their sum is at
+    /// most MAX_WEIGHT_SUM, else floor(count·MAX/total) but at least 1.
+    function _weights(Round storage r) private view returns (uint256[] memory w, uint256 sum) {
+        uint256 n = r.committers.length;
+        uint256 total = r.totalSamples;
+        w = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            uint256 c = r.sampleCounts[r.committers[i]];
+            uint256 wi = total <= MAX_WEIGHT_SUM ? c : (c * MAX_WEIGHT_SUM) / total;
+            if (wi == 0) wi = 1;
+            w[i] = wi;
+            sum += wi;
+        }
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @notice A round's state.
+    function roundInfo(uint256 round)
+        external
+        view
+        returns (
+            uint256 contributors,
+            uint256 totalSamples,
+            uint256 aggregatedBlocks,
+            bool isSealed,
+            bool isFinalized
+        )
+    {
+        Round storage r = _rounds[round];
+        return (r.committers.length, r.totalSamples, r.aggregatedBlocks, r.isSealed, r.isFinalized);
+    }
+
+    /// @notice The round's committers in commit order.
+    function committers(uint256 round) external view returns (address[] memory) {
+        return _rounds[round].committers;
+    }
+
+    /// @notice What `account` committed in `round` (sampleCount 0: nothing).
+    function commitment(uint256 round, address account)
+        external
+        view
+        returns (uint256 sampleCount, bytes32[] memory blockDigests)
+    {
+        Round storage r = _rounds[round];
+        return (r.sampleCounts[account], r.digests[account]);
+    }
+
+    /// @notice The weights the aggregate of `round` uses, in commit order, and their sum.
+    function roundWeights(uint256 round)
+        external
+        view
+        returns (address[] memory contributors, uint256[] memory weights, uint256 weightSum)
+    {
+        Round storage r = _rounds[round];
+        (weights, weightSum) = _weights(r);
+        return (r.committers, weights, weightSum);
+    }
+
+    /// @notice keccak256 of an aggregated block's coefficients (zero while not aggregated).
+    function aggregateDigest(uint256 round, uint256 blockIndex) external view returns (bytes32) {
+        return _rounds[round].aggregateDigests[blockIndex];
+    }
+}

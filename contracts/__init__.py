@@ -1,0 +1,19 @@
+"""The SwarmLearning contract: Solidity source, committed artifact and its Python binding."""
+
+from contracts.binding import (
+    AggregatedBlock,
+    ContractRejected,
+    HEParameters,
+    MemberInfo,
+    RoundInfo,
+    SwarmContract,
+)
+
+__all__ = [
+    "AggregatedBlock",
+    "ContractRejected",
+    "HEParameters",
+    "MemberInfo",
+    "RoundInfo",
+    "SwarmContract",
+]

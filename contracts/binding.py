@@ -1,0 +1,324 @@
+"""Typed Python binding of SwarmLearning: deploy, every call, events, readable errors.
+
+Every transaction is simulated first (``eth_estimateGas``); a revert is decoded from the
+contract's custom errors and raised as :class:`ContractRejected` before anything is sent,
+so a rejected call never reaches the chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from web3 import Web3
+from web3.contract import Contract
+from web3.exceptions import ContractLogicError
+from web3.types import TxParams, TxReceipt
+
+from contracts.compiler import load_artifact
+
+GAS_HEADROOM = 1.1
+RECEIPT_POLL_SECONDS = 0.01
+
+
+class ContractRejected(Exception):
+    """The contract reverted with one of its custom errors."""
+
+    def __init__(self, function: str, error: str, arguments: dict[str, Any]) -> None:
+        self.function = function
+        self.error = error
+        self.arguments = arguments
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in arguments.items())
+        super().__init__(f"SwarmLearning.{function} rejected: {error}({shown})")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class HEParameters:
+    poly_modulus_degree: int
+    modulus: int
+    slots_per_block: int
+    param_count: int
+    block_count: int
+    block_bytes: int
+    min_peers: int
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    address: str
+    endpoint: str
+    x25519_public_key: bytes
+    active: bool
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    round: int
+    contributors: int
+    total_samples: int
+    aggregated_blocks: int
+    sealed: bool
+    finalized: bool
+
+
+@dataclass(frozen=True)
+class AggregatedBlock:
+    round: int
+    block_index: int
+    weight_sum: int
+    digest: bytes
+    coefficients: bytes
+    transaction_hash: str
+
+
+@dataclass(frozen=True)
+class TxResult:
+    transaction_hash: str
+    gas_used: int
+    block_number: int
+
+
+class SwarmContract:
+    """One deployed SwarmLearning contract, seen from one account."""
+
+    def __init__(self, w3: Web3, address: str, private_key: str, abi: list[dict[str, Any]]):
+        self.w3 = w3
+        self.address = to_checksum_address(address)
+        self.account: LocalAccount = Account.from_key(private_key)
+        self.abi = abi
+        self.contract: Contract = w3.eth.contract(address=self.address, abi=abi)
+        self._errors = _error_table(abi)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def deploy(
+        cls,
+        w3: Web3,
+        private_key: str,
+        *,
+        param_count: int,
+        modulus: int,
+        poly_modulus_degree: int = 8192,
+        min_peers: int = 1,
+    ) -> SwarmContract:
+        artifact = load_artifact()
+        factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        account: LocalAccount = Account.from_key(private_key)
+        call = factory.constructor(poly_modulus_degree, modulus, param_count, min_peers)
+        errors = _error_table(artifact["abi"])
+        receipt = _transact(w3, account, call, "constructor", errors)
+        address = receipt["contractAddress"]
+        if address is None:
+            raise RuntimeError("deployment receipt has no contract address")
+        return cls(w3, address, private_key, artifact["abi"])
+
+    @classmethod
+    def at(cls, w3: Web3, address: str, private_key: str) -> SwarmContract:
+        return cls(w3, address, private_key, load_artifact()["abi"])
+
+    def as_account(self, private_key: str) -> SwarmContract:
+        """The same contract, sending from another account."""
+        return SwarmContract(self.w3, self.address, private_key, self.abi)
+
+    @property
+    def sender(self) -> str:
+        return str(self.account.address)
+
+    # ------------------------------------------------------------------ views
+
+    def _view(self, name: str, *args: Any) -> Any:
+        return getattr(self.contract.functions, name)(*args).call()
+
+    def he_parameters(self) -> HEParameters:
+        return HEParameters(
+            poly_modulus_degree=self._view("polyModulusDegree"),
+            modulus=self._view("modulus"),
+            slots_per_block=self._view("slotsPerBlock"),
+            param_count=self._view("paramCount"),
+            block_count=self._view("blockCount"),
+            block_bytes=self._view("blockBytes"),
+            min_peers=self._view("minPeers"),
+        )
+
+    def admin(self) -> str:
+        return str(self._view("admin"))
+
+    def current_round(self) -> int:
+        return int(self._view("currentRound"))
+
+    def last_finalized_round(self) -> int:
+        return int(self._view("lastFinalizedRound"))
+
+    def member(self, address: str) -> MemberInfo:
+        endpoint, key, active = self._view("member", to_checksum_address(address))
+        return MemberInfo(to_checksum_address(address), endpoint, bytes(key), active)
+
+    def members(self, *, active_only: bool = True) -> list[MemberInfo]:
+        found = [self.member(a) for a in self._view("memberAddresses")]
+        return [m for m in found if m.active or not active_only]
+
+    def relay_order(self, round_number: int) -> list[str]:
+        return [str(a) for a in self._view("relayOrder", round_number)]
+
+    def round_info(self, round_number: int) -> RoundInfo:
+        contributors, total, aggregated, sealed, finalized = self._view("roundInfo", round_number)
+        return RoundInfo(round_number, contributors, total, aggregated, sealed, finalized)
+
+    def committers(self, round_number: int) -> list[str]:
+        return [str(a) for a in self._view("committers", round_number)]
+
+    def commitment(self, round_number: int, address: str) -> tuple[int, list[bytes]]:
+        count, digests = self._view("commitment", round_number, to_checksum_address(address))
+        return int(count), [bytes(d) for d in digests]
+
+    def round_weights(self, round_number: int) -> tuple[list[str], list[int], int]:
+        addresses, weights, total = self._view("roundWeights", round_number)
+        return [str(a) for a in addresses], [int(w) for w in weights], int(total)
+
+    def aggregate_digest(self, round_number: int, block_index: int) -> bytes:
+        return bytes(self._view("aggregateDigest", round_number, block_index))
+
+    # ------------------------------------------------------------------ transactions
+
+    def _send(self, name: str, *args: Any, gas: int | None = None) -> TxResult:
+        call = getattr(self.contract.functions, name)(*args)
+        receipt = _transact(self.w3, self.account, call, name, self._errors, gas=gas)
+        return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
+                        receipt["blockNumber"])
+
+    def add_member(self, address: str, endpoint: str, x25519_public_key: bytes) -> TxResult:
+        if len(x25519_public_key) != 32:
+            raise ValueError(f"an X25519 public key has 32 bytes, got {len(x25519_public_key)}")
+        return self._send("addMember", to_checksum_address(address), endpoint, x25519_public_key)
+
+    def remove_member(self, address: str) -> TxResult:
+        return self._send("removeMember", to_checksum_address(address))
+
+    def commit(self, round_number: int, digests: Sequence[bytes], sample_count: int) -> TxResult:
+        for i, digest in enumerate(digests):
+            if len(digest) != 32:
+                raise ValueError(f"digest {i} has {len(digest)} bytes, a keccak256 digest has 32")
+        return self._send("commit", round_number, list(digests), sample_count)
+
+    def aggregate(
+        self, round_number: int, block_index: int, ciphertexts: Sequence[bytes]
+    ) -> TxResult:
+        calldata = sum(len(c) + 64 for c in ciphertexts) + 128
+        return self._send(
+            "aggregate", round_number, block_index, list(ciphertexts),
+            gas=aggregate_gas_bound(calldata, max((len(c) for c in ciphertexts), default=0)),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ events
+
+    def aggregated_blocks(self, round_number: int, from_block: int = 0) -> dict[int, AggregatedBlock]:
+        """The round's BlockAggregated events, by block index."""
+        logs = self.contract.events.BlockAggregated().get_logs(
+            from_block=from_block, argument_filters={"round": round_number}
+        )
+        found: dict[int, AggregatedBlock] = {}
+        for log in logs:
+            args = log["args"]
+            found[int(args["blockIndex"])] = AggregatedBlock(
+                round=int(args["round"]),
+                block_index=int(args["blockIndex"]),
+                weight_sum=int(args["weightSum"]),
+                digest=bytes(args["digest"]),
+                coefficients=bytes(args["coefficients"]),
+                transaction_hash=log["transactionHash"].to_0x_hex(),
+            )
+        return found
+
+    def finalized_root(self, round_number: int) -> bytes | None:
+        logs = self.contract.events.RoundFinalized().get_logs(
+            from_block=0, argument_filters={"round": round_number}
+        )
+        return bytes(logs[-1]["args"]["aggregateRoot"]) if logs else None
+
+
+def aggregate_gas_bound(calldata_bytes: int, block_bytes: int) -> int:
+    """A safe gas limit for `aggregate`, so it need not be estimated.
+
+    Calldata is charged at most at the EIP-7623 floor (40 gas a byte); execution stays
+    below ~4 gas per calldata byte (hashing and the weighted sum) plus the event's 8 gas
+    per result byte, memory and a few storage writes.
+    """
+    return 21_000 + 44 * calldata_bytes + 12 * block_bytes + 600_000
+
+
+def _error_table(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[str], list[str]]]:
+    table = {}
+    for item in abi:
+        if item.get("type") != "error":
+            continue
+        types = [i["type"] for i in item["inputs"]]
+        names = [i["name"] for i in item["inputs"]]
+        selector = function_signature_to_4byte_selector(f"{item['name']}({','.join(types)})")
+        table[selector] = (item["name"], types, names)
+    return table
+
+
+def _decode_revert(
+    function: str, error: ContractLogicError, errors: dict[bytes, tuple[str, list[str], list[str]]]
+) -> Exception:
+    data = error.data if isinstance(error.data, str) else None
+    if not data or len(data) < 10:
+        return error
+    raw = bytes.fromhex(data.removeprefix("0x"))
+    entry = errors.get(raw[:4])
+    if entry is None:
+        return error
+    name, types, names = entry
+    values = abi_decode(types, raw[4:])
+    return ContractRejected(function, name, dict(zip(names, values, strict=True)))
+
+
+def _transact(
+    w3: Web3,
+    account: LocalAccount,
+    call: Any,
+    function: str,
+    errors: dict[bytes, tuple[str, list[str], list[str]]],
+    gas: int | None = None,
+) -> TxReceipt:
+    """Simulate, then sign and send; a revert in simulation raises ContractRejected.
+
+    With ``gas`` given the simulation is one ``eth_call`` instead of a gas estimate (which
+    re-executes the call many times: costly for megabyte-sized aggregates).
+    """
+    params: TxParams = {"from": account.address}
+    try:
+        if gas is None:
+            gas = int(call.estimate_gas(params) * GAS_HEADROOM)
+        else:
+            call.call(params)
+    except ContractLogicError as exc:
+        raise _decode_revert(function, exc, errors) from exc
+    tx = call.build_transaction(
+        {
+            "from": account.address,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+            "gas": gas,
+            "chainId": w3.eth.chain_id,
+        }
+    )
+    signed = account.sign_transaction(tx)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        tx_hash, timeout=120, poll_latency=RECEIPT_POLL_SECONDS
+    )
+    if receipt["status"] != 1:
+        raise RuntimeError(f"SwarmLearning.{function} reverted on chain (tx {tx_hash.hex()})")
+    return receipt

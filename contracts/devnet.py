@@ -1,0 +1,122 @@
+"""Start and stop a local anvil devnet with the flags large aggregates need."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eth_account import Account
+from web3 import Web3
+
+from apiary.paths import NODE_MODULES
+from apiary.settings import ChainSettings
+
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+class DevnetError(RuntimeError):
+    """anvil could not be found or did not come up."""
+
+
+def find_anvil(explicit: Path | None = None) -> Path:
+    candidates = [explicit] if explicit else []
+    candidates += [NODE_MODULES / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"]
+    found = shutil.which("anvil")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate and candidate.exists():
+            return candidate
+    raise DevnetError("anvil not found: run `make deps` (npm package @foundry-rs/anvil)")
+
+
+def dev_private_keys(count: int, mnemonic: str = DEV_MNEMONIC) -> list[str]:
+    """Private keys of anvil's funded dev accounts (standard derivation path)."""
+    Account.enable_unaudited_hdwallet_features()
+    return [
+        Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}").key.to_0x_hex()
+        for i in range(count)
+    ]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Devnet:
+    """A running anvil process; use as a context manager or call stop()."""
+
+    settings: ChainSettings
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{self.settings.devnet_host}:{self.settings.devnet_port}"
+
+    def command(self) -> list[str]:
+        s = self.settings
+        return [
+            str(find_anvil(s.anvil_bin)),
+            "--host", s.devnet_host,
+            "--port", str(s.devnet_port),
+            "--accounts", str(s.devnet_accounts),
+            "--mnemonic", DEV_MNEMONIC,
+            "--gas-limit", str(s.block_gas_limit),
+            "--no-request-size-limit",
+            "--silent",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 20.0) -> Devnet:
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
+        w3 = self.web3()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise DevnetError(
+                    f"anvil exited with {self.process.returncode}; "
+                    f"is port {self.settings.devnet_port} already in use?"
+                )
+            with contextlib.suppress(Exception):
+                if w3.is_connected():
+                    return self
+            time.sleep(0.1)
+        self.stop()
+        raise DevnetError(f"anvil did not answer on {self.rpc_url} within {timeout} s")
+
+    def web3(self) -> Web3:
+        return Web3(Web3.HTTPProvider(self.rpc_url, request_kwargs={"timeout": 120}))
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> Devnet:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_devnet(settings: ChainSettings | None = None) -> Iterator[Devnet]:
+    """A devnet on a free loopback port (for tests, benchmarks and the demo)."""
+    s = settings or ChainSettings.load()
+    s = s.model_copy(update={"devnet_port": free_port(s.devnet_host)})
+    with Devnet(s) as devnet:
+        yield devnet
