@@ -1,0 +1,1 @@
+"""Benchmarks behind `apiary bench`: the CKKS codec and on-chain aggregation."""
