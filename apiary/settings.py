@@ -27,3 +27,77 @@ class ChainSettings(BaseSettings):
     def load(cls, **overrides: Any) -> ChainSettings:
         """Environment first, then every override that is not None (CLI flags)."""
         return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+class NodeSettings(BaseSettings):
+    """One hospital node: its data, identity, ports, swarm and training parameters."""
+
+    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
+
+    name: str = Field("hospital", description="this hospital's name in logs and tables")
+    data: Path = Field(Path("data/hospital.npz"), description="private shard (.npz or .csv)")
+    heldout: Path | None = Field(None, description="optional shared held-out test set")
+    model: str = Field("mlp", description="model from the registry: mlp or cnn")
+    state_dir: Path = Field(Path("state"), description="keys, global weights, round history")
+    mode: str = Field("swarm", description="swarm (on chain) or federated (coordinator)")
+    api_host: str = Field("127.0.0.1", description="admin API listen address")
+    api_port: int = Field(8000, description="admin API port")
+    admin_token: str = Field("change-me", description="bearer token for admin API calls")
+    grpc_host: str = Field("127.0.0.1", description="peer gRPC listen address")
+    grpc_port: int = Field(50051, description="peer gRPC port")
+    advertise: str | None = Field(None, description="gRPC endpoint peers use (host:port)")
+    rpc_url: str = Field("http://127.0.0.1:8545", description="chain JSON-RPC endpoint")
+    contract: str | None = Field(None, description="SwarmLearning contract address")
+    private_key: str | None = Field(None, description="this node's Ethereum private key")
+    he_context: Path | None = Field(None, description="the swarm's secret HE context file (default: in the state dir)")
+    coordinator: str | None = Field(None, description="coordinator host:port (federated)")
+    rounds: int = Field(0, description="rounds to take part in, then exit (0: forever)")
+    epochs: int = Field(2, description="local epochs per round")
+    lr: float = Field(0.01, description="learning rate")
+    batch_size: int = Field(32, description="mini-batch size")
+    seed: int = Field(0, description="swarm seed: initial model and per-round shuffling")
+    round_deadline_s: float = Field(
+        30.0, description="seconds after its own commit a relay waits for missing members"
+    )
+    relay_takeover_s: float = Field(
+        5.0, description="extra seconds each backup relay waits before taking over"
+    )
+    round_timeout_s: float = Field(600.0, description="give up on a round after this long")
+
+    @property
+    def endpoint(self) -> str:
+        return self.advertise or f"{self.grpc_host}:{self.grpc_port}"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> NodeSettings:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+class CoordinatorSettings(BaseSettings):
+    """The federated-mode coordinator: where it listens, what it aggregates, for whom."""
+
+    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
+
+    coordinator_host: str = Field("127.0.0.1", description="address the coordinator listens on")
+    coordinator_port: int = Field(50060, ge=0, le=65535, description="gRPC port of the coordinator")
+    coordinator_context: Path | None = Field(
+        None, description="file holding the public HE context (never the secret one)"
+    )
+    coordinator_members: str = Field("", description="comma-separated names of the member nodes")
+    param_count: int | None = Field(None, ge=1, description="parameters in the flat model vector")
+    min_peers: int = Field(2, ge=1, description="fewest updates a round may close with")
+    round_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="seconds from a round's first update until it closes without every member "
+        "(it still needs min_peers updates)",
+    )
+
+    @property
+    def member_names(self) -> list[str]:
+        return [name.strip() for name in self.coordinator_members.split(",") if name.strip()]
+
+    @classmethod
+    def load(cls, **overrides: Any) -> CoordinatorSettings:
+        """Environment first, then every override that is not None (CLI flags)."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,1 @@
+"""The hospital node: local training, peer gRPC server, round loop, admin API."""

@@ -1,0 +1,122 @@
+"""The node's admin API (FastAPI): health, status, round history, model, Prometheus metrics.
+
+``/v1/health`` and ``/metrics`` are open (for load balancers and scrapers); everything
+else needs ``Authorization: Bearer <admin token>``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, status
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from node.runtime import NodeRuntime
+
+
+class Health(BaseModel):
+    status: str
+    node: str
+    round: int
+
+
+class RoundHistory(BaseModel):
+    node: str
+    rounds: list[dict[str, Any]]
+
+
+class ModelInfo(BaseModel):
+    node: str
+    round: int
+    params: int
+    weights_digest: str | None
+    evaluation: dict[str, Any] | None
+
+
+def create_app(runtime: NodeRuntime) -> FastAPI:
+    app = FastAPI(
+        title=f"Apiary node {runtime.settings.name}",
+        version="1",
+        description="Admin API of one hospital node of an Apiary swarm.",
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def require_admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if credentials is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode(),
+                                      runtime.settings.admin_token.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    admin = [Depends(require_admin)]
+    registry = CollectorRegistry()
+    labels = ["node"]
+    gauges = {
+        "round": Gauge("apiary_round", "last round whose global model this node holds",
+                       labels, registry=registry),
+        "accuracy": Gauge("apiary_accuracy", "global model accuracy on this node's test split",
+                          labels, registry=registry),
+        "heldout_accuracy": Gauge("apiary_heldout_accuracy",
+                                  "global model accuracy on the held-out set", labels,
+                                  registry=registry),
+        "rounds": Gauge("apiary_rounds_completed", "rounds completed", labels,
+                        registry=registry),
+    }
+    phase_gauge = Gauge("apiary_phase_seconds", "seconds of each phase in the last round",
+                        ["node", "phase"], registry=registry)
+
+    @app.get("/v1/health", response_model=Health, tags=["node"])
+    def health() -> Health:
+        """Liveness: the node's process answers."""
+        return Health(status="ok", node=runtime.settings.name, round=runtime.state.round)
+
+    @app.get("/v1/status", dependencies=admin, tags=["node"])
+    def node_status() -> dict[str, Any]:
+        """Node, mode, round, members and the last round's metrics."""
+        return runtime.status()
+
+    @app.get("/v1/rounds", response_model=RoundHistory, dependencies=admin, tags=["rounds"])
+    def rounds() -> RoundHistory:
+        """Per-round accuracy, loss, phase timings and on-chain digests."""
+        return RoundHistory(node=runtime.settings.name,
+                            rounds=runtime.state.snapshot()["history"])
+
+    @app.get("/v1/model", response_model=ModelInfo, dependencies=admin, tags=["model"])
+    def model() -> ModelInfo:
+        """The current global model's digest and its evaluation."""
+        snapshot = runtime.state.snapshot()
+        last = snapshot["history"][-1] if snapshot["history"] else None
+        evaluation = None
+        if last:
+            evaluation = {k: last[k] for k in ("accuracy", "auc", "loss", "heldout_accuracy",
+                                                "heldout_auc")}
+        return ModelInfo(node=runtime.settings.name, round=snapshot["round"],
+                         params=runtime.trainer.param_count,
+                         weights_digest=snapshot["weights_digest"], evaluation=evaluation)
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["node"])
+    def metrics() -> str:
+        """Prometheus text format."""
+        snapshot = runtime.state.snapshot()
+        name = runtime.settings.name
+        gauges["round"].labels(name).set(snapshot["round"])
+        gauges["rounds"].labels(name).set(len(snapshot["history"]))
+        if snapshot["history"]:
+            last = snapshot["history"][-1]
+            gauges["accuracy"].labels(name).set(last["accuracy"] or 0.0)
+            if last["heldout_accuracy"] is not None:
+                gauges["heldout_accuracy"].labels(name).set(last["heldout_accuracy"])
+            for phase, seconds in last["seconds"].items():
+                phase_gauge.labels(name, phase).set(seconds)
+        return generate_latest(registry).decode()
+
+    return app

@@ -1,0 +1,87 @@
+"""Founding a swarm: HE keys, the contract, the first members, each node's identity.
+
+Used by `apiary demo` (and the compose founder): the founder creates the CKKS keys,
+deploys the contract for the model's parameter count and admits the founding members.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from eth_account import Account
+from web3 import Web3
+
+from apiary.he import HEContext
+from contracts.binding import SwarmContract
+
+SECRET_CONTEXT_FILE = "he-secret.ctx"
+PUBLIC_CONTEXT_FILE = "he-public.ctx"
+IDENTITY_FILE = "identity.json"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A node's Ethereum account and X25519 key pair (kept in its state directory)."""
+
+    name: str
+    private_key: str
+    address: str
+    x25519_private: str
+    x25519_public: str
+
+    @classmethod
+    def create(cls, name: str, private_key: str) -> Identity:
+        x_key = X25519PrivateKey.generate()
+        raw_private = x_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        raw_public = x_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return cls(name, private_key, Account.from_key(private_key).address,
+                   raw_private.hex(), raw_public.hex())
+
+    def save(self, state_dir: Path) -> Path:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / IDENTITY_FILE
+        path.write_text(json.dumps(asdict(self), indent=1))
+        path.chmod(0o600)
+        return path
+
+
+@dataclass(frozen=True)
+class FoundingMember:
+    identity: Identity
+    endpoint: str
+
+
+def write_context(he: HEContext, directory: Path, *, secret: bool) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (SECRET_CONTEXT_FILE if secret else PUBLIC_CONTEXT_FILE)
+    path.write_bytes(he.secret_bytes() if secret else he.public_bytes())
+    if secret:
+        path.chmod(0o600)
+    return path
+
+
+def found_swarm(
+    w3: Web3,
+    admin_key: str,
+    he: HEContext,
+    param_count: int,
+    members: list[FoundingMember],
+    min_peers: int,
+) -> SwarmContract:
+    """Deploy the contract and admit the founding members; returns it seen by the admin."""
+    contract = SwarmContract.deploy(
+        w3, admin_key, param_count=param_count, modulus=he.modulus, min_peers=min_peers
+    )
+    for m in members:
+        contract.add_member(m.identity.address, m.endpoint,
+                            bytes.fromhex(m.identity.x25519_public))
+    return contract

@@ -1,0 +1,24 @@
+"""What a round yields, whichever way (chain or coordinator) it was aggregated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class RoundFailed(RuntimeError):
+    """A round could not be completed (timeout, bad aggregate, nobody reachable)."""
+
+
+@dataclass
+class RoundOutcome:
+    round: int
+    weights: np.ndarray
+    weight_sum: int
+    contributors: list[str]
+    aggregate_digests: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    train_loss: float | None = None
+    committed: bool = True
+    relay: bool = False

@@ -1,0 +1,101 @@
+"""What a node keeps on disk so that a restart resumes where it stopped.
+
+``global.npy`` holds the current global weights (float64, exactly as decrypted) and
+``state.json`` the round they came from and the per-round history. Writes go through a
+temporary file and a rename, so a crash never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    contributors: list[str]
+    weight_sum: int
+    accuracy: float | None
+    auc: float | None
+    loss: float | None
+    train_loss: float | None
+    heldout_accuracy: float | None
+    heldout_auc: float | None
+    weights_digest: str
+    seconds: dict[str, float]
+    aggregate_digests: list[str] = field(default_factory=list)
+    committed: bool = True
+    relay: bool = False
+
+
+@dataclass
+class NodeState:
+    """The node's durable state; thread-safe for the API's readers."""
+
+    directory: Path
+    round: int = 0
+    weights_digest: str | None = None
+    history: list[RoundRecord] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / "global.npy"
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / "state.json"
+
+    @classmethod
+    def open(cls, directory: Path) -> NodeState:
+        directory.mkdir(parents=True, exist_ok=True)
+        state = cls(directory)
+        if state.state_path.exists():
+            raw = json.loads(state.state_path.read_text())
+            state.round = int(raw["round"])
+            state.weights_digest = raw.get("weights_digest")
+            state.history = [RoundRecord(**r) for r in raw.get("history", [])]
+        return state
+
+    def load_weights(self) -> np.ndarray | None:
+        if not self.weights_path.exists():
+            return None
+        return np.load(self.weights_path)
+
+    def save(self, weights: np.ndarray, round_number: int, digest: str,
+             record: RoundRecord | None = None) -> None:
+        with self._lock:
+            tmp = self.weights_path.with_suffix(".tmp.npy")
+            np.save(tmp, weights)
+            os.replace(tmp, self.weights_path)
+            self.round = round_number
+            self.weights_digest = digest
+            if record is not None:
+                self.history = [r for r in self.history if r.round != record.round]
+                self.history.append(record)
+            self._write_json()
+
+    def _write_json(self) -> None:
+        payload = {
+            "round": self.round,
+            "weights_digest": self.weights_digest,
+            "history": [asdict(r) for r in self.history],
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, self.state_path)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "round": self.round,
+                "weights_digest": self.weights_digest,
+                "history": [asdict(r) for r in self.history],
+            }
