@@ -79,9 +79,9 @@ app.add_command(settings_command(
 @app.command()
 @click.option("--mode", type=click.Choice(["swarm", "federated"]), default="swarm",
               show_default=True, help="average on chain, or through a coordinator")
-@click.option("--rounds", type=int, default=5, show_default=True, help="rounds to run")
+@click.option("--rounds", type=int, default=10, show_default=True, help="rounds to run")
 @click.option("--epochs", type=int, default=2, show_default=True, help="local epochs a round")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="learning rate")
+@click.option("--lr", type=float, default=0.003, show_default=True, help="learning rate")
 @click.option("--seed", type=int, default=0, show_default=True, help="data split and model seed")
 @click.option("--min-peers", type=int, default=2, show_default=True,
               help="fewest hospitals a round may close with")

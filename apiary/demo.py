@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,10 @@ class DemoFailed(RuntimeError):
 @dataclass
 class DemoOptions:
     mode: str = "swarm"
-    rounds: int = 5
+    rounds: int = 10
     epochs: int = 2
-    lr: float = 0.01
-    batch_size: int = 32
+    lr: float = 0.003
+    batch_size: int = 16
     seed: int = 0
     min_peers: int = 2
     model: str = "mlp"
@@ -92,22 +92,6 @@ def _node_command(name: str, options: DemoOptions, data: Path, heldout: Path, st
         "--relay-takeover-s", "3",
         *extra,
     ]  # fmt: skip
-
-
-@contextlib.contextmanager
-def _processes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    try:
-        yield started
-    finally:
-        for node in started:
-            if node.process.poll() is None:
-                node.process.terminate()
-        for node in started:
-            try:
-                node.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                node.process.kill()
 
 
 def _spawn(name: str, command: list[str], log_dir: Path, api_url: str,
@@ -195,73 +179,146 @@ def summarise_round(round_number: int, records: dict[str, dict[str, Any]]) -> di
     }
 
 
-def run_demo(options: DemoOptions, emit: Callable[[str], None]) -> dict[str, Any]:
-    started = time.monotonic()
-    out = options.out_dir
-    emit(f"writing the four hospitals' shards to {out / 'data'}")
-    data, heldout_path, sample = write_data(out, options.seed)
-    params = count_params(build_model(options.model, sample.input_shape, sample.num_classes,
-                                      options.seed))
-    he = HEContext.create()
-    keys = dev_private_keys(len(HOSPITALS) + 1)
-    ports = {name: (free_port(), free_port()) for name in HOSPITALS}
-    identities = {name: Identity.create(name, keys[i + 1]) for i, name in enumerate(HOSPITALS)}
-    for name in HOSPITALS:
-        state = out / "state" / name
-        identities[name].save(state)
-        write_context(he, state, secret=True)
+class LocalSwarm:
+    """Hospitals as OS processes on this machine, on a devnet or around a coordinator.
 
-    with contextlib.ExitStack() as stack:
-        extra: list[str] = []
+    Founds the swarm (shards, keys, contract or coordinator), starts, stops and restarts
+    nodes by name. Used by `apiary demo` and by the end-to-end tests.
+    """
+
+    def __init__(self, options: DemoOptions, hospitals: tuple[str, ...] = HOSPITALS,
+                 emit: Callable[[str], None] | None = None) -> None:
+        self.options = options
+        self.hospitals = hospitals
+        self.emit = emit or (lambda _msg: None)
+        self.out = options.out_dir
+        self.nodes: dict[str, NodeProcess] = {}
+        self.extra_flags: list[str] = []
+        self.contract_address: str | None = None
+        self.rpc_url: str | None = None
+        self._stack = contextlib.ExitStack()
+        self._children: list[NodeProcess] = []
+
+    def __enter__(self) -> LocalSwarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for node in self._children:
+            if node.process.poll() is None:
+                node.process.terminate()
+        for node in self._children:
+            try:
+                node.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+        self._stack.close()
+
+    def found(self) -> None:
+        options, out = self.options, self.out
+        self.emit(f"writing the hospitals' shards to {out / 'data'}")
+        self.data, self.heldout_path, sample = write_data(out, options.seed)
+        self.params = count_params(
+            build_model(options.model, sample.input_shape, sample.num_classes, options.seed)
+        )
+        self.he = HEContext.create()
+        keys = dev_private_keys(len(HOSPITALS) + 1)
+        self.ports = {name: (free_port(), free_port()) for name in self.hospitals}
+        self.identities = {name: Identity.create(name, keys[HOSPITALS.index(name) + 1])
+                           for name in self.hospitals}
+        for name in self.hospitals:
+            self.identities[name].save(self.state_dir(name))
+            write_context(self.he, self.state_dir(name), secret=True)
         if options.mode == "swarm":
-            chain = stack.enter_context(running_devnet())
-            emit(f"anvil devnet on {chain.rpc_url}; deploying SwarmLearning for {params} "
-                 "parameters")
-            contract = found_swarm(
-                chain.web3(), keys[0], he, params,
-                [FoundingMember(identities[n], f"127.0.0.1:{ports[n][1]}") for n in HOSPITALS],
-                options.min_peers,
-            )
-            extra = ["--rpc-url", chain.rpc_url, "--contract", contract.address]
+            chain = self._stack.enter_context(running_devnet())
+            self.emit(f"anvil devnet on {chain.rpc_url}; deploying SwarmLearning for "
+                      f"{self.params} parameters")
+            members = [FoundingMember(self.identities[n], f"127.0.0.1:{self.ports[n][1]}")
+                       for n in self.hospitals]
+            contract = found_swarm(chain.web3(), keys[0], self.he, self.params, members,
+                                   options.min_peers)
+            self.rpc_url, self.contract_address = chain.rpc_url, contract.address
+            self.extra_flags = ["--rpc-url", chain.rpc_url, "--contract", contract.address]
         elif options.mode == "federated":
-            coordinator_port = free_port()
-            public = write_context(he, out / "coordinator", secret=False)
+            port = free_port()
+            public = write_context(self.he, out / "coordinator", secret=False)
             command = [sys.executable, "-m", "apiary.cli", "coordinator",
-                       "--coordinator-port", str(coordinator_port),
+                       "--coordinator-port", str(port),
                        "--coordinator-context", str(public),
-                       "--coordinator-members", ",".join(HOSPITALS),
-                       "--param-count", str(params), "--min-peers", str(options.min_peers),
+                       "--coordinator-members", ",".join(self.hospitals),
+                       "--param-count", str(self.params),
+                       "--min-peers", str(options.min_peers),
                        "--round-deadline-s", str(options.round_deadline_s)]
-            coordinator = stack.enter_context(_processes())
-            coordinator.append(_spawn("coordinator", command, out / "logs", ""))
-            emit(f"coordinator on 127.0.0.1:{coordinator_port} (public HE context only)")
-            extra = ["--coordinator", f"127.0.0.1:{coordinator_port}"]
+            self._children.append(_spawn("coordinator", command, out / "logs", ""))
+            self.emit(f"coordinator on 127.0.0.1:{port} (public HE context only)")
+            self.extra_flags = ["--coordinator", f"127.0.0.1:{port}"]
         else:
             raise ValueError(f"unknown mode {options.mode!r}: use swarm or federated")
 
-        nodes = stack.enter_context(_processes())
-        for name in HOSPITALS:
-            api_port, grpc_port = ports[name]
-            command = _node_command(name, options, data[name], heldout_path,
-                                    out / "state" / name, api_port, grpc_port, extra)
-            env_token = ["--admin-token", options.admin_token]
-            nodes.append(_spawn(name, command + env_token, out / "logs",
-                                f"http://127.0.0.1:{api_port}", out / "state" / name))
-        emit(f"started {len(nodes)} node processes (logs in {out / 'logs'}); "
+    def state_dir(self, name: str) -> Path:
+        return self.out / "state" / name
+
+    def start(self, name: str) -> NodeProcess:
+        api_port, grpc_port = self.ports[name]
+        command = _node_command(name, self.options, self.data[name], self.heldout_path,
+                                self.state_dir(name), api_port, grpc_port, self.extra_flags)
+        command += ["--admin-token", self.options.admin_token]
+        node = _spawn(name, command, self.out / "logs", f"http://127.0.0.1:{api_port}",
+                      self.state_dir(name))
+        self.nodes[name] = node
+        self._children.append(node)
+        return node
+
+    def start_all(self) -> list[NodeProcess]:
+        return [self.start(name) for name in self.hospitals]
+
+    def kill(self, name: str) -> None:
+        node = self.nodes[name]
+        node.process.kill()
+        node.process.wait()
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        state_file = self.state_dir(name) / "state.json"
+        if not state_file.exists():
+            return []
+        with contextlib.suppress(json.JSONDecodeError):
+            rounds: list[dict[str, Any]] = json.loads(state_file.read_text())["history"]
+            return rounds
+        return []
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"timed out after {timeout} s waiting for {what}")
+            for node in self.nodes.values():
+                code = node.process.poll()
+                if code not in (None, 0, -9):
+                    raise DemoFailed(f"node {node.name} exited with {code}; see {node.log_path}")
+            time.sleep(0.1)
+
+
+def run_demo(options: DemoOptions, emit: Callable[[str], None]) -> dict[str, Any]:
+    started = time.monotonic()
+    with LocalSwarm(options, emit=emit) as swarm:
+        swarm.found()
+        nodes = swarm.start_all()
+        emit(f"started {len(nodes)} node processes (logs in {options.out_dir / 'logs'}); "
              f"{options.rounds} rounds of {options.epochs} local epochs")
         rounds = follow_rounds(nodes, options, emit)
         for node in nodes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 node.process.wait(timeout=30)
-
-    result = {
+        params = swarm.params
+    return {
         "mode": options.mode,
         "nodes": list(HOSPITALS),
         "params": params,
         "rounds": rounds,
         "seconds_total": round(time.monotonic() - started, 1),
     }
-    return result
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:

@@ -49,12 +49,14 @@ class NodeSettings(BaseSettings):
     rpc_url: str = Field("http://127.0.0.1:8545", description="chain JSON-RPC endpoint")
     contract: str | None = Field(None, description="SwarmLearning contract address")
     private_key: str | None = Field(None, description="this node's Ethereum private key")
-    he_context: Path | None = Field(None, description="the swarm's secret HE context file (default: in the state dir)")
+    he_context: Path | None = Field(
+        None, description="the swarm's secret HE context file (default: in the state dir)"
+    )
     coordinator: str | None = Field(None, description="coordinator host:port (federated)")
     rounds: int = Field(0, description="rounds to take part in, then exit (0: forever)")
     epochs: int = Field(2, description="local epochs per round")
-    lr: float = Field(0.01, description="learning rate")
-    batch_size: int = Field(32, description="mini-batch size")
+    lr: float = Field(0.003, description="learning rate (Adam)")
+    batch_size: int = Field(16, description="mini-batch size")
     seed: int = Field(0, description="swarm seed: initial model and per-round shuffling")
     round_deadline_s: float = Field(
         30.0, description="seconds after its own commit a relay waits for missing members"

@@ -4,7 +4,6 @@
 else needs ``Authorization: Bearer <admin token>``.
 """
 
-from __future__ import annotations
 
 import secrets
 from typing import TYPE_CHECKING, Annotated, Any
@@ -38,7 +37,7 @@ class ModelInfo(BaseModel):
     evaluation: dict[str, Any] | None
 
 
-def create_app(runtime: NodeRuntime) -> FastAPI:
+def create_app(runtime: "NodeRuntime") -> FastAPI:
     app = FastAPI(
         title=f"Apiary node {runtime.settings.name}",
         version="1",

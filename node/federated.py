@@ -12,7 +12,7 @@ import numpy as np
 
 from apiary.coefficients import block_digest
 from apiary.he import HEContext
-from apiary.transport import push_update, receive_aggregate
+from apiary.transport import TransportError, fetch_aggregate, push_update
 from node.rounds import RoundFailed, RoundOutcome
 from proto import apiary_pb2, apiary_pb2_grpc
 
@@ -53,7 +53,10 @@ class FederatedRound:
         header = apiary_pb2.UpdateHeader(round=round_number, sender=self.node,
                                          sample_count=samples, block_count=len(blocks),
                                          block_digests=digests)
-        push_update(self.coordinator, header, blocks, timeout=60, service="coordinator")
+        try:
+            push_update(self.coordinator, header, blocks, timeout=60, service="coordinator")
+        except TransportError as exc:
+            raise RoundFailed(f"round {round_number}: {exc}") from exc
         seconds["exchange"] = time.perf_counter() - started
         log.info("node=%s round=%d pushed %d blocks to the coordinator", self.node,
                  round_number, len(blocks))
@@ -67,12 +70,13 @@ class FederatedRound:
         return outcome
 
     def fetch_aggregate(self, round_number: int, param_count: int) -> RoundOutcome:
-        request = apiary_pb2.AggregateRequest(round=round_number, sender=self.node)
         try:
-            chunks = self._stub.GetAggregate(request, timeout=self.round_timeout_s)
-            header, blocks = receive_aggregate(chunks, modulus=self.he.modulus)
-        except grpc.RpcError as exc:
-            raise RoundFailed(f"round {round_number}: coordinator: {exc.details()}") from exc
+            header, blocks = fetch_aggregate(
+                self.coordinator, round_number, self.node, modulus=self.he.modulus,
+                timeout=self.round_timeout_s,
+            )
+        except TransportError as exc:
+            raise RoundFailed(f"round {round_number}: {exc}") from exc
         started = time.perf_counter()
         total = self.he.decrypt(blocks, param_count)
         return RoundOutcome(

@@ -1,0 +1,284 @@
+"""`apiary bench round`: per-phase wall time of one real swarm round.
+
+Every node is the real node code (`node.swarm.SwarmRound` with its gRPC `PeerService`)
+running in a thread of this process, against one real anvil devnet and a contract
+deployed per configuration. Training is real local training of an MLP of the requested
+size on a small synthetic dataset, so the "train" column means something, but the
+target concerns everything else.
+
+Caveat when reading the figures: all nodes share this machine's CPUs and one Python
+interpreter (GIL), so concurrent phases (encryption, gRPC streaming and its block checks)
+contend in a way that separate hospitals would not; the numbers are an upper bound on
+what each node would see on its own machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from apiary.bench.report import machine, median, table
+from apiary.flat import flatten, param_count
+from apiary.he import HEContext
+from apiary.models import build_mlp_with_params
+from apiary.training import train_local
+from contracts.binding import SwarmContract
+from contracts.devnet import Devnet, dev_private_keys, free_port, running_devnet
+from node.founding import FoundingMember, Identity, found_swarm
+from node.peer import Inbox, PeerService, start_peer_server
+from node.rounds import RoundOutcome
+from node.swarm import SwarmRound
+
+PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
+TARGET_PARAMS = 100_000
+TARGET_NODES = 5
+TARGET_SECONDS_EXCLUDING_TRAIN = 3.0
+
+INPUT_DIM = 15
+NUM_CLASSES = 2
+ROWS_PER_NODE = 256
+ROUND_DEADLINE_S = 60.0
+RELAY_TAKEOVER_S = 30.0
+"""Large, so that a backup relay never steps in while the first one is still busy."""
+MAX_AGGREGATE_ERROR = 1e-4
+"""CKKS at scale 2^40 averages to ~1e-8; anything near this bound means a broken round."""
+
+
+@dataclass
+class _Node:
+    name: str
+    address: str
+    driver: SwarmRound
+    train: Callable[[], tuple[np.ndarray, float, int]]
+    trained: list[np.ndarray]
+
+
+def bench_round(
+    node_counts: Sequence[int] = (3, 5),
+    param_targets: Sequence[int] = (10_000, 100_000, 1_000_000),
+    rows: int = ROWS_PER_NODE,
+    round_timeout_s: float = 600.0,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run one swarm round per (node count, model size) and time each phase on each node.
+
+    Per phase the median and the maximum across nodes are reported; the relay's own
+    "aggregate" (its aggregate transactions plus its wait for every commit) separately.
+    """
+    if not node_counts or not param_targets:
+        raise ValueError("need at least one node count and one parameter count")
+    if min(node_counts) < 1 or rows < 1:
+        raise ValueError("node counts and rows must be at least 1")
+    say = progress or (lambda _msg: None)
+    # One thread per node trains at once: more torch threads would only oversubscribe.
+    torch.set_num_threads(1)
+    he = HEContext.create()
+    keys = dev_private_keys(max(node_counts) + 1)
+    results = []
+    with running_devnet() as devnet:
+        for nodes in node_counts:
+            for target in param_targets:
+                results.append(
+                    _one_round(devnet, he, keys, nodes, target, rows, round_timeout_s, seed, say)
+                )
+    return {
+        "benchmark": "round",
+        **machine(),
+        "torch_threads": torch.get_num_threads(),
+        "rows_per_node": rows,
+        "target": {
+            "nodes": TARGET_NODES,
+            "params": TARGET_PARAMS,
+            "max_seconds_excluding_train": TARGET_SECONDS_EXCLUDING_TRAIN,
+        },
+        "results": results,
+    }
+
+
+def _one_round(
+    devnet: Devnet,
+    he: HEContext,
+    keys: list[str],
+    nodes: int,
+    target: int,
+    rows: int,
+    round_timeout_s: float,
+    seed: int,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    params = param_count(build_mlp_with_params(target, INPUT_DIM, NUM_CLASSES, seed))
+    label = f"{nodes} nodes, {params:,} params"
+    say(f"{label}: deploying the contract and starting {nodes} gRPC peers")
+    identities = [Identity.create(f"node{i}", keys[i + 1]) for i in range(nodes)]
+    ports = [free_port() for _ in identities]
+    contract = found_swarm(
+        devnet.web3(), keys[0], he, params,
+        [FoundingMember(ident, f"127.0.0.1:{port}") for ident, port in zip(identities, ports,
+                                                                           strict=True)],
+        min_peers=nodes,
+    )  # fmt: skip
+    secret = he.secret_bytes()
+    with _peer_servers(devnet, contract.address, identities, ports) as inboxes:
+        swarm = [
+            _node(devnet, contract.address, ident, inbox, secret, params, rows, round_timeout_s,
+                  seed, index)
+            for index, (ident, inbox) in enumerate(zip(identities, inboxes, strict=True))
+        ]  # fmt: skip
+        say(f"{label}: running round 1")
+        started = time.perf_counter()
+        with futures.ThreadPoolExecutor(max_workers=nodes, thread_name_prefix="node") as pool:
+            running = [pool.submit(n.driver.run, 1, n.train, params) for n in swarm]
+            outcomes = [r.result() for r in running]
+        wall = time.perf_counter() - started
+    info = contract.round_info(1)
+    if not info.finalized:
+        raise RuntimeError(f"{label}: the round did not finalize")
+    error = _aggregate_error(contract, swarm, outcomes)
+    if error > MAX_AGGREGATE_ERROR:
+        raise RuntimeError(f"{label}: the decrypted average is off by {error:g}")
+    row = _summarise(nodes, params, outcomes, wall, error)
+    say(f"{label}: {row['seconds_excluding_train']:.2f} s excluding training "
+        f"({wall:.2f} s wall)")
+    return row
+
+
+def _node(
+    devnet: Devnet,
+    address: str,
+    identity: Identity,
+    inbox: Inbox,
+    secret: bytes,
+    params: int,
+    rows: int,
+    round_timeout_s: float,
+    seed: int,
+    index: int,
+) -> _Node:
+    """One member: its own Web3, its own copy of the swarm key, its own data and model."""
+    contract = SwarmContract.at(devnet.web3(), address, identity.private_key)
+    driver = SwarmRound(
+        contract, HEContext.from_bytes(secret), inbox, identity.private_key, identity.name,
+        round_deadline_s=ROUND_DEADLINE_S, relay_takeover_s=RELAY_TAKEOVER_S,
+        round_timeout_s=round_timeout_s,
+    )  # fmt: skip
+    # Every member starts from the same global model (same seed) but trains on its own rows.
+    model = build_mlp_with_params(params, INPUT_DIM, NUM_CLASSES, seed)
+    if param_count(model) != params:
+        raise RuntimeError(f"model has {param_count(model)} parameters, expected {params}")
+    x, y = _synthetic_data(rows, seed * 1000 + index)
+    trained: list[np.ndarray] = []
+
+    def train() -> tuple[np.ndarray, float, int]:
+        loss = train_local(model, x, y, epochs=1, lr=0.01, batch_size=32, seed=seed + index)
+        weights = flatten(model)
+        trained.append(weights)
+        return weights, loss, rows
+
+    return _Node(identity.name, identity.address, driver, train, trained)
+
+
+def _synthetic_data(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian features with labels from a fixed linear rule: learnable, deterministic."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, INPUT_DIM)).astype(np.float32)
+    rule = np.random.default_rng(0).normal(size=INPUT_DIM)
+    y = (x @ rule + rng.normal(scale=0.5, size=rows) > 0).astype(np.int64)
+    return x, y
+
+
+@contextmanager
+def _peer_servers(
+    devnet: Devnet, address: str, identities: Sequence[Identity], ports: Sequence[int]
+) -> Iterator[list[Inbox]]:
+    """Each member's gRPC inbox, with a contract (and Web3) of its own: gRPC handler
+    threads must not share the HTTP session of the round driver."""
+    inboxes: list[Inbox] = []
+    servers: list[grpc.Server] = []
+    try:
+        for ident, port in zip(identities, ports, strict=True):
+            inbox = Inbox()
+            peer_contract = SwarmContract.at(devnet.web3(), address, ident.private_key)
+            servers.append(start_peer_server(PeerService(peer_contract, inbox, ident.name),
+                                             "127.0.0.1", port))
+            inboxes.append(inbox)
+        yield inboxes
+    finally:
+        for server in servers:
+            server.stop(grace=None).wait()
+
+
+def _aggregate_error(
+    contract: SwarmContract, swarm: Sequence[_Node], outcomes: Sequence[RoundOutcome]
+) -> float:
+    """Largest deviation of any node's decrypted model from the plain weighted mean."""
+    addresses, weights, total = contract.round_weights(1)
+    by_address = {n.address: n.trained[-1] for n in swarm}
+    expected = sum(w * by_address[a] for a, w in zip(addresses, weights, strict=True)) / total
+    return max(float(np.max(np.abs(o.weights - expected))) for o in outcomes)
+
+
+def _summarise(
+    nodes: int, params: int, outcomes: Sequence[RoundOutcome], wall: float, error: float
+) -> dict[str, Any]:
+    for outcome in outcomes:
+        missing = [p for p in PHASES if p not in outcome.seconds]
+        if missing or not outcome.committed:
+            raise RuntimeError(f"a node did not take part in every phase (missing {missing})")
+    relays = [o for o in outcomes if o.relay]
+    if len(relays) != 1:
+        raise RuntimeError(f"expected exactly one relay, got {len(relays)}")
+    per_node = [sum(o.seconds[p] for p in PHASES if p != "train") for o in outcomes]
+    return {
+        "nodes": nodes,
+        "params": params,
+        "seconds": {p: median([o.seconds[p] for o in outcomes]) for p in PHASES},
+        "seconds_max": {p: max(o.seconds[p] for o in outcomes) for p in PHASES},
+        "relay_aggregate_seconds": relays[0].seconds["aggregate"],
+        # Median over nodes of each node's own time from trained weights to decrypted model.
+        "seconds_excluding_train": median(per_node),
+        "seconds_excluding_train_max": max(per_node),
+        "round_wall_seconds": wall,
+        "max_abs_error": error,
+    }
+
+
+def format_round_table(result: dict[str, Any]) -> str:
+    rows = [
+        (
+            r["nodes"],
+            r["params"],
+            *(r["seconds"][p] for p in PHASES),
+            r["relay_aggregate_seconds"],
+            r["seconds_excluding_train"],
+            r["round_wall_seconds"],
+        )
+        for r in result["results"]
+    ]
+    headers = ("nodes", "params", *PHASES, "relay aggregate", "all but train", "wall")
+    lines = [
+        table(headers, rows),
+        "(seconds; phases are the median across nodes; 'all but train' is the median of each "
+        "node's encrypt→decrypt time)",
+    ]
+    target = result["target"]
+    for r in result["results"]:
+        near = abs(r["params"] - target["params"]) <= 0.1 * target["params"]
+        if r["nodes"] == target["nodes"] and near:
+            ok = r["seconds_excluding_train"] <= target["max_seconds_excluding_train"]
+            lines.append(
+                f"target: all but training ≤ {target['max_seconds_excluding_train']:g} s for "
+                f"{target['params']:,} params and {target['nodes']} nodes: "
+                f"{r['seconds_excluding_train']:.2f} s, {'met' if ok else 'MISSED'}"
+            )
+    lines.append(f"(machine: {result['processor']}, {result['cpus']} CPUs, all nodes in one "
+                 "process)")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Federated mode: a central server that averages encrypted updates with the public key only."""

@@ -1,0 +1,1 @@
+"""gRPC definitions (`apiary.proto`) and their generated stubs: `python -m proto.generate`."""

@@ -1,0 +1,64 @@
+"""Regenerate the committed gRPC stubs from `apiary.proto`: ``python -m proto.generate``.
+
+protoc runs with the repository root as include path, so the proto's import name is
+``proto/apiary.proto`` and the generated service module imports ``from proto import
+apiary_pb2`` with no patching. The stubs are committed; a test regenerates them into a
+temporary directory and compares, so they cannot drift from the proto.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from grpc_tools import protoc
+
+PROTO_DIR = Path(__file__).resolve().parent
+PROTO_FILE = PROTO_DIR / "apiary.proto"
+GENERATED = ("apiary_pb2.py", "apiary_pb2.pyi", "apiary_pb2_grpc.py")
+
+_STUB_PREAMBLE = "# ruff: noqa\n"
+"""protoc's type stubs use Optional/Union and unsorted imports; the `.py` files are
+excluded from ruff in pyproject, the `.pyi` carries its own exemption."""
+
+
+def generate(out_dir: Path | str) -> list[Path]:
+    """Write the three generated files into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    well_known = str(resources.files("grpc_tools") / "_proto")
+    with tempfile.TemporaryDirectory() as tmp:
+        status = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{PROTO_DIR.parent}",
+                f"-I{well_known}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                str(PROTO_FILE),
+            ]
+        )
+        if status != 0:
+            raise RuntimeError(f"protoc failed with status {status} on {PROTO_FILE}")
+        written = []
+        for name in GENERATED:
+            target = out / name
+            shutil.copyfile(Path(tmp) / PROTO_DIR.name / name, target)
+            if name.endswith(".pyi"):
+                target.write_text(_STUB_PREAMBLE + target.read_text())
+            written.append(target)
+    return written
+
+
+def main() -> None:
+    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else PROTO_DIR
+    for path in generate(out_dir):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
