@@ -223,7 +223,9 @@ class SwarmContract:
 
     # ------------------------------------------------------------------ events
 
-    def aggregated_blocks(self, round_number: int, from_block: int = 0) -> dict[int, AggregatedBlock]:
+    def aggregated_blocks(
+        self, round_number: int, from_block: int = 0
+    ) -> dict[int, AggregatedBlock]:
         """The round's BlockAggregated events, by block index."""
         logs = self.contract.events.BlockAggregated().get_logs(
             from_block=from_block, argument_filters={"round": round_number}
