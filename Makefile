@@ -19,7 +19,7 @@ $(PY_STAMP): requirements.lock pyproject.toml
 	touch $@
 
 $(NPM_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --no-save --loglevel=error
 	touch $@
 
 test: deps
