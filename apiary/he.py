@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from eth_utils import keccak
 import tenseal as ts
 import tenseal.sealapi as sealapi
 import zstandard
@@ -112,6 +113,10 @@ class HEContext:
         except Exception as exc:
             raise ValueError(f"not a serialised TenSEAL context: {exc}") from None
         return cls(context)
+
+    def public_digest(self) -> bytes:
+        """keccak256 of the public context: what the chain records for a key epoch."""
+        return keccak(self.public_bytes())
 
     def public_bytes(self) -> bytes:
         """The context with the public key only: safe to hand to anyone."""

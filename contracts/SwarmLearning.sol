@@ -22,6 +22,24 @@ contract SwarmLearning {
         0x0000000000000000ffffffffffffffff0000000000000000ffffffffffffffff;
     uint256 private constant _SLOT_MASK = 0xffffffffffffffffffffffffffffffff;
 
+    /// @notice Who admits new members: the admin alone, or a majority of active members.
+    enum MembershipRule {
+        Admin,
+        Majority
+    }
+
+    struct Proposal {
+        string endpoint;
+        bytes32 x25519PublicKey;
+        uint256 approvals;
+        uint256 epoch;
+    }
+
+    struct KeyEpoch {
+        uint256 fromRound;
+        bytes32 contextDigest;
+    }
+
     struct Member {
         string endpoint;
         bytes32 x25519PublicKey;
@@ -55,6 +73,9 @@ contract SwarmLearning {
     /// @notice Fewest contributors a round may be aggregated with.
     uint256 public immutable minPeers;
 
+    /// @notice How new members are admitted (fixed at deployment).
+    MembershipRule public immutable membershipRule;
+
     /// @notice The account that adds and removes members.
     address public admin;
     /// @notice The round that accepts commits and aggregates now (starts at 1).
@@ -67,9 +88,16 @@ contract SwarmLearning {
     address[] private _memberList;
     mapping(address => Member) private _members;
     mapping(uint256 => Round) private _rounds;
+    mapping(address => Proposal) private _proposals;
+    mapping(bytes32 => bool) private _approvedBy;
+    uint256 private _proposalEpoch;
+    KeyEpoch[] private _keyEpochs;
 
     event MemberAdded(address indexed member, string endpoint, bytes32 x25519PublicKey);
     event MemberRemoved(address indexed member);
+    event MemberProposed(address indexed candidate, address indexed proposer);
+    event MemberApproved(address indexed candidate, address indexed approver, uint256 approvals);
+    event KeyRotated(uint256 indexed epoch, uint256 fromRound, bytes32 contextDigest);
     event Committed(uint256 indexed round, address indexed member, uint256 sampleCount);
     event RoundSealed(uint256 indexed round, uint256 contributors, uint256 weightSum);
     event BlockAggregated(
@@ -99,6 +127,10 @@ contract SwarmLearning {
     error WrongContributionCount(uint256 got, uint256 expected);
     error WrongCiphertextLength(uint256 index, uint256 got, uint256 expected);
     error DigestMismatch(uint256 index, address member);
+    error WrongMembershipRule(MembershipRule rule);
+    error NoProposal(address candidate);
+    error AlreadyApproved(address candidate, address approver);
+    error InvalidKeyEpoch(uint256 fromRound, uint256 earliest);
 
     modifier onlyAdmin() {
         if (msg.sender != admin) revert NotAdmin(msg.sender);
@@ -119,12 +151,23 @@ contract SwarmLearning {
     /// @param modulus_ the data prime q, below 2^64.
     /// @param paramCount_ parameters of the swarm's model.
     /// @param minPeers_ fewest contributors per round.
-    constructor(uint256 polyModulusDegree_, uint256 modulus_, uint256 paramCount_, uint256 minPeers_) {
+    /// @param rule_ how later members are admitted.
+    /// @param contextDigest_ keccak256 of the swarm's first public HE context (key epoch 0).
+    constructor(
+        uint256 polyModulusDegree_,
+        uint256 modulus_,
+        uint256 paramCount_,
+        uint256 minPeers_,
+        MembershipRule rule_,
+        bytes32 contextDigest_
+    ) {
         if (
             polyModulusDegree_ < 2 || polyModulusDegree_ & (polyModulusDegree_ - 1) != 0
                 || modulus_ < 2 || modulus_ >= 2 ** 64 || paramCount_ == 0 || minPeers_ == 0
-                || minPeers_ > MAX_MEMBERS
+                || minPeers_ > MAX_MEMBERS || contextDigest_ == bytes32(0)
         ) revert InvalidParameters();
+        membershipRule = rule_;
+        _keyEpochs.push(KeyEpoch(1, contextDigest_));
         polyModulusDegree = polyModulusDegree_;
         modulus = modulus_;
         slotsPerBlock = polyModulusDegree_ / 2;
@@ -138,20 +181,109 @@ contract SwarmLearning {
 
     // ------------------------------------------------------------------ membership
 
-    /// @notice Admit `account` with its gRPC endpoint and X25519 public key.
+    /// @notice Admit `account` with its gRPC endpoint and X25519 public key. Under the
+    /// Majority rule the admin may do so only while founding (before any commit).
     function addMember(address account, string calldata endpoint, bytes32 x25519PublicKey)
         external
         onlyAdmin
+    {
+        bool founding = lastFinalizedRound == 0 && _rounds[currentRound].committers.length == 0;
+        if (membershipRule == MembershipRule.Majority && !founding) {
+            revert WrongMembershipRule(membershipRule);
+        }
+        _admit(account, endpoint, x25519PublicKey);
+    }
+
+    /// @notice Majority rule: an active member proposes `account`; its approval counts.
+    function proposeMember(address account, string calldata endpoint, bytes32 x25519PublicKey)
+        external
+        onlyActiveMember
+    {
+        if (membershipRule != MembershipRule.Majority) revert WrongMembershipRule(membershipRule);
+        _checkCandidate(account, endpoint, x25519PublicKey);
+        _proposalEpoch += 1;
+        Proposal storage p = _proposals[account];
+        p.endpoint = endpoint;
+        p.x25519PublicKey = x25519PublicKey;
+        p.approvals = 0;
+        p.epoch = _proposalEpoch;
+        emit MemberProposed(account, msg.sender);
+        _approve(account, p);
+    }
+
+    /// @notice Majority rule: an active member approves a proposed `account`; more than half
+    /// of the active members admit it.
+    function approveMember(address account) external onlyActiveMember {
+        if (membershipRule != MembershipRule.Majority) revert WrongMembershipRule(membershipRule);
+        Proposal storage p = _proposals[account];
+        if (p.epoch == 0 || _members[account].exists) revert NoProposal(account);
+        _approve(account, p);
+    }
+
+    function _approve(address account, Proposal storage p) private {
+        bytes32 key = keccak256(abi.encode(account, p.epoch, msg.sender));
+        if (_approvedBy[key]) revert AlreadyApproved(account, msg.sender);
+        _approvedBy[key] = true;
+        p.approvals += 1;
+        emit MemberApproved(account, msg.sender, p.approvals);
+        if (p.approvals * 2 > activeMemberCount) _admit(account, p.endpoint, p.x25519PublicKey);
+    }
+
+    function _checkCandidate(address account, string memory endpoint, bytes32 x25519PublicKey)
+        private
+        view
     {
         if (account == address(0) || bytes(endpoint).length == 0 || x25519PublicKey == bytes32(0)) {
             revert InvalidMember(account);
         }
         if (_members[account].exists) revert MemberExists(account);
+    }
+
+    function _admit(address account, string memory endpoint, bytes32 x25519PublicKey) private {
+        _checkCandidate(account, endpoint, x25519PublicKey);
         if (activeMemberCount >= MAX_MEMBERS) revert TooManyMembers(MAX_MEMBERS);
         _members[account] = Member(endpoint, x25519PublicKey, true, true);
         _memberList.push(account);
         activeMemberCount += 1;
         emit MemberAdded(account, endpoint, x25519PublicKey);
+    }
+
+    /// @notice Start a new HE key epoch at `fromRound` (after a member left, say). Members
+    /// encrypt round r under the epoch in force at r; `contextDigest` is keccak256 of the
+    /// new public context, so a member can check the key it is handed.
+    function rotateKey(uint256 fromRound, bytes32 contextDigest) external onlyAdmin {
+        uint256 earliest = currentRound;
+        if (_rounds[currentRound].committers.length > 0) earliest = currentRound + 1;
+        uint256 last = _keyEpochs[_keyEpochs.length - 1].fromRound;
+        if (earliest <= last) earliest = last + 1;
+        if (fromRound < earliest || contextDigest == bytes32(0)) {
+            revert InvalidKeyEpoch(fromRound, earliest);
+        }
+        _keyEpochs.push(KeyEpoch(fromRound, contextDigest));
+        emit KeyRotated(_keyEpochs.length - 1, fromRound, contextDigest);
+    }
+
+    /// @notice The key epoch that encrypts `round`, and its public context digest.
+    function keyEpochFor(uint256 round)
+        public
+        view
+        returns (uint256 epoch, bytes32 contextDigest)
+    {
+        for (uint256 i = _keyEpochs.length; i > 0; --i) {
+            KeyEpoch storage k = _keyEpochs[i - 1];
+            if (k.fromRound <= round) return (i - 1, k.contextDigest);
+        }
+        return (0, _keyEpochs[0].contextDigest);
+    }
+
+    /// @notice Number of key epochs so far (epoch 0 is the founding key).
+    function keyEpochCount() external view returns (uint256) {
+        return _keyEpochs.length;
+    }
+
+    /// @notice Approvals a proposed candidate has (0 when none).
+    function proposalApprovals(address account) external view returns (uint256) {
+        return _proposals[account].approvals;
     }
 
     /// @notice Deactivate `account`: it can no longer commit or aggregate.

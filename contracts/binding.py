@@ -23,6 +23,7 @@ from web3.types import TxParams, TxReceipt
 from contracts.compiler import load_artifact
 
 GAS_HEADROOM = 1.1
+MEMBERSHIP_RULES = ("admin", "majority")
 RECEIPT_POLL_SECONDS = 0.01
 
 
@@ -110,13 +111,19 @@ class SwarmContract:
         *,
         param_count: int,
         modulus: int,
+        context_digest: bytes,
         poly_modulus_degree: int = 8192,
         min_peers: int = 1,
+        membership: str = "admin",
     ) -> SwarmContract:
+        """Deploy for one model size and HE key; `membership` is "admin" or "majority"."""
+        if membership not in MEMBERSHIP_RULES:
+            raise ValueError(f"membership rule must be one of {', '.join(MEMBERSHIP_RULES)}")
         artifact = load_artifact()
         factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         account: LocalAccount = Account.from_key(private_key)
-        call = factory.constructor(poly_modulus_degree, modulus, param_count, min_peers)
+        call = factory.constructor(poly_modulus_degree, modulus, param_count, min_peers,
+                                   MEMBERSHIP_RULES.index(membership), context_digest)
         errors = _error_table(artifact["abi"])
         receipt = _transact(w3, account, call, "constructor", errors)
         address = receipt["contractAddress"]
@@ -190,6 +197,20 @@ class SwarmContract:
     def aggregate_digest(self, round_number: int, block_index: int) -> bytes:
         return bytes(self._view("aggregateDigest", round_number, block_index))
 
+    def membership_rule(self) -> str:
+        return MEMBERSHIP_RULES[int(self._view("membershipRule"))]
+
+    def proposal_approvals(self, address: str) -> int:
+        return int(self._view("proposalApprovals", to_checksum_address(address)))
+
+    def key_epoch_for(self, round_number: int) -> tuple[int, bytes]:
+        """The HE key epoch that encrypts `round_number`, and its public context digest."""
+        epoch, digest = self._view("keyEpochFor", round_number)
+        return int(epoch), bytes(digest)
+
+    def key_epoch_count(self) -> int:
+        return int(self._view("keyEpochCount"))
+
     # ------------------------------------------------------------------ transactions
 
     def _send(self, name: str, *args: Any, gas: int | None = None) -> TxResult:
@@ -205,6 +226,29 @@ class SwarmContract:
 
     def remove_member(self, address: str) -> TxResult:
         return self._send("removeMember", to_checksum_address(address))
+
+    def propose_member(self, address: str, endpoint: str, x25519_public_key: bytes) -> TxResult:
+        return self._send("proposeMember", to_checksum_address(address), endpoint,
+                          x25519_public_key)
+
+    def approve_member(self, address: str) -> TxResult:
+        return self._send("approveMember", to_checksum_address(address))
+
+    def rotate_key(self, from_round: int, context_digest: bytes) -> TxResult:
+        return self._send("rotateKey", from_round, context_digest)
+
+    def fund(self, address: str, wei: int) -> TxResult:
+        """Send `wei` to `address` (a newcomer needs gas for its commits)."""
+        tx = {
+            "from": self.account.address, "to": to_checksum_address(address), "value": wei,
+            "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending"),
+            "gas": 21_000, "chainId": self.w3.eth.chain_id,
+            "gasPrice": self.w3.eth.gas_price,
+        }
+        tx_hash = self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx).raw_transaction)
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
+        return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
+                        receipt["blockNumber"])
 
     def commit(self, round_number: int, digests: Sequence[bytes], sample_count: int) -> TxResult:
         for i, digest in enumerate(digests):

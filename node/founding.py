@@ -76,10 +76,12 @@ def found_swarm(
     param_count: int,
     members: list[FoundingMember],
     min_peers: int,
+    membership: str = "admin",
 ) -> SwarmContract:
     """Deploy the contract and admit the founding members; returns it seen by the admin."""
     contract = SwarmContract.deploy(
-        w3, admin_key, param_count=param_count, modulus=he.modulus, min_peers=min_peers
+        w3, admin_key, param_count=param_count, modulus=he.modulus, min_peers=min_peers,
+        context_digest=he.public_digest(), membership=membership,
     )
     for m in members:
         contract.add_member(m.identity.address, m.endpoint,

@@ -36,10 +36,11 @@ class Swarm:
 
 def make_swarm(
     w3: Web3, keys: list[str], he: HEContext, *, members: int = 3, params: int = RAGGED_PARAMS,
-    min_peers: int = 1,
+    min_peers: int = 1, membership: str = "admin",
 ) -> Swarm:
     admin = SwarmContract.deploy(
-        w3, keys[0], param_count=params, modulus=he.modulus, min_peers=min_peers
+        w3, keys[0], param_count=params, modulus=he.modulus, min_peers=min_peers,
+        context_digest=he.public_digest(), membership=membership,
     )
     hospitals = [admin.as_account(k) for k in keys[1 : members + 1]]
     for i, hospital in enumerate(hospitals):
@@ -309,3 +310,57 @@ def test_relay_order_is_a_rotation_of_the_active_members(w3, dev_keys, he) -> No
         start = active.index(order[0])
         assert order == active[start:] + active[:start]
     assert len({o[0] for o in orders}) > 1, "the relay should move between rounds"
+
+
+def test_majority_rule_admits_a_member_only_with_more_than_half(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=4, params=SLOTS_PER_BLOCK,
+                       membership="majority")
+    assert swarm.admin.membership_rule() == "majority"
+    candidate, key = swarm.outsider.sender, b"\x07" * 32
+    rejects(lambda: swarm.outsider.propose_member(candidate, "127.0.0.1:9", key), "NotMember",
+            swarm.admin)
+    rejects(lambda: swarm.members[0].approve_member(candidate), "NoProposal", swarm.admin)
+    swarm.members[0].propose_member(candidate, "127.0.0.1:9", key)
+    assert swarm.admin.proposal_approvals(candidate) == 1
+    rejects(lambda: swarm.members[0].approve_member(candidate), "AlreadyApproved", swarm.admin)
+    swarm.members[1].approve_member(candidate)
+    assert not swarm.admin.member(candidate).active, "2 of 4 is not a majority"
+    swarm.members[2].approve_member(candidate)
+    assert swarm.admin.member(candidate).active
+    assert swarm.admin.member(candidate).endpoint == "127.0.0.1:9"
+    rejects(lambda: swarm.members[3].approve_member(candidate), "NoProposal", swarm.admin)
+
+
+def test_majority_rule_closes_admin_admission_after_founding(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK,
+                       membership="majority")
+    block = he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0]
+    swarm.members[0].commit(1, [block_digest(block)], 10)
+    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32),
+            "WrongMembershipRule", swarm.admin)
+
+
+def test_admin_rule_has_no_proposals(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
+    rejects(lambda: swarm.members[0].propose_member(swarm.outsider.sender, "h:1", b"\x05" * 32),
+            "WrongMembershipRule", swarm.admin)
+
+
+def test_key_rotation_starts_a_new_epoch_from_a_future_round(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
+    assert swarm.admin.key_epoch_for(1) == (0, he.public_digest())
+    fresh = HEContext.create()
+    block = he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0]
+    swarm.members[0].commit(1, [block_digest(block)], 10)
+    rejects(lambda: swarm.admin.rotate_key(1, fresh.public_digest()), "InvalidKeyEpoch",
+            swarm.admin)
+    rejects(lambda: swarm.members[0].rotate_key(2, fresh.public_digest()), "NotAdmin",
+            swarm.admin)
+    rejects(lambda: swarm.admin.rotate_key(2, bytes(32)), "InvalidKeyEpoch", swarm.admin)
+    swarm.admin.rotate_key(2, fresh.public_digest())
+    assert swarm.admin.key_epoch_count() == 2
+    assert swarm.admin.key_epoch_for(1) == (0, he.public_digest())
+    assert swarm.admin.key_epoch_for(2) == (1, fresh.public_digest())
+    assert swarm.admin.key_epoch_for(9) == (1, fresh.public_digest())
+    rejects(lambda: swarm.admin.rotate_key(2, he.public_digest()), "InvalidKeyEpoch",
+            swarm.admin)

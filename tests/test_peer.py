@@ -26,7 +26,8 @@ PARAMS = 2 * SLOTS_PER_BLOCK
 @pytest.fixture
 def relay(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[dict]:
     """Members A and B; B's node runs the PeerService; the last dev key is an outsider."""
-    admin = SwarmContract.deploy(w3, dev_keys[0], param_count=PARAMS, modulus=he.modulus)
+    admin = SwarmContract.deploy(w3, dev_keys[0], param_count=PARAMS, modulus=he.modulus,
+                                 context_digest=he.public_digest())
     a, b = admin.as_account(dev_keys[1]), admin.as_account(dev_keys[2])
     for i, member in enumerate((a, b)):
         admin.add_member(member.sender, f"127.0.0.1:{60000 + i}", bytes([i + 1]) * 32)

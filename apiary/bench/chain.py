@@ -33,7 +33,8 @@ def bench_chain(
             say(f"{nodes} nodes: encrypting {nodes} × {params:,} parameters")
             updates = [he.encrypt(rng.normal(0, 0.1, params)) for _ in range(nodes)]
             contract = SwarmContract.deploy(
-                w3, keys[0], param_count=params, modulus=he.modulus, min_peers=nodes
+                w3, keys[0], param_count=params, modulus=he.modulus, min_peers=nodes,
+                context_digest=he.public_digest(),
             )
             members = [contract.as_account(k) for k in keys[1 : nodes + 1]]
             for i, member in enumerate(members):
