@@ -144,6 +144,26 @@ def bench_chain_command(nodes: tuple[int, ...], params: int, json_path: Path | N
     write_json(json_path, result)
 
 
+@bench.command("round")
+@click.option("--nodes", type=int, multiple=True, help="node counts (repeatable) [3, 5]")
+@click.option("--params", type=int, multiple=True,
+              help="approximate model sizes (repeatable) [10000, 100000, 1000000]")
+@click.option("--rows", type=int, default=256, show_default=True,
+              help="synthetic training rows per node")
+@json_option
+def bench_round_command(nodes: tuple[int, ...], params: tuple[int, ...], rows: int,
+                        json_path: Path | None) -> None:
+    """One real swarm round per configuration: seconds per phase, train to decrypt."""
+    from apiary.bench.report import write_json
+    from apiary.bench.round import bench_round, format_round_table
+
+    result = bench_round(node_counts=nodes or (3, 5),
+                         param_targets=params or (10_000, 100_000, 1_000_000),
+                         rows=rows, progress=_progress)
+    click.echo(format_round_table(result))
+    write_json(json_path, result)
+
+
 def _run_coordinator(settings: Any) -> None:
     from coordinator.main import run_coordinator
 

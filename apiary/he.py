@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from eth_utils import keccak
 import tenseal as ts
 import tenseal.sealapi as sealapi
 import zstandard
+from eth_utils import keccak
 
 from apiary.coefficients import (
     COEFFS_PER_BLOCK,
