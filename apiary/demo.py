@@ -26,8 +26,16 @@ from apiary.data.shards import Shard
 from apiary.flat import param_count as count_params
 from apiary.he import HEContext
 from apiary.models import build_model
+from apiary.tls import create_ca
 from contracts.devnet import dev_private_keys, free_port, running_devnet
-from node.founding import FoundingMember, Identity, found_swarm, write_context
+from node.founding import (
+    FoundingMember,
+    Identity,
+    found_swarm,
+    prepare_member_state,
+    write_context,
+    write_swarm_file,
+)
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
 
@@ -187,9 +195,11 @@ class LocalSwarm:
     """
 
     def __init__(self, options: DemoOptions, hospitals: tuple[str, ...] = HOSPITALS,
-                 emit: Callable[[str], None] | None = None) -> None:
+                 emit: Callable[[str], None] | None = None,
+                 joiners: tuple[str, ...] = ()) -> None:
         self.options = options
         self.hospitals = hospitals
+        self.joiners = joiners
         self.emit = emit or (lambda _msg: None)
         self.out = options.out_dir
         self.nodes: dict[str, NodeProcess] = {}
@@ -226,21 +236,23 @@ class LocalSwarm:
         self.he = HEContext.create()
         keys = dev_private_keys(len(HOSPITALS) + 1)
         self.ports = {name: (free_port(), free_port()) for name in self.hospitals}
+        founders = [n for n in self.hospitals if n not in self.joiners]
         self.identities = {name: Identity.create(name, keys[HOSPITALS.index(name) + 1])
-                           for name in self.hospitals}
-        for name in self.hospitals:
-            self.identities[name].save(self.state_dir(name))
-            write_context(self.he, self.state_dir(name), secret=True)
+                           for name in founders}
+        ca = create_ca(out.name)
+        for name in founders:
+            prepare_member_state(self.state_dir(name), self.identities[name], self.he, ca,
+                                 self.endpoint(name), holds_ca_key=name == founders[0])
         if options.mode == "swarm":
             chain = self._stack.enter_context(running_devnet())
-            self.emit(f"anvil devnet on {chain.rpc_url}; deploying SwarmLearning for "
-                      f"{self.params} parameters")
-            members = [FoundingMember(self.identities[n], f"127.0.0.1:{self.ports[n][1]}")
-                       for n in self.hospitals]
-            contract = found_swarm(chain.web3(), keys[0], self.he, self.params, members,
-                                   options.min_peers)
+            self.emit(f"anvil devnet on {chain.rpc_url}; {founders[0]} deploys SwarmLearning "
+                      f"for {self.params} parameters and admits {len(founders)} founders")
+            members = [FoundingMember(self.identities[n], self.endpoint(n)) for n in founders]
+            contract = found_swarm(chain.web3(), self.identities[founders[0]].private_key,
+                                   self.he, self.params, members, options.min_peers)
             self.rpc_url, self.contract_address = chain.rpc_url, contract.address
-            self.extra_flags = ["--rpc-url", chain.rpc_url, "--contract", contract.address]
+            for name in founders:
+                write_swarm_file(self.state_dir(name), contract.address, chain.rpc_url)
         elif options.mode == "federated":
             port = free_port()
             public = write_context(self.he, out / "coordinator", secret=False)
@@ -260,10 +272,16 @@ class LocalSwarm:
     def state_dir(self, name: str) -> Path:
         return self.out / "state" / name
 
-    def start(self, name: str) -> NodeProcess:
+    def endpoint(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name][1]}"
+
+    def start(self, name: str, extra: list[str] | None = None) -> NodeProcess:
+        """Start a node; founders find their swarm in their state dir, joiners get `extra`
+        (`--join URL --invite TOKEN`)."""
         api_port, grpc_port = self.ports[name]
         command = _node_command(name, self.options, self.data[name], self.heldout_path,
-                                self.state_dir(name), api_port, grpc_port, self.extra_flags)
+                                self.state_dir(name), api_port, grpc_port,
+                                self.extra_flags + (extra or []))
         command += ["--admin-token", self.options.admin_token]
         node = _spawn(name, command, self.out / "logs", f"http://127.0.0.1:{api_port}",
                       self.state_dir(name))
@@ -272,7 +290,8 @@ class LocalSwarm:
         return node
 
     def start_all(self) -> list[NodeProcess]:
-        return [self.start(name) for name in self.hospitals]
+        """Start every founding member."""
+        return [self.start(name) for name in self.hospitals if name not in self.joiners]
 
     def kill(self, name: str) -> None:
         node = self.nodes[name]

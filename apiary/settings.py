@@ -46,13 +46,22 @@ class NodeSettings(BaseSettings):
     grpc_host: str = Field("127.0.0.1", description="peer gRPC listen address")
     grpc_port: int = Field(50051, description="peer gRPC port")
     advertise: str | None = Field(None, description="gRPC endpoint peers use (host:port)")
-    rpc_url: str = Field("http://127.0.0.1:8545", description="chain JSON-RPC endpoint")
-    contract: str | None = Field(None, description="SwarmLearning contract address")
+    rpc_url: str | None = Field(
+        None, description="chain JSON-RPC endpoint (default: from the state dir, else :8545)"
+    )
+    contract: str | None = Field(
+        None, description="SwarmLearning contract address (default: from the state dir)"
+    )
     private_key: str | None = Field(None, description="this node's Ethereum private key")
     he_context: Path | None = Field(
         None, description="the swarm's secret HE context file (default: in the state dir)"
     )
     coordinator: str | None = Field(None, description="coordinator host:port (federated)")
+    join: str | None = Field(None, description="join the swarm through this sponsor's API URL")
+    invite: str | None = Field(None, description="the sponsor's invite token (with --join)")
+    join_funding_eth: float = Field(
+        1.0, description="ETH a sponsor sends a newcomer for its gas (devnets)"
+    )
     rounds: int = Field(0, description="rounds to take part in, then exit (0: forever)")
     epochs: int = Field(2, description="local epochs per round")
     lr: float = Field(0.003, description="learning rate (Adam)")
@@ -103,3 +112,57 @@ class CoordinatorSettings(BaseSettings):
     def load(cls, **overrides: Any) -> CoordinatorSettings:
         """Environment first, then every override that is not None (CLI flags)."""
         return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+class FoundingSettings(BaseSettings):
+    """`apiary found`: deploy the contract and set up every founding member's state directory."""
+
+    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
+
+    rpc_url: str = Field("http://127.0.0.1:8545", description="chain JSON-RPC endpoint")
+    founder_key: str | None = Field(
+        None, description="Ethereum key that deploys the contract (default: anvil dev account 0)"
+    )
+    founding_members: str = Field(
+        "", description="comma-separated name=host:port, each member's gRPC endpoint"
+    )
+    state_root: Path = Field(
+        Path("state"), description="holds each member's state directory, <state_root>/<name>"
+    )
+    swarm_dir: Path = Field(
+        Path("swarm"), description="where swarm.json and the public HE context are written"
+    )
+    swarm_name: str = Field("apiary", description="the swarm's name (its TLS CA's common name)")
+    model: str = Field("mlp", description="model from the registry: mlp or cnn")
+    dataset: str = Field(
+        "heart", description="'heart' (bundled data) or a shard file: sizes the contract"
+    )
+    min_peers: int = Field(2, ge=1, description="fewest members a round may close with")
+    membership: str = Field("admin", description="who admits members: admin or majority")
+    member_funding_eth: float = Field(
+        10.0, ge=0, description="ETH the founder sends each member's fresh account for gas"
+    )
+    chain_wait_s: float = Field(60.0, gt=0, description="seconds to wait for the chain to answer")
+
+    @property
+    def member_endpoints(self) -> dict[str, str]:
+        """``{name: host:port}`` in the order given; the first keeps the CA key."""
+        members: dict[str, str] = {}
+        for item in filter(None, (i.strip() for i in self.founding_members.split(","))):
+            name, sep, endpoint = item.partition("=")
+            if not sep or not name.strip() or ":" not in endpoint:
+                raise ValueError(f"founding member {item!r}: expected name=host:port")
+            if name.strip() in members:
+                raise ValueError(f"founding member {name.strip()!r} is listed twice")
+            members[name.strip()] = endpoint.strip()
+        return members
+
+
+class SampleDataSettings(BaseSettings):
+    """`apiary sample-data`: one hospital's shard of the bundled UCI Heart Disease data."""
+
+    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
+
+    hospital: str = Field("cleveland", description="cleveland, hungary, switzerland or va")
+    data: Path = Field(Path("data/hospital.npz"), description="shard file to write (.npz or .csv)")
+    seed: int = Field(0, description="seed of the train/test split")

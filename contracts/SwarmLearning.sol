@@ -276,6 +276,13 @@ contract SwarmLearning {
         return (0, _keyEpochs[0].contextDigest);
     }
 
+    /// @notice The first round and public context digest of key epoch `epoch`.
+    function keyEpoch(uint256 epoch) external view returns (uint256 fromRound, bytes32 contextDigest) {
+        if (epoch >= _keyEpochs.length) revert InvalidKeyEpoch(epoch, _keyEpochs.length);
+        KeyEpoch storage k = _keyEpochs[epoch];
+        return (k.fromRound, k.contextDigest);
+    }
+
     /// @notice Number of key epochs so far (epoch 0 is the founding key).
     function keyEpochCount() external view returns (uint256) {
         return _keyEpochs.length;

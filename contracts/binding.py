@@ -100,6 +100,7 @@ class SwarmContract:
         self.abi = abi
         self.contract: Contract = w3.eth.contract(address=self.address, abi=abi)
         self._errors = _error_table(abi)
+        self._params: HEParameters | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -149,7 +150,10 @@ class SwarmContract:
         return getattr(self.contract.functions, name)(*args).call()
 
     def he_parameters(self) -> HEParameters:
-        return HEParameters(
+        """Fixed at deployment, so read once."""
+        if self._params is not None:
+            return self._params
+        self._params = HEParameters(
             poly_modulus_degree=self._view("polyModulusDegree"),
             modulus=self._view("modulus"),
             slots_per_block=self._view("slotsPerBlock"),
@@ -158,9 +162,13 @@ class SwarmContract:
             block_bytes=self._view("blockBytes"),
             min_peers=self._view("minPeers"),
         )
+        return self._params
 
     def admin(self) -> str:
         return str(self._view("admin"))
+
+    def active_member_count(self) -> int:
+        return int(self._view("activeMemberCount"))
 
     def current_round(self) -> int:
         return int(self._view("currentRound"))
@@ -208,6 +216,11 @@ class SwarmContract:
         epoch, digest = self._view("keyEpochFor", round_number)
         return int(epoch), bytes(digest)
 
+    def key_epoch(self, epoch: int) -> tuple[int, bytes]:
+        """(first round, public context digest) of key epoch `epoch`."""
+        from_round, digest = self._view("keyEpoch", epoch)
+        return int(from_round), bytes(digest)
+
     def key_epoch_count(self) -> int:
         return int(self._view("keyEpochCount"))
 
@@ -245,7 +258,8 @@ class SwarmContract:
             "gas": 21_000, "chainId": self.w3.eth.chain_id,
             "gasPrice": self.w3.eth.gas_price,
         }
-        tx_hash = self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx).raw_transaction)
+        signed = self.account.sign_transaction(tx)
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
@@ -264,6 +278,39 @@ class SwarmContract:
             "aggregate", round_number, block_index, list(ciphertexts),
             gas=aggregate_gas_bound(calldata, max((len(c) for c in ciphertexts), default=0)),
         )  # fmt: skip
+
+    def aggregate_blocks(
+        self, round_number: int, blocks: dict[int, Sequence[bytes]]
+    ) -> dict[int, TxResult | ContractRejected]:
+        """Send one `aggregate` per block back to back, then collect the receipts.
+
+        The relay has checked every block against the committed digests, so the calls are
+        not simulated first; a revert (another relay was quicker) is decoded by replaying
+        the call on the state it met and returned as ContractRejected for that block.
+        """
+        nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+        chain_id = self.w3.eth.chain_id
+        sent: dict[int, tuple[Any, Any]] = {}
+        for offset, (index, ciphertexts) in enumerate(sorted(blocks.items())):
+            call = self.contract.functions.aggregate(round_number, index, list(ciphertexts))
+            calldata = sum(len(c) + 64 for c in ciphertexts) + 128
+            gas = aggregate_gas_bound(calldata, max((len(c) for c in ciphertexts), default=0))
+            tx = call.build_transaction({"from": self.account.address, "nonce": nonce + offset,
+                                         "gas": gas, "chainId": chain_id})
+            signed = self.account.sign_transaction(tx)
+            sent[index] = (call, self.w3.eth.send_raw_transaction(signed.raw_transaction))
+        results: dict[int, TxResult | ContractRejected] = {}
+        for index, (call, tx_hash) in sent.items():
+            receipt = self.w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=120, poll_latency=RECEIPT_POLL_SECONDS
+            )
+            if receipt["status"] == 1:
+                results[index] = TxResult(receipt["transactionHash"].to_0x_hex(),
+                                          receipt["gasUsed"], receipt["blockNumber"])
+            else:
+                results[index] = _replayed_revert(self.w3, self.account, call, "aggregate",
+                                                  self._errors, receipt["blockNumber"])
+        return results
 
     # ------------------------------------------------------------------ events
 
@@ -331,6 +378,24 @@ def _decode_revert(
     return ContractRejected(function, name, dict(zip(names, values, strict=True)))
 
 
+def _replayed_revert(
+    w3: Web3,
+    account: LocalAccount,
+    call: Any,
+    function: str,
+    errors: dict[bytes, tuple[str, list[str], list[str]]],
+    block_number: int,
+) -> ContractRejected:
+    """Why a mined call reverted: replay it on the state before its block."""
+    try:
+        call.call({"from": account.address}, block_identifier=block_number - 1)
+    except ContractLogicError as exc:
+        decoded = _decode_revert(function, exc, errors)
+        if isinstance(decoded, ContractRejected):
+            return decoded
+    return ContractRejected(function, "Reverted", {"block": block_number})
+
+
 def _transact(
     w3: Web3,
     account: LocalAccount,
@@ -366,5 +431,5 @@ def _transact(
         tx_hash, timeout=120, poll_latency=RECEIPT_POLL_SECONDS
     )
     if receipt["status"] != 1:
-        raise RuntimeError(f"SwarmLearning.{function} reverted on chain (tx {tx_hash.hex()})")
+        raise _replayed_revert(w3, account, call, function, errors, receipt["blockNumber"])
     return receipt

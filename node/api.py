@@ -1,18 +1,21 @@
 """The node's admin API (FastAPI): health, status, round history, model, Prometheus metrics.
 
-``/v1/health`` and ``/metrics`` are open (for load balancers and scrapers); everything
-else needs ``Authorization: Bearer <admin token>``.
+``/v1/health`` and ``/metrics`` are open (for load balancers and scrapers), and
+``POST /v1/members`` is authorised by its single-use invite; everything else needs
+``Authorization: Bearer <admin token>``.
 """
 
 
 import secrets
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, status
+from fastapi import Depends, FastAPI, HTTPException, Response, status
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from node.onboarding import JoinRequest, Refused, Sponsor
 
 if TYPE_CHECKING:
     from node.runtime import NodeRuntime
@@ -27,6 +30,21 @@ class Health(BaseModel):
 class RoundHistory(BaseModel):
     node: str
     rounds: list[dict[str, Any]]
+
+
+class InviteRequest(BaseModel):
+    ttl_s: float = Field(3600.0, gt=0, le=30 * 86400, description="lifetime in seconds")
+
+
+class InviteCreated(BaseModel):
+    invite: str
+    expires_at: float
+    sponsor: str
+
+
+class JoinStart(BaseModel):
+    sponsor_url: str = Field(description="the sponsor node's admin API URL")
+    invite: str
 
 
 class ModelInfo(BaseModel):
@@ -101,6 +119,65 @@ def create_app(runtime: "NodeRuntime") -> FastAPI:
         return ModelInfo(node=runtime.settings.name, round=snapshot["round"],
                          params=runtime.trainer.param_count,
                          weights_digest=snapshot["weights_digest"], evaluation=evaluation)
+
+    sponsor = Sponsor(runtime)
+
+    @app.post("/v1/invites", status_code=201, dependencies=admin, tags=["membership"])
+    def create_invite(request: InviteRequest) -> InviteCreated:
+        """A single-use invite for a new hospital; the token is shown only in this answer."""
+        token, expires_at = runtime.invites.create(request.ttl_s)
+        return InviteCreated(invite=token, expires_at=expires_at,
+                             sponsor=runtime.settings.name)
+
+    @app.post("/v1/members", tags=["membership"],
+              responses={202: {"description": "awaiting approval by a majority"},
+                         403: {"description": "invalid invite"},
+                         409: {"description": "invite used, or already a member"},
+                         410: {"description": "invite expired"}})
+    def admit_member(request: JoinRequest, response: Response) -> dict[str, Any]:
+        """Called by a joining node with its invite: registers it on chain, then hands over
+        the swarm key wrapped to its X25519 key, its TLS certificate and the global model."""
+        try:
+            code, body = sponsor.admit(request)
+        except Refused as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+        response.status_code = code
+        return body
+
+    @app.post("/v1/members/{address}/approval", dependencies=admin, tags=["membership"])
+    def approve_member(address: str) -> dict[str, Any]:
+        """Majority rule: this member approves a proposed newcomer."""
+        try:
+            return sponsor.approve(address)
+        except Refused as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    @app.delete("/v1/members/{address}", dependencies=admin, tags=["membership"])
+    def remove_member(address: str) -> dict[str, Any]:
+        """Deactivate a member on chain and rotate the remaining members to a fresh HE key."""
+        try:
+            return sponsor.remove(address)
+        except Refused as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    @app.post("/v1/join", status_code=202, dependencies=admin, tags=["membership"])
+    def join(request: JoinStart) -> dict[str, Any]:
+        """Join a swarm through a sponsor's API with its invite (runs in the background)."""
+        joiner = runtime.joiner
+        if runtime.ready.is_set() and runtime.settings.mode == "swarm" and runtime.contract:
+            raise HTTPException(409, "this node is already a swarm member")
+        if joiner is None or joiner.busy:
+            raise HTTPException(409, "a join is already in progress")
+        joiner.start(request.sponsor_url, request.invite)
+        return joiner.progress()
+
+    @app.get("/v1/join", dependencies=admin, tags=["membership"])
+    def join_progress() -> dict[str, Any]:
+        """Where this node's join stands: generating keys, requesting admission,
+        awaiting approval, verifying, member or failed."""
+        if runtime.joiner is None:
+            raise HTTPException(404, "this node does not join")
+        return runtime.joiner.progress()
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["node"])
     def metrics() -> str:

@@ -16,9 +16,10 @@ from eth_account import Account
 from web3 import Web3
 
 from apiary.he import HEContext
+from apiary.tls import CA_KEY, endpoint_host, node_files
 from contracts.binding import SwarmContract
+from node.keys import SECRET_CONTEXT_FILE
 
-SECRET_CONTEXT_FILE = "he-secret.ctx"
 PUBLIC_CONTEXT_FILE = "he-public.ctx"
 IDENTITY_FILE = "identity.json"
 
@@ -87,3 +88,43 @@ def found_swarm(
         contract.add_member(m.identity.address, m.endpoint,
                             bytes.fromhex(m.identity.x25519_public))
     return contract
+
+
+SWARM_FILE = "swarm.json"
+
+
+def write_swarm_file(state_dir: Path, contract: str, rpc_url: str) -> Path:
+    """Where the swarm lives: the contract address and the chain endpoint."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / SWARM_FILE
+    path.write_text(json.dumps({"contract": contract, "rpc_url": rpc_url}, indent=1))
+    return path
+
+
+def read_swarm_file(state_dir: Path) -> dict[str, str] | None:
+    path = state_dir / SWARM_FILE
+    if not path.exists():
+        return None
+    data: dict[str, str] = json.loads(path.read_text())
+    return data
+
+
+def prepare_member_state(
+    state_dir: Path,
+    identity: Identity,
+    he: HEContext,
+    ca: tuple[bytes, bytes],
+    endpoint: str,
+    *,
+    holds_ca_key: bool = False,
+) -> None:
+    """A founding member's state directory: identity, HE key, TLS files (and the CA key
+    for the member that will sponsor newcomers)."""
+    identity.save(state_dir)
+    write_context(he, state_dir, secret=True)
+    tls_dir = state_dir / "tls"
+    node_files(ca[0], ca[1], identity.name, [endpoint_host(endpoint)]).save(tls_dir)
+    if holds_ca_key:
+        key_path = tls_dir / CA_KEY
+        key_path.write_bytes(ca[0])
+        key_path.chmod(0o600)

@@ -43,6 +43,9 @@ def run_node(settings: NodeSettings) -> None:
         runtime.run()
     except KeyboardInterrupt:
         pass
+    except NodeConfigError as exc:
+        log.error("node=%s stops: %s", settings.name, exc)
+        raise SystemExit(2) from exc
     finally:
         runtime.shutdown()
     log.info("node=%s stopped at round %d", settings.name, runtime.state.round)

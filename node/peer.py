@@ -9,6 +9,8 @@ from concurrent import futures
 
 import grpc
 
+from apiary.keywrap import UnwrapError, WrappedSecret, unwrap, wrap_context
+from apiary.tls import TlsFiles
 from apiary.transport import (
     ReceivedUpdate,
     TransportError,
@@ -16,6 +18,7 @@ from apiary.transport import (
     verify_update_signature,
 )
 from contracts.binding import SwarmContract
+from node.keys import KeyMismatch, KeyRing
 from proto import apiary_pb2, apiary_pb2_grpc
 
 log = logging.getLogger("apiary.node.peer")
@@ -47,12 +50,16 @@ class Inbox:
 
 
 class PeerService(apiary_pb2_grpc.PeerServicer):
-    """Accepts a member's blocks for the open round; anything else is refused unchanged."""
+    """Accepts a member's blocks for the open round, and rotated keys; anything else is
+    refused and changes nothing."""
 
-    def __init__(self, contract: SwarmContract, inbox: Inbox, node: str) -> None:
+    def __init__(self, contract: SwarmContract, inbox: Inbox, node: str,
+                 keys: KeyRing | None = None, x25519_private: bytes | None = None) -> None:
         self.contract = contract
         self.inbox = inbox
         self.node = node
+        self.keys = keys
+        self.x25519_private = x25519_private
         params = contract.he_parameters()
         self.block_count = params.block_count
         self.modulus = params.modulus
@@ -89,10 +96,40 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
         return apiary_pb2.PushReply(round=header.round, blocks_received=len(update.blocks))
 
 
-def start_peer_server(service: PeerService, host: str, port: int) -> grpc.Server:
+    def DeliverKey(
+        self, request: apiary_pb2.KeyDelivery, context: grpc.ServicerContext
+    ) -> apiary_pb2.KeyReceipt:
+        if self.keys is None or self.x25519_private is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node holds no X25519 identity")
+        epoch = int(request.epoch)
+        with self._chain_lock:
+            count = self.contract.key_epoch_count()
+            if not 0 < epoch < count:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"key epoch {epoch} is not on chain (epochs 1..{count - 1})")
+            _, digest = self.contract.key_epoch(epoch)
+        wrapped = WrappedSecret(request.ephemeral_public, request.nonce, request.ciphertext)
+        aad = wrap_context(self.contract.address, self.contract.sender, epoch)
+        try:
+            secret = unwrap(wrapped, self.x25519_private, aad)
+            self.keys.put(epoch, secret, digest)
+        except (UnwrapError, KeyMismatch, ValueError) as exc:
+            log.warning("node=%s refused key epoch %d: %s", self.node, epoch, exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key epoch {epoch}: {exc}")
+        log.info("node=%s stored HE key epoch %d", self.node, epoch)
+        return apiary_pb2.KeyReceipt(epoch=epoch)
+
+
+def start_peer_server(service: PeerService, host: str, port: int,
+                      tls: TlsFiles | None = None) -> grpc.Server:
+    """gRPC server for the peer service; with `tls`, clients need a swarm certificate."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     apiary_pb2_grpc.add_PeerServicer_to_server(service, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, tls.server_credentials())
     if bound == 0:
         raise RuntimeError(f"cannot listen for gRPC on {host}:{port}: is the port in use?")
     server.start()

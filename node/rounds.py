@@ -11,6 +11,10 @@ class RoundFailed(RuntimeError):
     """A round could not be completed (timeout, bad aggregate, nobody reachable)."""
 
 
+class NotAMember(RoundFailed):
+    """The chain no longer lists this node as an active member."""
+
+
 @dataclass
 class RoundOutcome:
     round: int

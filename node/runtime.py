@@ -1,4 +1,9 @@
-"""A running hospital node: wires trainer, keys, state, gRPC, the API and the round loop."""
+"""A running hospital node: wires trainer, keys, state, gRPC, the API and the round loop.
+
+A swarm node becomes active once it holds an identity, the swarm's HE key and the
+contract's address — from founding, or from joining through a sponsor — and only then
+starts its peer server and takes part in rounds.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +23,21 @@ from web3 import Web3
 
 from apiary.he import HEContext
 from apiary.settings import NodeSettings
+from apiary.tls import TlsFiles
 from contracts.binding import SwarmContract
 from node.federated import FederatedRound
-from node.founding import IDENTITY_FILE, SECRET_CONTEXT_FILE
+from node.founding import IDENTITY_FILE, Identity, read_swarm_file
+from node.invites import InviteBook
+from node.joining import Joiner
+from node.keys import KeyRing
 from node.peer import Inbox, PeerService, start_peer_server
-from node.rounds import RoundFailed, RoundOutcome
+from node.rounds import NotAMember, RoundFailed, RoundOutcome
 from node.state import NodeState, RoundRecord
 from node.trainer import LocalTrainer
 
 log = logging.getLogger("apiary.node")
+
+DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 
 
 class RoundDriver(Protocol):
@@ -45,11 +56,18 @@ class NodeRuntime:
     settings: NodeSettings
     trainer: LocalTrainer
     state: NodeState
-    driver: RoundDriver
+    keys: KeyRing
+    invites: InviteBook
+    identity: Identity | None = None
+    tls: TlsFiles | None = None
+    driver: RoundDriver | None = None
     contract: SwarmContract | None = None
+    rpc_url: str = DEFAULT_RPC_URL
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
     phase: str = "starting"
     stop_event: threading.Event = field(default_factory=threading.Event)
+    ready: threading.Event = field(default_factory=threading.Event)
+    joiner: Joiner | None = None
     _servers: list[Any] = field(default_factory=list)
 
     # ------------------------------------------------------------------ construction
@@ -57,54 +75,97 @@ class NodeRuntime:
     @classmethod
     def create(cls, settings: NodeSettings) -> NodeRuntime:
         torch.set_num_threads(1)
-        if settings.he_context is None:
-            settings = settings.model_copy(
-                update={"he_context": settings.state_dir / SECRET_CONTEXT_FILE}
-            )
-        if settings.he_context is None or not settings.he_context.exists():
-            raise NodeConfigError(f"the swarm's HE context file is missing: {settings.he_context}"
-                                  " (set --he-context / APIARY_HE_CONTEXT)")
-        he = HEContext.from_bytes(settings.he_context.read_bytes())
-        if not he.has_secret_key:
-            raise NodeConfigError("the HE context has no secret key: a member needs the swarm key")
         trainer = LocalTrainer.from_files(
             settings.name, settings.data, settings.heldout, settings.model, settings.seed,
             settings.epochs, settings.lr, settings.batch_size,
         )
-        state = NodeState.open(settings.state_dir)
-        if settings.mode == "swarm" and settings.private_key is None:
-            settings = settings.model_copy(update={"private_key": _stored_key(settings)})
-        if settings.mode == "swarm":
-            if not settings.contract or not settings.private_key:
-                raise NodeConfigError("swarm mode needs --contract and --private-key")
-            w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 120}))
-            contract = SwarmContract.at(w3, settings.contract, settings.private_key)
-            params = contract.he_parameters()
-            if params.param_count != trainer.param_count:
-                raise NodeConfigError(
-                    f"the contract expects {params.param_count} parameters but model "
-                    f"{settings.model!r} on this data has {trainer.param_count}"
-                )
-            if params.modulus != he.modulus:
-                raise NodeConfigError("the HE context's modulus differs from the contract's")
-            inbox = Inbox()
-            driver: RoundDriver = _swarm_driver(settings, contract, he, inbox)
-            runtime = cls(settings, trainer, state, driver, contract)
-            peer_contract = SwarmContract.at(
-                Web3(Web3.HTTPProvider(settings.rpc_url)), settings.contract, settings.private_key
-            )
-            runtime._servers.append(start_peer_server(
-                PeerService(peer_contract, inbox, settings.name), settings.grpc_host,
-                settings.grpc_port,
-            ))
-            return runtime
+        keys = KeyRing(settings.state_dir, settings.he_context)
+        runtime = cls(settings, trainer, NodeState.open(settings.state_dir), keys,
+                      InviteBook(settings.state_dir), identity=_stored_identity(settings),
+                      tls=TlsFiles.load(settings.state_dir / "tls"))
+        runtime.joiner = Joiner(runtime)
         if settings.mode == "federated":
             if not settings.coordinator:
                 raise NodeConfigError("federated mode needs --coordinator host:port")
-            driver = FederatedRound(settings.coordinator, he, settings.name,
-                                    settings.round_timeout_s)
-            return cls(settings, trainer, state, driver)
-        raise NodeConfigError(f"unknown mode {settings.mode!r}: use swarm or federated")
+            he = runtime._founding_key()
+            runtime.driver = FederatedRound(settings.coordinator, he, settings.name,
+                                            settings.round_timeout_s)
+            runtime.ready.set()
+        elif settings.mode == "swarm":
+            if runtime._membership_known():
+                runtime.activate()
+                runtime.ready.set()
+            elif not settings.join:
+                log.warning("node=%s is not a swarm member yet: waiting for POST /v1/join "
+                            "(or start it with --join SPONSOR_URL --invite TOKEN)",
+                            settings.name)
+        else:
+            raise NodeConfigError(f"unknown mode {settings.mode!r}: use swarm or federated")
+        return runtime
+
+    def _founding_key(self) -> HEContext:
+        he = self.keys.get(0)
+        if he is None:
+            raise NodeConfigError(f"the swarm's HE context file is missing: {self.keys.epoch0} "
+                                  "(set --he-context / APIARY_HE_CONTEXT)")
+        if not he.has_secret_key:
+            raise NodeConfigError("the HE context has no secret key: a member needs the swarm key")
+        return he
+
+    def _membership_known(self) -> bool:
+        stored = read_swarm_file(self.settings.state_dir) or {}
+        has_contract = bool(self.settings.contract or stored.get("contract"))
+        has_key = bool(self.settings.private_key or self.identity)
+        rotated = (self.settings.state_dir / "keys").glob("epoch-*.ctx")
+        has_he = self.keys.has(0) or any(True for _ in rotated)
+        return has_contract and has_key and has_he
+
+    def connect(self, address: str, rpc_url: str, private_key: str) -> SwarmContract:
+        self.rpc_url = rpc_url
+        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 120}))
+        return SwarmContract.at(w3, address, private_key)
+
+    def activate(self) -> None:
+        """Connect to the contract, check it fits this node, start the peer server."""
+        settings = self.settings
+        stored = read_swarm_file(settings.state_dir) or {}
+        address = settings.contract or stored.get("contract")
+        rpc_url = settings.rpc_url or stored.get("rpc_url") or DEFAULT_RPC_URL
+        private_key = settings.private_key or (self.identity.private_key if self.identity else None)
+        if not address or not private_key:
+            raise NodeConfigError("swarm mode needs a contract address and a private key")
+        contract = self.connect(address, rpc_url, private_key)
+        params = contract.he_parameters()
+        if params.param_count != self.trainer.param_count:
+            raise NodeConfigError(
+                f"the contract expects {params.param_count} parameters but model "
+                f"{settings.model!r} on this data has {self.trainer.param_count}"
+            )
+        epoch, _ = contract.key_epoch_for(contract.current_round())
+        known = [e for e in range(epoch + 1) if self.keys.has(e)]
+        if not known:
+            raise NodeConfigError(f"no HE key for the swarm (looked in {settings.state_dir})")
+        he = self.keys.get(known[-1])
+        assert he is not None
+        if params.modulus != he.modulus:
+            raise NodeConfigError("the HE context's modulus differs from the contract's")
+        inbox = Inbox()
+        from node.swarm import SwarmRound
+
+        self.driver = SwarmRound(
+            contract, he, inbox, private_key, settings.name, settings.round_deadline_s,
+            settings.relay_takeover_s, settings.round_timeout_s, keys=self.keys,
+            credentials=self.tls.channel_credentials() if self.tls else None,
+        )
+        self.contract = contract
+        peer_contract = self.connect(address, rpc_url, private_key)
+        x25519 = bytes.fromhex(self.identity.x25519_private) if self.identity else None
+        self._servers.append(start_peer_server(
+            PeerService(peer_contract, inbox, settings.name, self.keys, x25519),
+            settings.grpc_host, settings.grpc_port, self.tls,
+        ))
+        log.info("node=%s member %s of swarm %s (%s gRPC)", settings.name, contract.sender,
+                 contract.address, "mutual-TLS" if self.tls else "plaintext")
 
     # ------------------------------------------------------------------ loop
 
@@ -120,6 +181,7 @@ class NodeRuntime:
 
     def catch_up(self) -> None:
         """Load the last finalized aggregate if our weights are older."""
+        assert self.driver is not None
         last = self.driver.last_finalized_round()
         if last > self.state.round:
             self.phase = "catching up"
@@ -130,8 +192,20 @@ class NodeRuntime:
             self._adopt(outcome)
 
     def run(self) -> None:
+        if self.settings.join and not self.ready.is_set():
+            assert self.joiner is not None
+            if self.settings.invite is None:
+                raise NodeConfigError("--join needs --invite TOKEN")
+            self.phase = "joining"
+            self.joiner.start(self.settings.join, self.settings.invite)
+        while not self.ready.wait(0.5):
+            if self.stop_event.is_set():
+                return
+            if self.settings.join and self.joiner and self.joiner.state == "failed":
+                raise NodeConfigError(f"joining the swarm failed: {self.joiner.error}")
         self.load_or_initialise()
         target = self.settings.rounds
+        assert self.driver is not None
         while not self.stop_event.is_set():
             self.catch_up()
             if target and self.state.round >= target:
@@ -142,6 +216,10 @@ class NodeRuntime:
             try:
                 outcome = self.driver.run(round_number, self._train_for(round_number),
                                           self.trainer.param_count)
+            except NotAMember as exc:
+                log.error("node=%s is no longer a swarm member: %s", self.settings.name, exc)
+                self.phase = "removed"
+                return
             except RoundFailed as exc:
                 log.error("node=%s round=%d failed: %s", self.settings.name, round_number, exc)
                 time.sleep(1.0)
@@ -223,6 +301,7 @@ class NodeRuntime:
             "node": self.settings.name,
             "mode": self.settings.mode,
             "address": self.contract.sender if self.contract else None,
+            "contract": self.contract.address if self.contract else None,
             "phase": self.phase,
             "round": snapshot["round"],
             "params": self.trainer.param_count,
@@ -232,25 +311,12 @@ class NodeRuntime:
         }
 
 
-def _stored_key(settings: NodeSettings) -> str | None:
-    """The Ethereum key from the state directory's identity file, if there is one."""
+def _stored_identity(settings: NodeSettings) -> Identity | None:
     path = settings.state_dir / IDENTITY_FILE
     if not path.exists():
         return None
-    key: str = json.loads(path.read_text())["private_key"]
-    return key
+    return Identity(**json.loads(path.read_text()))
 
 
 def _finite(value: float) -> float | None:
     return None if value != value else float(value)
-
-
-def _swarm_driver(settings: NodeSettings, contract: SwarmContract, he: HEContext,
-                  inbox: Inbox) -> RoundDriver:
-    from node.swarm import SwarmRound
-
-    if settings.private_key is None:
-        raise NodeConfigError("swarm mode needs --private-key")
-    return SwarmRound(contract, he, inbox, settings.private_key, settings.name,
-                      settings.round_deadline_s, settings.relay_takeover_s,
-                      settings.round_timeout_s)

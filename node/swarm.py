@@ -13,17 +13,19 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import grpc
 import numpy as np
 from eth_utils import keccak
 
 from apiary.coefficients import block_digest
 from apiary.he import HEContext
-from apiary.transport import TransportError, push_update, sign_update
-from contracts.binding import ContractRejected, SwarmContract
+from apiary.transport import ReceivedUpdate, TransportError, push_update, sign_update
+from contracts.binding import ContractRejected, RoundInfo, SwarmContract
+from node.keys import KeyRing
 from node.peer import Inbox
-from node.rounds import RoundFailed, RoundOutcome
+from node.rounds import NotAMember, RoundFailed, RoundOutcome
 from proto import apiary_pb2
 
 log = logging.getLogger("apiary.node.swarm")
@@ -44,7 +46,32 @@ class SwarmRound:
     round_deadline_s: float
     relay_takeover_s: float
     round_timeout_s: float
-    _timers: dict[str, float] = field(default_factory=dict)
+    keys: KeyRing | None = None
+    credentials: grpc.ChannelCredentials | None = None
+
+    def __post_init__(self) -> None:
+        self.params = self.contract.he_parameters()
+
+    def context_for(self, round_number: int) -> HEContext:
+        """The secret context of the key epoch that encrypts `round_number`.
+
+        After a rotation the admin delivers the new key; wait for it rather than encrypt
+        under a key the swarm has retired.
+        """
+        epoch, _ = self.contract.key_epoch_for(round_number)
+        if self.keys is None:
+            if epoch != 0:
+                raise RoundFailed(f"round {round_number} uses key epoch {epoch}; "
+                                  "this node only holds the founding key")
+            return self.he
+        give_up = time.monotonic() + self.round_timeout_s
+        while (he := self.keys.get(epoch)) is None:
+            if time.monotonic() > give_up:
+                raise RoundFailed(f"round {round_number}: key epoch {epoch} never arrived")
+            log.info("node=%s round=%d waiting for HE key epoch %d", self.node, round_number,
+                     epoch)
+            time.sleep(1.0)
+        return he
 
     @property
     def me(self) -> str:
@@ -79,7 +106,7 @@ class SwarmRound:
             seconds["train"] = time.perf_counter() - started
 
             started = time.perf_counter()
-            blocks = self.he.encrypt(weights)
+            blocks = self.context_for(round_number).encrypt(weights)
             digests = [block_digest(b) for b in blocks]
             seconds["encrypt"] = time.perf_counter() - started
 
@@ -92,6 +119,8 @@ class SwarmRound:
                 self.contract.commit(round_number, digests, samples)
                 took_part = True
             except ContractRejected as exc:
+                if exc.error == "NotMember":
+                    raise NotAMember(str(exc)) from exc
                 if exc.error not in ("RoundSealedAlready", "RoundNotOpen"):
                     raise
                 log.warning("node=%s round=%d closed before our commit (%s)", self.node,
@@ -121,10 +150,12 @@ class SwarmRound:
             block_count=len(blocks), block_digests=digests,
         )
         header = sign_update(header, self.contract.address, self.private_key)
-        members = self.contract.members()
+        members = [m for m in self.contract.members() if m.address != self.me]
+        self.inbox.put(round_number, self.me, ReceivedUpdate(header, list(blocks)))
         with futures.ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
             pushes = {
-                pool.submit(push_update, m.endpoint, header, blocks, timeout=PUSH_TIMEOUT_S): m
+                pool.submit(push_update, m.endpoint, header, blocks, timeout=PUSH_TIMEOUT_S,
+                            credentials=self.credentials): m
                 for m in members
             }
             delivered = 0
@@ -136,16 +167,22 @@ class SwarmRound:
                 except TransportError as exc:
                     log.warning("node=%s round=%d push to %s (%s) failed: %s", self.node,
                                 round_number, member.address, member.endpoint, exc)
-        if delivered == 0:
-            raise RoundFailed(f"round {round_number}: no member accepted our update")
+        if members and delivered == 0:
+            raise RoundFailed(f"round {round_number}: no other member accepted our update")
 
     # ------------------------------------------------------------------ relay duty
 
     def _relay_until_final(self, round_number: int, since: float) -> bool:
-        """Wait for the round to finalize, aggregating it ourselves when it is our turn."""
+        """Wait for the round to finalize, aggregating it ourselves when it is our turn.
+
+        A backup relay waits `position × relay_takeover_s` after the round became ready
+        *and* after the last block the chain saw aggregated, so a slow but live relay is
+        never raced.
+        """
         deadline = since + self.round_deadline_s
         give_up = since + self.round_timeout_s
         ready_since: float | None = None
+        progress = (-1, time.monotonic())
         relayed = False
         while True:
             if self.contract.current_round() > round_number:
@@ -154,11 +191,16 @@ class SwarmRound:
             if now > give_up:
                 raise RoundFailed(f"round {round_number} did not finalize within "
                                   f"{self.round_timeout_s:.0f} s")
-            order = self.contract.relay_order(round_number)
-            if self.me in order and self._ready(round_number, now >= deadline):
-                ready_since = ready_since or now
-                position = order.index(self.me)
-                if now >= ready_since + position * self.relay_takeover_s:
+            info = self.contract.round_info(round_number)
+            if info.aggregated_blocks != progress[0]:
+                progress = (info.aggregated_blocks, now)
+            if ready_since is None and self._ready(round_number, info, now >= deadline):
+                ready_since = now
+            if ready_since is not None:
+                order = self.contract.relay_order(round_number)
+                position = order.index(self.me) if self.me in order else None
+                turn = max(ready_since, progress[1]) + (position or 0) * self.relay_takeover_s
+                if position is not None and now >= turn:
                     if position > 0:
                         log.warning("node=%s round=%d taking over as relay (position %d)",
                                     self.node, round_number, position)
@@ -166,18 +208,17 @@ class SwarmRound:
                     continue
             time.sleep(POLL_SECONDS)
 
-    def _ready(self, round_number: int, past_deadline: bool) -> bool:
+    def _ready(self, round_number: int, info: RoundInfo, past_deadline: bool) -> bool:
         """Everyone committed, or the deadline passed with enough; and we hold all blocks."""
-        committers = self.contract.committers(round_number)
-        info = self.contract.round_info(round_number)
+        if info.contributors == 0:
+            return False
         if not info.sealed:
-            active = {m.address for m in self.contract.members()}
-            min_peers = self.contract.he_parameters().min_peers
-            everyone = active <= set(committers)
-            if not everyone and not (past_deadline and len(committers) >= min_peers):
+            everyone = info.contributors >= self.contract.active_member_count()
+            enough = past_deadline and info.contributors >= self.params.min_peers
+            if not (everyone or enough):
                 return False
         held = self.inbox.get(round_number)
-        return bool(committers) and all(c in held for c in committers)
+        return all(c in held for c in self.contract.committers(round_number))
 
     def _aggregate(self, round_number: int) -> bool:
         committers = self.contract.committers(round_number)
@@ -188,43 +229,48 @@ class SwarmRound:
                 log.error("node=%s round=%d blocks from %s do not match its commitment",
                           self.node, round_number, sender)
                 return False
-        did_any = False
-        blocks = self.contract.he_parameters().block_count
-        for index in range(blocks):
-            if self.contract.aggregate_digest(round_number, index) != bytes(32):
-                continue
-            try:
-                tx = self.contract.aggregate(
-                    round_number, index, [held[c].blocks[index] for c in committers]
-                )
-                did_any = True
-                log.info("node=%s round=%d relay aggregated block %d/%d of %d members "
-                         "(gas %d)", self.node, round_number, index + 1, blocks,
-                         len(committers), tx.gas_used)
-            except ContractRejected as exc:
-                if exc.error not in ("BlockAlreadyAggregated", "RoundNotOpen"):
-                    raise
-        return did_any
+        count = self.params.block_count
+        todo = [i for i in range(count)
+                if self.contract.aggregate_digest(round_number, i) == bytes(32)]
+        results = self.contract.aggregate_blocks(
+            round_number, {i: [held[c].blocks[i] for c in committers] for i in todo}
+        )
+        done = [i for i, r in results.items() if not isinstance(r, ContractRejected)]
+        for result in results.values():
+            if isinstance(result, ContractRejected) and result.error not in (
+                "BlockAlreadyAggregated", "RoundNotOpen"
+            ):
+                raise result
+        if done:
+            gas = sum(r.gas_used for r in results.values() if not isinstance(r, Exception))
+            log.info("node=%s round=%d relay aggregated %d of %d blocks of %d members "
+                     "(gas %d)", self.node, round_number, len(done), count, len(committers),
+                     gas)
+        return bool(done)
 
     # ------------------------------------------------------------------ result
 
     def fetch_aggregate(self, round_number: int, param_count: int) -> RoundOutcome:
         """Read a finalized round's aggregate from the chain, check it, decrypt it."""
         emitted = self.contract.aggregated_blocks(round_number)
-        count = self.contract.he_parameters().block_count
+        count = self.params.block_count
         if sorted(emitted) != list(range(count)):
             raise RoundFailed(f"round {round_number}: the chain holds blocks "
                               f"{sorted(emitted)}, expected 0..{count - 1}")
         ordered = [emitted[i] for i in range(count)]
         for block in ordered:
-            on_chain = self.contract.aggregate_digest(round_number, block.block_index)
-            if keccak(block.coefficients) != on_chain or block.digest != on_chain:
+            if keccak(block.coefficients) != block.digest:
                 raise RoundFailed(f"round {round_number}: aggregate block {block.block_index} "
-                                  "does not match its digest on chain")
+                                  "does not match its digest")
+        root = self.contract.finalized_root(round_number)
+        if root != keccak(b"".join(b.digest for b in ordered)):
+            raise RoundFailed(f"round {round_number}: the aggregate blocks do not match the "
+                              "root the contract finalized")
         contributors, _, weight_sum = self.contract.round_weights(round_number)
         if any(b.weight_sum != weight_sum for b in ordered):
             raise RoundFailed(f"round {round_number}: weight sums disagree")
-        total = self.he.decrypt([b.coefficients for b in ordered], param_count)
+        he = self.context_for(round_number)
+        total = he.decrypt([b.coefficients for b in ordered], param_count)
         return RoundOutcome(
             round=round_number,
             weights=total / weight_sum,

@@ -84,3 +84,21 @@ class CoordinatorStatus(_message.Message):
     members: _containers.RepeatedScalarFieldContainer[str]
     last_aggregated_round: int
     def __init__(self, round: _Optional[int] = ..., param_count: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., last_aggregated_round: _Optional[int] = ...) -> None: ...
+
+class KeyDelivery(_message.Message):
+    __slots__ = ("epoch", "ephemeral_public", "nonce", "ciphertext")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EPHEMERAL_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    ephemeral_public: bytes
+    nonce: bytes
+    ciphertext: bytes
+    def __init__(self, epoch: _Optional[int] = ..., ephemeral_public: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class KeyReceipt(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...

@@ -26,8 +26,7 @@ if _version_not_supported:
 
 
 class PeerStub:
-    """Swarm mode: the round's relay receives members' updates.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -40,14 +39,25 @@ class PeerStub:
                 request_serializer=proto_dot_apiary__pb2.UpdateChunk.SerializeToString,
                 response_deserializer=proto_dot_apiary__pb2.PushReply.FromString,
                 _registered_method=True)
+        self.DeliverKey = channel.unary_unary(
+                '/apiary.v1.Peer/DeliverKey',
+                request_serializer=proto_dot_apiary__pb2.KeyDelivery.SerializeToString,
+                response_deserializer=proto_dot_apiary__pb2.KeyReceipt.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
-    """Swarm mode: the round's relay receives members' updates.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def PushUpdate(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverKey(self, request, context):
+        """Key rotation: the admin hands every remaining member the new epoch's key.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -60,6 +70,11 @@ def add_PeerServicer_to_server(servicer, server):
                     request_deserializer=proto_dot_apiary__pb2.UpdateChunk.FromString,
                     response_serializer=proto_dot_apiary__pb2.PushReply.SerializeToString,
             ),
+            'DeliverKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverKey,
+                    request_deserializer=proto_dot_apiary__pb2.KeyDelivery.FromString,
+                    response_serializer=proto_dot_apiary__pb2.KeyReceipt.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'apiary.v1.Peer', rpc_method_handlers)
@@ -69,8 +84,7 @@ def add_PeerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Peer:
-    """Swarm mode: the round's relay receives members' updates.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def PushUpdate(request_iterator,
@@ -89,6 +103,33 @@ class Peer:
             '/apiary.v1.Peer/PushUpdate',
             proto_dot_apiary__pb2.UpdateChunk.SerializeToString,
             proto_dot_apiary__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apiary.v1.Peer/DeliverKey',
+            proto_dot_apiary__pb2.KeyDelivery.SerializeToString,
+            proto_dot_apiary__pb2.KeyReceipt.FromString,
             options,
             channel_credentials,
             insecure,

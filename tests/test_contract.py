@@ -364,3 +364,5 @@ def test_key_rotation_starts_a_new_epoch_from_a_future_round(w3, dev_keys, he) -
     assert swarm.admin.key_epoch_for(9) == (1, fresh.public_digest())
     rejects(lambda: swarm.admin.rotate_key(2, he.public_digest()), "InvalidKeyEpoch",
             swarm.admin)
+    assert swarm.admin.key_epoch(1) == (2, fresh.public_digest())
+    assert swarm.admin.key_epoch(0) == (1, he.public_digest())

@@ -1,0 +1,147 @@
+"""`apiary found`: the one-shot founder of a deployment (the compose file's `founder`).
+
+It waits for the chain, creates the swarm's CKKS keys and TLS CA, gives each founding
+member a fresh Ethereum account (funded by the founder, so no key is shared with anyone),
+writes each member's state directory — identity, secret HE context, TLS files and
+``swarm.json`` with the contract address, which the node reads at start — and deploys the
+contract sized for the model on the data. Last, it writes ``swarm.json`` and the public HE
+context to the swarm directory (for the coordinator and operators): that file marks the
+swarm as founded, so a second run against a chain that still holds the contract changes
+nothing, and a run that would overwrite a member's keys refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from eth_account import Account
+from web3 import Web3
+
+from apiary.data.heart import FEATURE_NAMES
+from apiary.data.shards import Shard
+from apiary.flat import param_count
+from apiary.he import HEContext
+from apiary.models import build_model
+from apiary.settings import FoundingSettings
+from apiary.tls import CA_CERT, create_ca
+from contracts.devnet import dev_private_keys
+from node.founding import (
+    IDENTITY_FILE,
+    SWARM_FILE,
+    FoundingMember,
+    found_swarm,
+    prepare_members,
+    write_context,
+    write_swarm_file,
+)
+
+
+class FoundingError(RuntimeError):
+    """The swarm cannot be founded as configured; nothing on disk was overwritten."""
+
+
+@dataclass(frozen=True)
+class Founded:
+    contract: str
+    param_count: int
+    members: dict[str, str]
+    already: bool = False
+
+
+def param_count_for(model: str, dataset: str) -> int:
+    """Parameters of `model` on `dataset`: the bundled heart data, or any shard file."""
+    if dataset == "heart":
+        shape, classes = (len(FEATURE_NAMES),), 2
+    else:
+        shard = Shard.load(Path(dataset))
+        shape, classes = shard.input_shape, shard.num_classes
+    return param_count(build_model(model, shape, classes, seed=0))
+
+
+def wait_for_chain(rpc_url: str, timeout_s: float) -> Web3:
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 120}))
+    deadline = time.monotonic() + timeout_s
+    while not w3.is_connected():
+        if time.monotonic() > deadline:
+            raise FoundingError(f"the chain at {rpc_url} did not answer within {timeout_s:g} s")
+        time.sleep(0.5)
+    return w3
+
+
+def found(settings: FoundingSettings, emit: Callable[[str], None]) -> Founded:
+    try:
+        endpoints = settings.member_endpoints
+    except ValueError as exc:
+        raise FoundingError(str(exc)) from exc
+    if len(endpoints) < settings.min_peers:
+        raise FoundingError(f"{len(endpoints)} founding member(s) for min_peers "
+                            f"{settings.min_peers}: set APIARY_FOUNDING_MEMBERS=name=host:port,…")
+    w3 = wait_for_chain(settings.rpc_url, settings.chain_wait_s)
+    marker = settings.swarm_dir / SWARM_FILE
+    if marker.exists():
+        return _already_founded(w3, marker, emit)
+    state_dir = _state_dirs(settings.state_root, list(endpoints))
+
+    params = param_count_for(settings.model, settings.dataset)
+    founder_key = settings.founder_key or dev_private_keys(1)[0]
+    he = HEContext.create()
+    ca = create_ca(settings.swarm_name)
+    keys = {name: Account.create().key.to_0x_hex() for name in endpoints}
+    members = prepare_members(endpoints, keys, he, ca, state_dir)
+    emit(f"deploying SwarmLearning for {params} parameters ({settings.model} on "
+         f"{settings.dataset}) on {settings.rpc_url}")
+    contract = found_swarm(w3, founder_key, he, params, members, settings.min_peers,
+                           settings.membership)
+    wei = int(settings.member_funding_eth * 10**18)
+    for member in members:
+        if wei:
+            contract.fund(member.identity.address, wei)
+        write_swarm_file(state_dir(member.identity.name), contract.address, settings.rpc_url)
+        emit(f"member {member.identity.name}: {member.identity.address} at {member.endpoint}")
+    _write_public(settings, he, ca[1], contract.address, params, w3.eth.chain_id, members)
+    emit(f"founded: contract {contract.address}; swarm file {marker}")
+    return Founded(contract.address, params, endpoints)
+
+
+def _state_dirs(root: Path, names: list[str]) -> Callable[[str], Path]:
+    taken = [root / n for n in names
+             if (root / n / SWARM_FILE).exists() or (root / n / IDENTITY_FILE).exists()]
+    if taken:
+        raise FoundingError(f"{', '.join(map(str, taken))} already hold a member's keys; "
+                            "found a new swarm only into empty state directories")
+    return lambda name: root / name
+
+
+def _already_founded(w3: Web3, marker: Path, emit: Callable[[str], None]) -> Founded:
+    record = json.loads(marker.read_text())
+    address = record["contract"]
+    if not w3.eth.get_code(Web3.to_checksum_address(address)):
+        raise FoundingError(
+            f"{marker} names contract {address}, which this chain does not hold (a devnet "
+            "restarted without its state?): remove the swarm and state volumes to found anew"
+        )
+    emit(f"already founded: contract {address} ({marker}); nothing to do")
+    members = {m["name"]: m["endpoint"] for m in record.get("members", [])}
+    return Founded(address, int(record["param_count"]), members, already=True)
+
+
+def _write_public(settings: FoundingSettings, he: HEContext, ca_cert: bytes, address: str,
+                  params: int, chain_id: int, members: list[FoundingMember]) -> None:
+    """What anyone may read: the public HE context, the CA certificate, swarm.json."""
+    swarm_dir = settings.swarm_dir
+    write_context(he, swarm_dir, secret=False)
+    (swarm_dir / CA_CERT).write_bytes(ca_cert)
+    record = {
+        "contract": address, "rpc_url": settings.rpc_url, "chain_id": chain_id,
+        "param_count": params, "model": settings.model, "dataset": settings.dataset,
+        "min_peers": settings.min_peers, "membership": settings.membership,
+        "members": [{"name": m.identity.name, "address": m.identity.address,
+                     "endpoint": m.endpoint} for m in members],
+    }
+    tmp = swarm_dir / f"{SWARM_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(swarm_dir / SWARM_FILE)

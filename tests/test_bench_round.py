@@ -1,0 +1,43 @@
+"""`apiary bench round` end to end: a real 3-node round through the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from apiary.bench.round import PHASES
+from apiary.cli import app
+
+pytestmark = pytest.mark.chain
+
+
+@pytest.mark.timeout(120)
+def test_bench_round_times_every_phase_of_a_finalized_round(tmp_path: Path) -> None:
+    out = tmp_path / "round.json"
+    result = CliRunner().invoke(
+        app, ["bench", "round", "--nodes", "3", "--params", "5000", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "all but train" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "round"
+    assert {"machine", "processor", "cpus", "python", "system"} <= report.keys()
+    [row] = report["results"]
+    assert row["nodes"] == 3
+    assert abs(row["params"] - 5000) <= 500
+    assert row["finalized"] is True
+    assert set(row["seconds"]) == set(PHASES)
+    for phase in PHASES:
+        for figure in (row["seconds"][phase], row["seconds_max"][phase]):
+            assert isinstance(figure, float) and math.isfinite(figure) and figure > 0, phase
+        assert row["seconds"][phase] <= row["seconds_max"][phase]
+    assert 0 < row["relay_aggregate_seconds"] <= row["seconds_max"]["aggregate"]
+    assert 0 < row["seconds_excluding_train"] <= row["seconds_excluding_train_max"]
+    assert row["seconds_excluding_train_max"] <= row["round_wall_seconds"]
+    # Every node decrypted the plain weighted mean of what the three nodes trained.
+    assert row["max_abs_error"] < 1e-6
