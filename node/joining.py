@@ -109,8 +109,9 @@ class Joiner:
         self.state = "verifying"
         contract_address, rpc_url = handover["contract"], handover["rpc_url"]
         write_swarm_file(settings.state_dir, contract_address, rpc_url)
-        TlsFiles(handover["tls"]["ca_cert"].encode(), tls_key,
-                 handover["tls"]["cert"].encode()).save(settings.state_dir / "tls")
+        runtime.tls = TlsFiles(handover["tls"]["ca_cert"].encode(), tls_key,
+                               handover["tls"]["cert"].encode())
+        runtime.tls.save(settings.state_dir / "tls")
         contract = runtime.connect(contract_address, rpc_url, identity.private_key)
         if not contract.member(identity.address).active:
             raise JoinFailed("the chain does not list this node as a member")
