@@ -58,6 +58,9 @@ class DemoOptions:
     round_deadline_s: float = 20.0
     timeout_s: float = 280.0
     admin_token: str = field(default_factory=lambda: os.urandom(12).hex())
+    onboard: bool = False
+    held_back: str = "switzerland"
+    onboard_after: int = 2
 
 
 @dataclass
@@ -132,13 +135,24 @@ def _history(node: NodeProcess, token: str) -> list[dict[str, Any]] | None:
 
 
 def follow_rounds(
-    nodes: list[NodeProcess], options: DemoOptions, emit: Callable[[str], None]
+    nodes: list[NodeProcess],
+    options: DemoOptions,
+    emit: Callable[[str], None],
+    columns: list[str] | None = None,
+    after_round: Callable[[int], list[tuple[NodeProcess, int]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Poll the nodes' APIs; emit a table row per completed round; return the run's rounds."""
+    """Poll the nodes' APIs; emit a table row per completed round; return the run's rounds.
+
+    `after_round(r)` may bring in new nodes (onboarding) as (node, first round it reports);
+    `columns` fixes the table's node columns so a late node has one from the start.
+    """
     deadline = time.monotonic() + options.timeout_s
+    expected_from = {n.name: 1 for n in nodes}
+    watched = list(nodes)
     reported: dict[str, dict[int, dict[str, Any]]] = {n.name: {} for n in nodes}
     rows: list[dict[str, Any]] = []
-    header = ["round", *(n.name for n in nodes), "held-out", *(f"{p} s" for p in PHASES)]
+    names = columns or [n.name for n in nodes]
+    header = ["round", *names, "held-out", *(f"{p} s" for p in PHASES)]
     widths = [max(len(h), 6) for h in header]
     emit(_line(header, widths))
     emit(_line(["-" * w for w in widths], widths))
@@ -146,19 +160,25 @@ def follow_rounds(
     while next_round <= options.rounds:
         if time.monotonic() > deadline:
             raise DemoFailed(f"round {next_round} did not complete within {options.timeout_s} s")
-        for node in nodes:
+        due = [n for n in watched if expected_from[n.name] <= next_round]
+        for node in due:
             code = node.process.poll()
             for record in _history(node, options.admin_token) or []:
                 reported[node.name][record["round"]] = record
             if code is not None and next_round not in reported[node.name]:
                 raise DemoFailed(f"node {node.name} exited with {code}; see {node.log_path}")
-        if all(next_round in reported[n.name] for n in nodes):
-            records = {n.name: reported[n.name][next_round] for n in nodes}
+        if all(next_round in reported[n.name] for n in due):
+            records = {n.name: reported[n.name][next_round] for n in due}
             row = summarise_round(next_round, records)
             rows.append(row)
-            cells = [next_round, *(row["node_accuracy"][n.name] for n in nodes),
+            cells = [next_round, *(row["node_accuracy"].get(name) for name in names),
                      row["heldout_accuracy"], *(row["seconds"].get(p, 0.0) for p in PHASES)]
             emit(_line(cells, widths))
+            if after_round is not None and next_round < options.rounds:
+                for node, first in after_round(next_round):
+                    watched.append(node)
+                    expected_from[node.name] = first
+                    reported[node.name] = {}
             next_round += 1
         else:
             time.sleep(0.3)
@@ -319,15 +339,78 @@ class LocalSwarm:
             time.sleep(0.1)
 
 
+def onboard(swarm: LocalSwarm, name: str, sponsor: str,
+            emit: Callable[[str], None]) -> tuple[NodeProcess, int, float]:
+    """Onboard `name` through the HTTP API exactly as the README tells a hospital's admin:
+    an invite from the sponsor, then `POST /v1/join` on the new node."""
+    token = swarm.options.admin_token
+    headers = {"Authorization": f"Bearer {token}"}
+    sponsor_url = swarm.nodes[sponsor].api_url
+    newcomer = swarm.nodes[name]
+    started = time.monotonic()
+    emit(f"onboarding {name}: POST {sponsor_url}/v1/invites")
+    invite = httpx.post(f"{sponsor_url}/v1/invites", headers=headers, json={"ttl_s": 600},
+                        timeout=30)
+    invite.raise_for_status()
+    emit(f"onboarding {name}: POST {newcomer.api_url}/v1/join "
+         f'{{"sponsor_url": "{sponsor_url}", "invite": "…"}}')
+    reply = httpx.post(f"{newcomer.api_url}/v1/join", headers=headers, timeout=30,
+                       json={"sponsor_url": sponsor_url, "invite": invite.json()["invite"]})
+    reply.raise_for_status()
+    while True:
+        progress = httpx.get(f"{newcomer.api_url}/v1/join", headers=headers, timeout=30).json()
+        if progress["state"] == "member":
+            break
+        if progress["state"] == "failed":
+            raise DemoFailed(f"onboarding {name} failed: {progress['error']}")
+        if time.monotonic() - started > 120:
+            raise DemoFailed(f"onboarding {name} did not finish in 120 s: {progress}")
+        time.sleep(0.2)
+    seconds = time.monotonic() - started
+    status = httpx.get(f"{newcomer.api_url}/v1/status", headers=headers, timeout=30).json()
+    emit(f"onboarding {name}: member {progress['address']} after {seconds:.1f} s, "
+         f"holding the round-{status['round']} model")
+    return newcomer, int(status["round"]) + 1, seconds
+
+
+def _wait_healthy(node: NodeProcess, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.process.poll() is not None:
+            raise DemoFailed(f"node {node.name} exited; see {node.log_path}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{node.api_url}/v1/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise DemoFailed(f"node {node.name} did not answer on {node.api_url}")
+
+
 def run_demo(options: DemoOptions, emit: Callable[[str], None]) -> dict[str, Any]:
     started = time.monotonic()
-    with LocalSwarm(options, emit=emit) as swarm:
+    joiners = (options.held_back,) if options.onboard else ()
+    result: dict[str, Any] = {}
+    with LocalSwarm(options, emit=emit, joiners=joiners) as swarm:
         swarm.found()
         nodes = swarm.start_all()
         emit(f"started {len(nodes)} node processes (logs in {options.out_dir / 'logs'}); "
              f"{options.rounds} rounds of {options.epochs} local epochs")
-        rounds = follow_rounds(nodes, options, emit)
-        for node in nodes:
+        after_round = None
+        if options.onboard:
+            newcomer = swarm.start(options.held_back)
+            emit(f"{options.held_back} is held back: it runs with only its data and waits to "
+                 f"be onboarded after round {options.onboard_after}")
+
+            def after_round(round_number: int) -> list[tuple[NodeProcess, int]]:
+                if round_number != options.onboard_after:
+                    return []
+                _wait_healthy(newcomer)
+                node, first, seconds = onboard(swarm, options.held_back, nodes[0].name, emit)
+                result["onboarding_seconds"] = round(seconds, 2)
+                return [(node, first)]
+
+        rounds = follow_rounds(nodes, options, emit, columns=list(swarm.hospitals),
+                               after_round=after_round)
+        for node in swarm.nodes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 node.process.wait(timeout=30)
         params = swarm.params
@@ -336,6 +419,7 @@ def run_demo(options: DemoOptions, emit: Callable[[str], None]) -> dict[str, Any
         "nodes": list(HOSPITALS),
         "params": params,
         "rounds": rounds,
+        **result,
         "seconds_total": round(time.monotonic() - started, 1),
     }
 
