@@ -31,6 +31,9 @@ from proto import apiary_pb2
 log = logging.getLogger("apiary.node.swarm")
 
 POLL_SECONDS = 0.2
+# Rejections that only mean the chain moved on while we relayed: another relay was
+# quicker, or a late member committed before the round was sealed. Re-check and retry.
+RELAY_RACES = ("BlockAlreadyAggregated", "RoundNotOpen", "WrongContributionCount")
 PUSH_TIMEOUT_S = 30.0
 
 
@@ -194,7 +197,9 @@ class SwarmRound:
             info = self.contract.round_info(round_number)
             if info.aggregated_blocks != progress[0]:
                 progress = (info.aggregated_blocks, now)
-            if ready_since is None and self._ready(round_number, info, now >= deadline):
+            if not self._ready(round_number, info, now >= deadline):
+                ready_since = None
+            elif ready_since is None:
                 ready_since = now
             if ready_since is not None:
                 order = self.contract.relay_order(round_number)
@@ -223,6 +228,8 @@ class SwarmRound:
     def _aggregate(self, round_number: int) -> bool:
         committers = self.contract.committers(round_number)
         held = self.inbox.get(round_number)
+        if any(c not in held for c in committers):
+            return False
         for sender in committers:
             _, committed = self.contract.commitment(round_number, sender)
             if list(held[sender].header.block_digests) != committed:
@@ -237,9 +244,7 @@ class SwarmRound:
         )
         done = [i for i, r in results.items() if not isinstance(r, ContractRejected)]
         for result in results.values():
-            if isinstance(result, ContractRejected) and result.error not in (
-                "BlockAlreadyAggregated", "RoundNotOpen"
-            ):
+            if isinstance(result, ContractRejected) and result.error not in RELAY_RACES:
                 raise result
         if done:
             gas = sum(r.gas_used for r in results.values() if not isinstance(r, Exception))
