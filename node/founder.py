@@ -1,10 +1,12 @@
 """`apiary found`: the one-shot founder of a deployment (the compose file's `founder`).
 
 It waits for the chain, creates the swarm's CKKS keys and TLS CA, gives each founding
-member a fresh Ethereum account (funded by the founder, so no key is shared with anyone),
-writes each member's state directory — identity, secret HE context, TLS files and
-``swarm.json`` with the contract address, which the node reads at start — and deploys the
-contract sized for the model on the data. Last, it writes ``swarm.json`` and the public HE
+member a fresh Ethereum account (funded from the funding key, so no member key is shared
+with anyone), writes each member's state directory — identity, secret HE context, TLS files
+and ``swarm.json`` with the contract address, which the node reads at start — and deploys
+the contract sized for the model on the data. The first member listed deploys it, so its
+node is the contract's admin and keeps the CA key: it is the sponsor newcomers join
+through (``POST /v1/invites`` on its admin API). Last, it writes ``swarm.json`` and the public HE
 context to the swarm directory (for the coordinator and operators): that file marks the
 swarm as founded, so a second run against a chain that still holds the contract changes
 nothing, and a run that would overwrite a member's keys refuses.
@@ -13,6 +15,7 @@ nothing, and a run that would overwrite a member's keys refuses.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +36,9 @@ from node.founding import (
     IDENTITY_FILE,
     SWARM_FILE,
     FoundingMember,
+    Identity,
     found_swarm,
-    prepare_members,
+    prepare_member_state,
     write_context,
     write_swarm_file,
 )
@@ -87,24 +91,54 @@ def found(settings: FoundingSettings, emit: Callable[[str], None]) -> Founded:
     state_dir = _state_dirs(settings.state_root, list(endpoints))
 
     params = param_count_for(settings.model, settings.dataset)
-    founder_key = settings.founder_key or dev_private_keys(1)[0]
+    funding_key = settings.funding_key or dev_private_keys(1)[0]
     he = HEContext.create()
     ca = create_ca(settings.swarm_name)
-    keys = {name: Account.create().key.to_0x_hex() for name in endpoints}
-    members = prepare_members(endpoints, keys, he, ca, state_dir)
-    emit(f"deploying SwarmLearning for {params} parameters ({settings.model} on "
+    members = []
+    for index, (name, endpoint) in enumerate(endpoints.items()):
+        identity = Identity.create(name, Account.create().key.to_0x_hex())
+        prepare_member_state(state_dir(name), identity, he, ca, endpoint,
+                             holds_ca_key=index == 0)
+        members.append(FoundingMember(identity, endpoint))
+        transfer(w3, funding_key, identity.address, int(settings.member_funding_eth * 10**18))
+    sponsor = members[0].identity
+    emit(f"{sponsor.name} deploys SwarmLearning for {params} parameters ({settings.model} on "
          f"{settings.dataset}) on {settings.rpc_url}")
-    contract = found_swarm(w3, founder_key, he, params, members, settings.min_peers,
+    contract = found_swarm(w3, sponsor.private_key, he, params, members, settings.min_peers,
                            settings.membership)
-    wei = int(settings.member_funding_eth * 10**18)
     for member in members:
-        if wei:
-            contract.fund(member.identity.address, wei)
         write_swarm_file(state_dir(member.identity.name), contract.address, settings.rpc_url)
+        hand_over(state_dir(member.identity.name), settings.state_root)
         emit(f"member {member.identity.name}: {member.identity.address} at {member.endpoint}")
     _write_public(settings, he, ca[1], contract.address, params, w3.eth.chain_id, members)
     emit(f"founded: contract {contract.address}; swarm file {marker}")
     return Founded(contract.address, params, endpoints)
+
+
+def transfer(w3: Web3, private_key: str, to: str, wei: int) -> None:
+    """Send `wei` of ETH: a fresh account needs gas before its first transaction."""
+    if wei <= 0:
+        return
+    account = Account.from_key(private_key)
+    tx = {"from": account.address, "to": Web3.to_checksum_address(to), "value": wei,
+          "nonce": w3.eth.get_transaction_count(account.address, "pending"), "gas": 21_000,
+          "gasPrice": w3.eth.gas_price, "chainId": w3.eth.chain_id}
+    signed = account.sign_transaction(tx)
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(signed.raw_transaction), timeout=60)
+    if receipt["status"] != 1:
+        raise FoundingError(f"funding {to} failed in transaction {receipt['transactionHash']}")
+
+
+def hand_over(member_dir: Path, state_root: Path) -> None:
+    """Run as root (a container's founder writing into each member's volume), give the
+    member's files to the owner of the state root, the user its node runs as."""
+    if os.geteuid() != 0:
+        return
+    owner = state_root.stat()
+    os.chown(member_dir, owner.st_uid, owner.st_gid)
+    for path in member_dir.rglob("*"):
+        os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
 
 
 def _state_dirs(root: Path, names: list[str]) -> Callable[[str], Path]:

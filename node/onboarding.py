@@ -24,6 +24,7 @@ from apiary.he import HEContext
 from apiary.keywrap import wrap, wrap_context
 from apiary.tls import CA_CERT, CA_KEY, endpoint_host, issue_certificate
 from contracts.binding import ContractRejected
+from node.invites import InviteRefused
 from proto import apiary_pb2, apiary_pb2_grpc
 
 if TYPE_CHECKING:
@@ -93,8 +94,6 @@ class Sponsor:
         """200 with the hand-over, 202 while approvals are missing; Refused otherwise."""
         contract = self._contract()
         invites = self.runtime.invites
-        from node.invites import InviteRefused
-
         try:
             invites.check(request.invite, request.address)
         except InviteRefused as exc:

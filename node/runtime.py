@@ -33,6 +33,7 @@ from node.keys import KeyRing
 from node.peer import Inbox, PeerService, start_peer_server
 from node.rounds import NotAMember, RoundFailed, RoundOutcome
 from node.state import NodeState, RoundRecord
+from node.swarm import SwarmRound
 from node.trainer import LocalTrainer
 
 log = logging.getLogger("apiary.node")
@@ -150,8 +151,6 @@ class NodeRuntime:
         if params.modulus != he.modulus:
             raise NodeConfigError("the HE context's modulus differs from the contract's")
         inbox = Inbox()
-        from node.swarm import SwarmRound
-
         self.driver = SwarmRound(
             contract, he, inbox, private_key, settings.name, settings.round_deadline_s,
             settings.relay_takeover_s, settings.round_timeout_s, keys=self.keys,
