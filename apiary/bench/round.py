@@ -1,14 +1,14 @@
 """`apiary bench round`: per-phase wall time of one real swarm round.
 
 Every node is the real node code (`node.swarm.SwarmRound` with its gRPC `PeerService`)
-running in a thread of this process, against one real anvil devnet and a contract
-deployed per configuration. Training is real local training of an MLP of the requested
+running in a process of its own, as a hospital runs it, against one real anvil devnet and
+a contract deployed per configuration. Training is real local training of an MLP of the requested
 size on a small synthetic dataset, so the "train" column means something, but the
 target concerns everything else.
 
-Reading the figures: all nodes share this machine's CPUs and one Python interpreter (GIL),
-so phases that run on every node at once (encryption, gRPC streaming and its block checks,
-chain polling, decryption) contend as separate hospitals would not. Conversely loopback
+Reading the figures: all nodes share this machine's CPUs, so phases that run on every
+node at once (encryption, gRPC streaming and its block checks, chain polling, decryption)
+contend as separate hospitals would not. Conversely loopback
 gRPC and an anvil that mines each transaction at once hide network and block latency.
 A node's "aggregate" is the relay's aggregate transactions, or for the others their wait
 until the round finalizes (which includes waiting for the slowest member to commit).
@@ -16,16 +16,15 @@ until the round finalizes (which includes waiting for the slowest member to comm
 
 from __future__ import annotations
 
+import multiprocessing
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent import futures
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 import torch
+from web3 import Web3
 
 from apiary.bench.report import machine, median, table
 from apiary.flat import flatten, param_count
@@ -50,15 +49,6 @@ ROWS_PER_NODE = 256
 ROUND_DEADLINE_S = 60.0
 MAX_AGGREGATE_ERROR = 1e-4
 """CKKS at scale 2^40 averages to ~1e-8; anything near this bound means a broken round."""
-
-
-@dataclass
-class _Node:
-    name: str
-    address: str
-    driver: SwarmRound
-    train: Callable[[], tuple[np.ndarray, float, int]]
-    trained: list[np.ndarray]
 
 
 def bench_round(
@@ -118,7 +108,7 @@ def _one_round(
 ) -> dict[str, Any]:
     params = param_count(build_mlp_with_params(target, INPUT_DIM, NUM_CLASSES, seed))
     label = f"{nodes} nodes, {params:,} params"
-    say(f"{label}: deploying the contract and starting {nodes} gRPC peers")
+    say(f"{label}: deploying the contract and starting {nodes} node processes")
     identities = [Identity.create(f"node{i}", keys[i + 1]) for i in range(nodes)]
     ports = [free_port() for _ in identities]
     founders = [
@@ -126,23 +116,38 @@ def _one_round(
         for ident, port in zip(identities, ports, strict=True)
     ]
     contract = found_swarm(devnet.web3(), keys[0], he, params, founders, min_peers=nodes)
-    secret = he.secret_bytes()
-    with _peer_servers(devnet, contract.address, identities, ports) as inboxes:
-        swarm = [
-            _node(devnet, contract.address, ident, inbox, secret, params, rows, round_timeout_s,
-                  seed, index)
-            for index, (ident, inbox) in enumerate(zip(identities, inboxes, strict=True))
-        ]  # fmt: skip
+    context = multiprocessing.get_context("spawn")
+    ready, go, done = context.Queue(), context.Event(), context.Queue()
+    specs = [
+        _NodeSpec(devnet.rpc_url, contract.address, ident.name, ident.private_key, port,
+                  he.secret_bytes(), params, rows, round_timeout_s, seed, index)
+        for index, (ident, port) in enumerate(zip(identities, ports, strict=True))
+    ]  # fmt: skip
+    processes = [context.Process(target=_node_main, args=(spec, ready, go, done), daemon=True)
+                 for spec in specs]
+    for process in processes:
+        process.start()
+    try:
+        for _ in processes:
+            ready.get(timeout=120)
         say(f"{label}: running round 1")
         started = time.perf_counter()
-        with futures.ThreadPoolExecutor(max_workers=nodes, thread_name_prefix="node") as pool:
-            running = [pool.submit(n.driver.run, 1, n.train, params) for n in swarm]
-            outcomes = [r.result() for r in running]
+        go.set()
+        reports = [done.get(timeout=round_timeout_s + 60) for _ in processes]
         wall = time.perf_counter() - started
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+    failures = [r["error"] for r in reports if "error" in r]
+    if failures:
+        raise RuntimeError(f"{label}: a node failed: {failures[0]}")
     info = contract.round_info(1)
     if not info.finalized:
         raise RuntimeError(f"{label}: the round did not finalize")
-    error = _aggregate_error(contract, swarm, outcomes)
+    outcomes = [r["outcome"] for r in reports]
+    error = _aggregate_error(contract, {r["address"]: r["trained"] for r in reports}, outcomes)
     if error > MAX_AGGREGATE_ERROR:
         raise RuntimeError(f"{label}: the decrypted average is off by {error:g}")
     row = _summarise(nodes, params, outcomes, wall, error)
@@ -151,42 +156,56 @@ def _one_round(
     return row
 
 
-def _node(
-    devnet: Devnet,
-    address: str,
-    identity: Identity,
-    inbox: Inbox,
-    secret: bytes,
-    params: int,
-    rows: int,
-    round_timeout_s: float,
-    seed: int,
-    index: int,
-) -> _Node:
-    """One member: its own Web3, its own copy of the swarm key, its own data and model."""
-    contract = SwarmContract.at(devnet.web3(), address, identity.private_key)
-    driver = SwarmRound(
-        contract, HEContext.from_bytes(secret), inbox, identity.private_key, identity.name,
-        # A backup relay steps in a fixed time after it is ready, however busy the first
-        # relay still is (5 nodes × 1M parameters aggregate for more than 30 s), and two
-        # relays racing crash one of them: keep backups out of the measured round.
-        round_deadline_s=ROUND_DEADLINE_S, relay_takeover_s=round_timeout_s,
-        round_timeout_s=round_timeout_s,
-    )  # fmt: skip
-    # Every member starts from the same global model (same seed) but trains on its own rows.
-    model = build_mlp_with_params(params, INPUT_DIM, NUM_CLASSES, seed)
-    if param_count(model) != params:
-        raise RuntimeError(f"model has {param_count(model)} parameters, expected {params}")
-    x, y = _synthetic_data(rows, seed * 1000 + index)
-    trained: list[np.ndarray] = []
+@dataclass(frozen=True)
+class _NodeSpec:
+    rpc_url: str
+    contract: str
+    name: str
+    private_key: str
+    port: int
+    secret: bytes
+    params: int
+    rows: int
+    round_timeout_s: float
+    seed: int
+    index: int
 
-    def train() -> tuple[np.ndarray, float, int]:
-        loss = train_local(model, x, y, epochs=1, lr=0.01, batch_size=32, seed=seed + index)
-        weights = flatten(model)
-        trained.append(weights)
-        return weights, loss, rows
 
-    return _Node(identity.name, identity.address, driver, train, trained)
+def _node_main(spec: _NodeSpec, ready: Any, go: Any, done: Any) -> None:
+    """One member in its own process, as a hospital runs it: its gRPC peer server, its Web3
+    connections, its copy of the swarm key, its data and model; one round when told to."""
+    try:
+        torch.set_num_threads(1)
+        _warm_up_torch(spec.seed)
+        w3 = Web3(Web3.HTTPProvider(spec.rpc_url, request_kwargs={"timeout": 120}))
+        contract = SwarmContract.at(w3, spec.contract, spec.private_key)
+        inbox = Inbox()
+        peer = SwarmContract.at(Web3(Web3.HTTPProvider(spec.rpc_url)), spec.contract,
+                                spec.private_key)
+        server = start_peer_server(PeerService(peer, inbox, spec.name), "127.0.0.1", spec.port)
+        driver = SwarmRound(
+            contract, HEContext.from_bytes(spec.secret), inbox, spec.private_key, spec.name,
+            round_deadline_s=ROUND_DEADLINE_S, relay_takeover_s=spec.round_timeout_s,
+            round_timeout_s=spec.round_timeout_s,
+        )  # fmt: skip
+        model = build_mlp_with_params(spec.params, INPUT_DIM, NUM_CLASSES, spec.seed)
+        x, y = _synthetic_data(spec.rows, spec.seed * 1000 + spec.index)
+        trained: list[np.ndarray] = []
+
+        def train() -> tuple[np.ndarray, float, int]:
+            loss = train_local(model, x, y, epochs=1, lr=0.01, batch_size=32,
+                               seed=spec.seed + spec.index)
+            trained.append(flatten(model))
+            return trained[-1], loss, spec.rows
+
+        ready.put(spec.name)
+        go.wait()
+        outcome = driver.run(1, train, spec.params)
+        done.put({"address": contract.sender, "outcome": outcome, "trained": trained[-1]})
+        server.stop(grace=None).wait()
+    except Exception as exc:  # reported to the parent, which fails the benchmark
+        ready.put(spec.name)
+        done.put({"error": f"{spec.name}: {exc!r}"})
 
 
 def _warm_up_torch(seed: int) -> None:
@@ -206,34 +225,11 @@ def _synthetic_data(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-@contextmanager
-def _peer_servers(
-    devnet: Devnet, address: str, identities: Sequence[Identity], ports: Sequence[int]
-) -> Iterator[list[Inbox]]:
-    """Each member's gRPC inbox, with a contract (and Web3) of its own: gRPC handler
-    threads must not share the HTTP session of the round driver."""
-    inboxes: list[Inbox] = []
-    servers: list[grpc.Server] = []
-    try:
-        for ident, port in zip(identities, ports, strict=True):
-            inbox = Inbox()
-            peer_contract = SwarmContract.at(devnet.web3(), address, ident.private_key)
-            servers.append(
-                start_peer_server(PeerService(peer_contract, inbox, ident.name), "127.0.0.1", port)
-            )
-            inboxes.append(inbox)
-        yield inboxes
-    finally:
-        for server in servers:
-            server.stop(grace=None).wait()
-
-
 def _aggregate_error(
-    contract: SwarmContract, swarm: Sequence[_Node], outcomes: Sequence[RoundOutcome]
+    contract: SwarmContract, by_address: dict[str, np.ndarray], outcomes: Sequence[RoundOutcome]
 ) -> float:
     """Largest deviation of any node's decrypted model from the plain weighted mean."""
     addresses, weights, total = contract.round_weights(1)
-    by_address = {n.address: n.trained[-1] for n in swarm}
     expected = sum(w * by_address[a] for a, w in zip(addresses, weights, strict=True)) / total
     return max(float(np.max(np.abs(o.weights - expected))) for o in outcomes)
 
@@ -292,6 +288,6 @@ def format_round_table(result: dict[str, Any]) -> str:
                 f"{r['seconds_excluding_train']:.2f} s, {'met' if ok else 'MISSED'}"
             )
     lines.append(
-        f"(machine: {result['processor']}, {result['cpus']} CPUs, all nodes in one process)"
+        f"(machine: {result['processor']}, {result['cpus']} CPUs, one process per node)"
     )
     return "\n".join(lines)
