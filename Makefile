@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.apiary-installed
 NPM_STAMP := node_modules/.apiary-installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
 .PHONY: all deps test demo lint bench clean
 
 all: test
 
-deps: $(PY_STAMP) $(NPM_STAMP)
+deps: $(PY_STAMP) $(NPM_STAMP) $(FASHION_MNIST)
 
 $(PY_STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +23,12 @@ $(NPM_STAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --no-save --loglevel=error
 	touch $@
 
+# Fashion-MNIST for `apiary compare --dataset fashion`: Debian's dataset-fashion-mnist.
+$(FASHION_MNIST):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist
+
 test: deps
+	command -v docker-compose >/dev/null || (apt-get update && apt-get install -y docker-compose)
 	$(BIN)/ruff check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -10,7 +10,13 @@ from typing import Any
 import click
 
 from apiary.cli_settings import settings_command
-from apiary.settings import ChainSettings, CoordinatorSettings, NodeSettings
+from apiary.settings import (
+    ChainSettings,
+    CoordinatorSettings,
+    FoundingSettings,
+    NodeSettings,
+    SampleDataSettings,
+)
 
 
 def _progress(message: str) -> None:
@@ -76,6 +82,42 @@ app.add_command(settings_command(
 ))
 
 
+def _run_found(settings: Any) -> None:
+    from node.founder import FoundingError, found
+
+    try:
+        found(settings, click.echo)
+    except FoundingError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+app.add_command(settings_command(
+    "found", FoundingSettings, _run_found,
+    "Found a swarm: HE keys, TLS CA, each founding member's state directory, the contract "
+    "on chain. Does nothing if the swarm directory already names a live contract. Every "
+    "flag also reads an APIARY_* environment variable.",
+))
+
+
+def _run_sample_data(settings: Any) -> None:
+    from apiary.data.sample import write_sample_shard
+
+    try:
+        shard = write_sample_shard(settings.hospital, settings.data, settings.seed)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {settings.data}: {settings.hospital}, {len(shard.y_train)} training "
+               f"and {len(shard.y_test)} test patients")
+
+
+app.add_command(settings_command(
+    "sample-data", SampleDataSettings, _run_sample_data,
+    "Write one hospital's shard of the bundled UCI Heart Disease data (demos and the compose "
+    "deployment; a real hospital uses its own file). Every flag also reads an APIARY_* "
+    "environment variable.",
+))
+
+
 @app.command()
 @click.option("--mode", type=click.Choice(["swarm", "federated"]), default="swarm",
               show_default=True, help="average on chain, or through a coordinator")
@@ -87,14 +129,27 @@ app.add_command(settings_command(
               help="fewest hospitals a round may close with")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"),
               show_default=True, help="where shards, node state and logs go")
+@click.option("--compose", "compose_file", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="run this compose file's services as local processes instead")
+@click.option("--profile", "profiles", multiple=True,
+              help="compose profile to enable (repeatable; with --compose)")
+@click.option("--onboard", is_flag=True,
+              help="hold one hospital back and onboard it through the HTTP API after round 2")
 @json_option
 def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: int,
-         out_dir: Path, json_path: Path | None) -> None:
+         out_dir: Path, compose_file: Path | None, profiles: tuple[str, ...], onboard: bool,
+         json_path: Path | None) -> None:
     """Run the four UCI Heart Disease hospitals as a swarm on this machine, then stop."""
+    if compose_file is not None:
+        _compose_demo(compose_file, profiles, rounds, out_dir / "compose", json_path)
+        return
     from apiary.demo import DemoFailed, DemoOptions, run_demo, summary_lines, write_result
 
+    if onboard and mode != "swarm":
+        raise click.UsageError("--onboard needs --mode swarm (members join on chain)")
     options = DemoOptions(mode=mode, rounds=rounds, epochs=epochs, lr=lr, seed=seed,
-                          min_peers=min_peers, out_dir=out_dir)
+                          min_peers=min_peers, out_dir=out_dir, onboard=onboard)
     try:
         result = run_demo(options, click.echo)
     except DemoFailed as exc:
@@ -104,6 +159,78 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
     if json_path is not None:
         write_result(json_path, result)
         click.echo(f"wrote {json_path}")
+
+
+def _compose_demo(compose_file: Path, profiles: tuple[str, ...], rounds: int, run_dir: Path,
+                  json_path: Path | None) -> None:
+    from apiary.compose.demo import compose_summary, run_compose_demo
+    from apiary.compose.spec import ComposeError
+    from apiary.demo import DemoFailed, write_result
+
+    try:
+        result = run_compose_demo(compose_file, rounds, profiles, run_dir, click.echo)
+    except (ComposeError, DemoFailed) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in compose_summary(result):
+        click.echo(line)
+    if json_path is not None:
+        write_result(json_path, result)
+        click.echo(f"wrote {json_path}")
+
+
+@app.command()
+@click.option("--dataset", type=click.Choice(["heart", "fashion"]), default="heart",
+              show_default=True,
+              help="heart: the 4 UCI Heart Disease hospitals (MLP); fashion: Fashion-MNIST over "
+                   "5 sites with Dirichlet label skew (CNN)")
+@click.option("--seeds", type=int, default=3, show_default=True,
+              help="seeds 0..N-1: data split, initial model and shuffling")
+@click.option("--rounds", type=int, default=10, show_default=True,
+              help="rounds; central and local train rounds × epochs epochs")
+@click.option("--epochs", type=int, default=2, show_default=True, help="local epochs a round")
+@click.option("--lr", type=float, default=0.003, show_default=True, help="Adam learning rate")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="mini-batch size")
+@click.option("--methods", default="central,local,fedavg,swarm,federated", show_default=True,
+              help="comma-separated subset of the methods to run")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="fashion: Dirichlet label-skew concentration (smaller: more skew)")
+@click.option("--images", type=int, default=12_500, show_default=True,
+              help="fashion: images drawn (class-balanced) before the split; 80 % train")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="processes for the in-process methods (1: none)")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              default=Path("runs/compare"), show_default=True,
+              help="node state and logs of the real runs; default place of JSON and figure")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="write the numbers here [OUT/DATASET.json]")
+@click.option("--figure", "figure_path", type=click.Path(path_type=Path), default=None,
+              help="write the PNG figure here [OUT/DATASET.png]")
+def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch_size: int,
+            methods: str, alpha: float, images: int, workers: int, out_dir: Path,
+            json_path: Path | None, figure_path: Path | None) -> None:
+    """Is joining the swarm worth it? Train central, local (each hospital alone), plaintext
+    FedAvg, swarm and federated on the same data, split and seeds; score every model on every
+    hospital's test split and on their union. Prints tables; writes JSON and a PNG."""
+    from apiary.compare import CompareFailed, CompareOptions, run_compare
+    from apiary.compare_table import format_tables
+    from apiary.data.datasets import DatasetSpec
+    from apiary.demo import write_result
+    from apiary.plot import plot_comparison
+
+    try:
+        options = CompareOptions(
+            dataset=DatasetSpec(dataset, alpha=alpha, images=images), seeds=seeds,
+            rounds=rounds, epochs=epochs, lr=lr, batch_size=batch_size,
+            methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+            out_dir=out_dir, workers=workers)
+        result = run_compare(options, _progress)
+    except (ValueError, FileNotFoundError, CompareFailed) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_tables(result))
+    json_path = json_path or out_dir / f"{dataset}.json"
+    write_result(json_path, result)
+    figure = plot_comparison(result, figure_path or out_dir / f"{dataset}.png")
+    click.echo(f"wrote {json_path} and {figure}")
 
 
 @app.group()

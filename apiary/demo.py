@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from apiary.data.heart import HOSPITALS, load_heart_shards
+from apiary.data.datasets import DatasetSpec
+from apiary.data.heart import HOSPITALS
 from apiary.data.shards import Shard
 from apiary.flat import param_count as count_params
 from apiary.he import HEContext
@@ -61,6 +62,8 @@ class DemoOptions:
     onboard: bool = False
     held_back: str = "switzerland"
     onboard_after: int = 2
+    membership: str = "admin"
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
 
 
 @dataclass
@@ -72,9 +75,10 @@ class NodeProcess:
     state_dir: Path | None = None
 
 
-def write_data(out_dir: Path, seed: int) -> tuple[dict[str, Path], Path, Shard]:
+def write_data(out_dir: Path, seed: int, dataset: DatasetSpec | None = None,
+               ) -> tuple[dict[str, Path], Path, Shard]:
     """Each hospital's shard, and the union of their test splits as the held-out set."""
-    shards = load_heart_shards(seed=seed)
+    shards = (dataset or DatasetSpec()).load(seed)
     data_dir = out_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -214,11 +218,11 @@ class LocalSwarm:
     nodes by name. Used by `apiary demo` and by the end-to-end tests.
     """
 
-    def __init__(self, options: DemoOptions, hospitals: tuple[str, ...] = HOSPITALS,
+    def __init__(self, options: DemoOptions, hospitals: tuple[str, ...] | None = None,
                  emit: Callable[[str], None] | None = None,
                  joiners: tuple[str, ...] = ()) -> None:
         self.options = options
-        self.hospitals = hospitals
+        self.hospitals = hospitals or options.dataset.hospital_names
         self.joiners = joiners
         self.emit = emit or (lambda _msg: None)
         self.out = options.out_dir
@@ -249,15 +253,16 @@ class LocalSwarm:
     def found(self) -> None:
         options, out = self.options, self.out
         self.emit(f"writing the hospitals' shards to {out / 'data'}")
-        self.data, self.heldout_path, sample = write_data(out, options.seed)
+        self.data, self.heldout_path, sample = write_data(out, options.seed, options.dataset)
         self.params = count_params(
             build_model(options.model, sample.input_shape, sample.num_classes, options.seed)
         )
         self.he = HEContext.create()
-        keys = dev_private_keys(len(HOSPITALS) + 1)
+        names = options.dataset.hospital_names
+        keys = dev_private_keys(len(names) + 1)
         self.ports = {name: (free_port(), free_port()) for name in self.hospitals}
         founders = [n for n in self.hospitals if n not in self.joiners]
-        self.identities = {name: Identity.create(name, keys[HOSPITALS.index(name) + 1])
+        self.identities = {name: Identity.create(name, keys[names.index(name) + 1])
                            for name in founders}
         ca = create_ca(out.name)
         for name in founders:
@@ -269,7 +274,8 @@ class LocalSwarm:
                       f"for {self.params} parameters and admits {len(founders)} founders")
             members = [FoundingMember(self.identities[n], self.endpoint(n)) for n in founders]
             contract = found_swarm(chain.web3(), self.identities[founders[0]].private_key,
-                                   self.he, self.params, members, options.min_peers)
+                                   self.he, self.params, members, options.min_peers,
+                                   membership=options.membership)
             self.rpc_url, self.contract_address = chain.rpc_url, contract.address
             for name in founders:
                 write_swarm_file(self.state_dir(name), contract.address, chain.rpc_url)
@@ -343,10 +349,17 @@ def onboard(swarm: LocalSwarm, name: str, sponsor: str,
             emit: Callable[[str], None]) -> tuple[NodeProcess, int, float]:
     """Onboard `name` through the HTTP API exactly as the README tells a hospital's admin:
     an invite from the sponsor, then `POST /v1/join` on the new node."""
-    token = swarm.options.admin_token
-    headers = {"Authorization": f"Bearer {token}"}
-    sponsor_url = swarm.nodes[sponsor].api_url
     newcomer = swarm.nodes[name]
+    first, seconds = join_through_api(newcomer, swarm.nodes[sponsor].api_url,
+                                      swarm.options.admin_token, emit)
+    return newcomer, first, seconds
+
+
+def join_through_api(newcomer: NodeProcess, sponsor_url: str, token: str,
+                     emit: Callable[[str], None]) -> tuple[int, float]:
+    """Invite, join, wait for membership; returns the newcomer's first round and seconds."""
+    headers = {"Authorization": f"Bearer {token}"}
+    name = newcomer.name
     started = time.monotonic()
     emit(f"onboarding {name}: POST {sponsor_url}/v1/invites")
     invite = httpx.post(f"{sponsor_url}/v1/invites", headers=headers, json={"ttl_s": 600},
@@ -370,7 +383,7 @@ def onboard(swarm: LocalSwarm, name: str, sponsor: str,
     status = httpx.get(f"{newcomer.api_url}/v1/status", headers=headers, timeout=30).json()
     emit(f"onboarding {name}: member {progress['address']} after {seconds:.1f} s, "
          f"holding the round-{status['round']} model")
-    return newcomer, int(status["round"]) + 1, seconds
+    return int(status["round"]) + 1, seconds
 
 
 def _wait_healthy(node: NodeProcess, timeout: float = 60.0) -> None:

@@ -120,8 +120,8 @@ class FoundingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
 
     rpc_url: str = Field("http://127.0.0.1:8545", description="chain JSON-RPC endpoint")
-    founder_key: str | None = Field(
-        None, description="Ethereum key that deploys the contract (default: anvil dev account 0)"
+    funding_key: str | None = Field(
+        None, description="Ethereum key that funds the members' accounts (default: anvil's 0)"
     )
     founding_members: str = Field(
         "", description="comma-separated name=host:port, each member's gRPC endpoint"
@@ -140,7 +140,7 @@ class FoundingSettings(BaseSettings):
     min_peers: int = Field(2, ge=1, description="fewest members a round may close with")
     membership: str = Field("admin", description="who admits members: admin or majority")
     member_funding_eth: float = Field(
-        10.0, ge=0, description="ETH the founder sends each member's fresh account for gas"
+        10.0, ge=0, description="ETH the funding key sends each member's fresh account for gas"
     )
     chain_wait_s: float = Field(60.0, gt=0, description="seconds to wait for the chain to answer")
 

@@ -7,6 +7,8 @@ so a rejected call never reaches the chain.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +103,9 @@ class SwarmContract:
         self.contract: Contract = w3.eth.contract(address=self.address, abi=abi)
         self._errors = _error_table(abi)
         self._params: HEParameters | None = None
+        # One account, several threads (round loop, admin API): a nonce must be read and
+        # used by one sender at a time.
+        self._nonce_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
 
@@ -228,7 +233,8 @@ class SwarmContract:
 
     def _send(self, name: str, *args: Any, gas: int | None = None) -> TxResult:
         call = getattr(self.contract.functions, name)(*args)
-        receipt = _transact(self.w3, self.account, call, name, self._errors, gas=gas)
+        receipt = _transact(self.w3, self.account, call, name, self._errors, gas=gas,
+                            nonce_lock=self._nonce_lock)
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
 
@@ -252,14 +258,15 @@ class SwarmContract:
 
     def fund(self, address: str, wei: int) -> TxResult:
         """Send `wei` to `address` (a newcomer needs gas for its commits)."""
-        tx = {
-            "from": self.account.address, "to": to_checksum_address(address), "value": wei,
-            "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending"),
-            "gas": 21_000, "chainId": self.w3.eth.chain_id,
-            "gasPrice": self.w3.eth.gas_price,
-        }
-        signed = self.account.sign_transaction(tx)
-        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        with self._nonce_lock:
+            tx = {
+                "from": self.account.address, "to": to_checksum_address(address), "value": wei,
+                "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending"),
+                "gas": 21_000, "chainId": self.w3.eth.chain_id,
+                "gasPrice": self.w3.eth.gas_price,
+            }
+            signed = self.account.sign_transaction(tx)
+            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
@@ -288,17 +295,19 @@ class SwarmContract:
         not simulated first; a revert (another relay was quicker) is decoded by replaying
         the call on the state it met and returned as ContractRejected for that block.
         """
-        nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
         chain_id = self.w3.eth.chain_id
         sent: dict[int, tuple[Any, Any]] = {}
-        for offset, (index, ciphertexts) in enumerate(sorted(blocks.items())):
-            call = self.contract.functions.aggregate(round_number, index, list(ciphertexts))
-            calldata = sum(len(c) + 64 for c in ciphertexts) + 128
-            gas = aggregate_gas_bound(calldata, max((len(c) for c in ciphertexts), default=0))
-            tx = call.build_transaction({"from": self.account.address, "nonce": nonce + offset,
-                                         "gas": gas, "chainId": chain_id})
-            signed = self.account.sign_transaction(tx)
-            sent[index] = (call, self.w3.eth.send_raw_transaction(signed.raw_transaction))
+        with self._nonce_lock:
+            nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+            for offset, (index, ciphertexts) in enumerate(sorted(blocks.items())):
+                call = self.contract.functions.aggregate(round_number, index, list(ciphertexts))
+                calldata = sum(len(c) + 64 for c in ciphertexts) + 128
+                gas = aggregate_gas_bound(calldata, max((len(c) for c in ciphertexts), default=0))
+                tx = call.build_transaction({"from": self.account.address,
+                                             "nonce": nonce + offset, "gas": gas,
+                                             "chainId": chain_id})
+                signed = self.account.sign_transaction(tx)
+                sent[index] = (call, self.w3.eth.send_raw_transaction(signed.raw_transaction))
         results: dict[int, TxResult | ContractRejected] = {}
         for index, (call, tx_hash) in sent.items():
             receipt = self.w3.eth.wait_for_transaction_receipt(
@@ -403,6 +412,7 @@ def _transact(
     function: str,
     errors: dict[bytes, tuple[str, list[str], list[str]]],
     gas: int | None = None,
+    nonce_lock: threading.Lock | None = None,
 ) -> TxReceipt:
     """Simulate, then sign and send; a revert in simulation raises ContractRejected.
 
@@ -417,16 +427,17 @@ def _transact(
             call.call(params)
     except ContractLogicError as exc:
         raise _decode_revert(function, exc, errors) from exc
-    tx = call.build_transaction(
-        {
-            "from": account.address,
-            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
-            "gas": gas,
-            "chainId": w3.eth.chain_id,
-        }
-    )
-    signed = account.sign_transaction(tx)
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    with nonce_lock or contextlib.nullcontext():
+        tx = call.build_transaction(
+            {
+                "from": account.address,
+                "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+                "gas": gas,
+                "chainId": w3.eth.chain_id,
+            }
+        )
+        signed = account.sign_transaction(tx)
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = w3.eth.wait_for_transaction_receipt(
         tx_hash, timeout=120, poll_latency=RECEIPT_POLL_SECONDS
     )

@@ -6,10 +6,10 @@ with anyone), writes each member's state directory — identity, secret HE conte
 and ``swarm.json`` with the contract address, which the node reads at start — and deploys
 the contract sized for the model on the data. The first member listed deploys it, so its
 node is the contract's admin and keeps the CA key: it is the sponsor newcomers join
-through (``POST /v1/invites`` on its admin API). Last, it writes ``swarm.json`` and the public HE
-context to the swarm directory (for the coordinator and operators): that file marks the
-swarm as founded, so a second run against a chain that still holds the contract changes
-nothing, and a run that would overwrite a member's keys refuses.
+through (``POST /v1/invites`` on its admin API). Last, it writes ``swarm.json`` and the
+public HE context to the swarm directory (for the coordinator and operators): that file
+marks the swarm as founded, so a second run against a chain that still holds the contract
+changes nothing, and a run that would overwrite a member's keys refuses.
 """
 
 from __future__ import annotations

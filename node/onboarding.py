@@ -95,9 +95,10 @@ class Sponsor:
         contract = self._contract()
         invites = self.runtime.invites
         try:
-            invites.check(request.invite, request.address)
+            invite = invites.check(request.invite, request.address)
         except InviteRefused as exc:
             raise Refused(exc.status, str(exc)) from exc
+        approved_since = invite.reserved_for is not None
         ca = self._ca()
         try:
             cert = issue_certificate(ca[0], ca[1], request.csr.encode(),
@@ -105,12 +106,14 @@ class Sponsor:
         except ValueError as exc:
             raise Refused(422, f"csr: {exc}") from exc
         record = contract.member(request.address)
-        if record.active:
+        if record.active and not approved_since:
             raise Refused(409, f"{request.address} is already a member")
         key = bytes.fromhex(request.x25519_public_key)
         rule = contract.membership_rule()
         try:
-            if rule == "admin":
+            if record.active:
+                pass
+            elif rule == "admin":
                 if contract.admin() != contract.sender:
                     raise Refused(403, "only the swarm admin's node admits members; "
                                        "ask the admin for an invite")

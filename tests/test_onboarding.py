@@ -241,3 +241,38 @@ def test_the_secret_key_never_appears_in_logs_api_or_chain(swarm) -> None:
         block = w3.eth.get_block(number, full_transactions=True)
         for tx in block["transactions"]:
             assert not leaks(bytes(tx["input"]), fragments), (number, tx["hash"].hex())
+
+
+def test_under_the_majority_rule_a_newcomer_waits_for_approvals(tmp_path: Path) -> None:
+    options = DemoOptions(mode="swarm", rounds=0, out_dir=tmp_path, admin_token=TOKEN,
+                          round_deadline_s=10.0, min_peers=2, membership="majority")
+    with LocalSwarm(options, (*FOUNDERS, NEWCOMER), joiners=(NEWCOMER,)) as local:
+        local.found()
+        local.start_all()
+        local.wait_until(lambda: all(committed_rounds(local, n) for n in FOUNDERS), 120,
+                         "round 1")
+        sponsor = api(local, "cleveland")
+        invite = httpx.post(f"{sponsor}/v1/invites", headers=admin_headers(), json={}).json()
+        local.start(NEWCOMER, ["--join", sponsor, "--invite", invite["invite"]])
+
+        def progress() -> dict[str, Any]:
+            try:
+                return httpx.get(f"{api(local, NEWCOMER)}/v1/join",
+                                 headers=admin_headers()).json()
+            except httpx.HTTPError:
+                return {"state": "starting"}
+
+        local.wait_until(lambda: progress()["state"] == "awaiting approval", 120,
+                         "the proposal")
+        state = progress()
+        assert state["approvals"] == 1 and state["needed"] == 2
+        address = state["address"]
+        reply = httpx.post(f"{api(local, 'va')}/v1/members/{address}/approval",
+                           headers=admin_headers(), timeout=30)
+        assert reply.status_code == 200 and reply.json()["member"] is True
+        again = httpx.post(f"{api(local, 'hungary')}/v1/members/{address}/approval",
+                           headers=admin_headers(), timeout=30)
+        assert again.status_code == 409
+        local.wait_until(lambda: progress()["state"] == "member", 120, "the hand-over")
+        local.wait_until(lambda: bool(committed_rounds(local, NEWCOMER)), 180,
+                         "the newcomer's first round")

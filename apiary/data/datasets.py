@@ -1,0 +1,63 @@
+"""The data sets a local swarm or a comparison can run on, with the knobs each one has.
+
+A :class:`DatasetSpec` is small and picklable, so node launchers and worker processes can
+rebuild exactly the same shards from it and a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apiary.data.shards import Shard
+
+__all__ = ["DATASET_NAMES", "DatasetSpec"]
+
+DATASET_NAMES: tuple[str, ...] = ("heart", "fashion")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """``heart``: the four UCI Heart Disease hospitals (natural split, MLP).
+    ``fashion``: Fashion-MNIST over ``hospitals`` sites with Dirichlet(``alpha``) label skew,
+    ``images`` images in all (small CNN)."""
+
+    name: str = "heart"
+    alpha: float = 0.5
+    images: int = 12_500
+    hospitals: int = 5
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {self.name!r}; known: {', '.join(DATASET_NAMES)}")
+
+    @property
+    def hospital_names(self) -> tuple[str, ...]:
+        if self.name == "heart":
+            from apiary.data.heart import HOSPITALS
+
+            return HOSPITALS
+        from apiary.data.fashion import fashion_hospitals
+
+        return fashion_hospitals(self.hospitals)
+
+    @property
+    def model(self) -> str:
+        """The registry model that fits the data."""
+        return "mlp" if self.name == "heart" else "cnn"
+
+    def load(self, seed: int) -> dict[str, Shard]:
+        """Every hospital's shard, in :attr:`hospital_names` order; deterministic in ``seed``."""
+        if self.name == "heart":
+            from apiary.data.heart import load_heart_shards
+
+            return load_heart_shards(seed=seed)
+        from apiary.data.fashion import load_fashion_shards
+
+        return load_fashion_shards(seed=seed, alpha=self.alpha, images=self.images,
+                                   hospitals=self.hospitals)
+
+    def describe(self) -> dict[str, object]:
+        if self.name == "heart":
+            return {"name": "heart", "hospitals": list(self.hospital_names)}
+        return {"name": "fashion", "hospitals": list(self.hospital_names), "alpha": self.alpha,
+                "images": self.images}
