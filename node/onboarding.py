@@ -129,13 +129,17 @@ class Sponsor:
             log.info("node=%s proposed %s: %d of %d approvals", self.runtime.settings.name,
                      request.address, approvals, needed)
             return 202, {"status": "pending", "approvals": approvals, "needed": needed}
-        invites.mark_used(request.invite, request.address)
+        # Reserved first: should the hand-over fail, the newcomer (now a member on chain)
+        # can ask again with the same invite; used once it has its hand-over.
+        invites.reserve(request.invite, request.address)
         funding = int(self.runtime.settings.join_funding_eth * 10**18)
-        if funding:
+        if funding and contract.w3.eth.get_balance(request.address) < funding // 2:
             contract.fund(request.address, funding)
+        handover = self._handover(request.address, key, cert, ca[1])
+        invites.mark_used(request.invite, request.address)
         log.info("node=%s admitted %s (%s)", self.runtime.settings.name, request.address,
                  request.endpoint)
-        return 200, self._handover(request.address, key, cert, ca[1])
+        return 200, handover
 
     def _ca(self) -> tuple[bytes, bytes]:
         tls_dir = self.runtime.settings.state_dir / "tls"
@@ -147,10 +151,12 @@ class Sponsor:
                   ca_cert: bytes) -> dict[str, Any]:
         runtime = self.runtime
         contract = self._contract()
-        weights = runtime.weights
+        round_number, weights, digest = runtime.state.current()
+        if weights is None:
+            raise Refused(503, "this node holds no global model yet; try again shortly")
         buffer = io.BytesIO()
         np.save(buffer, weights)
-        first_epoch, _ = contract.key_epoch_for(max(runtime.state.round, 1))
+        first_epoch, _ = contract.key_epoch_for(max(round_number, 1))
         last_epoch, _ = contract.key_epoch_for(contract.current_round())
         wrapped = []
         for epoch in range(first_epoch, last_epoch + 1):
@@ -165,9 +171,9 @@ class Sponsor:
             "address": address,
             "contract": contract.address,
             "rpc_url": runtime.rpc_url,
-            "round": runtime.state.round,
+            "round": round_number,
             "weights": base64.b64encode(buffer.getvalue()).decode(),
-            "weights_digest": runtime.state.weights_digest,
+            "weights_digest": digest,
             "keys": wrapped,
             "tls": {"ca_cert": ca_cert.decode(), "cert": cert.decode()},
         }

@@ -44,6 +44,7 @@ class NodeState:
     weights_digest: str | None = None
     history: list[RoundRecord] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _weights: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def weights_path(self) -> Path:
@@ -72,6 +73,7 @@ class NodeState:
     def save(self, weights: np.ndarray, round_number: int, digest: str,
              record: RoundRecord | None = None) -> None:
         with self._lock:
+            self._weights = weights
             tmp = self.weights_path.with_suffix(".tmp.npy")
             np.save(tmp, weights)
             os.replace(tmp, self.weights_path)
@@ -91,6 +93,13 @@ class NodeState:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=1))
         os.replace(tmp, self.state_path)
+
+    def current(self) -> tuple[int, np.ndarray | None, str | None]:
+        """The round, the global weights it produced and their digest, read together."""
+        with self._lock:
+            if self._weights is None and self.weights_path.exists():
+                self._weights = np.load(self.weights_path)
+            return self.round, self._weights, self.weights_digest
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
