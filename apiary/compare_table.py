@@ -57,9 +57,10 @@ def format_tables(result: dict[str, Any]) -> str:
         "",
         *_table(result, "auc", "ROC AUC (n/a: a test split with one class)", False),
         "",
-        "local (own data): each hospital's own model on its own test split; 'all' is the mean "
-        "of the local models on the union",
     ]
+    if "local" in result["methods"]:
+        lines.append("local (own data): each hospital's own model on its own test split; 'all' "
+                     "is the mean of the local models on the union")
     for mode, checks in result["checks"].items():
         if "max_weight_diff" in checks:
             lines.append(
