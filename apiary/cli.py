@@ -128,7 +128,8 @@ app.add_command(settings_command(
 @click.option("--min-peers", type=int, default=2, show_default=True,
               help="fewest hospitals a round may close with")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"),
-              show_default=True, help="where shards, node state and logs go")
+              show_default=True,
+              help="where shards, node state and logs go (an earlier run's are replaced)")
 @click.option("--compose", "compose_file", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="run this compose file's services as local processes instead")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -252,6 +253,8 @@ class LocalSwarm:
 
     def found(self) -> None:
         options, out = self.options, self.out
+        for earlier in ("data", "state", "logs", "coordinator"):
+            shutil.rmtree(out / earlier, ignore_errors=True)
         self.emit(f"writing the hospitals' shards to {out / 'data'}")
         self.data, self.heldout_path, sample = write_data(out, options.seed, options.dataset)
         self.params = count_params(
