@@ -145,7 +145,7 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
     if compose_file is not None:
         _compose_demo(compose_file, profiles, rounds, out_dir / "compose", json_path)
         return
-    from apiary.demo import DemoFailed, DemoOptions, run_demo, summary_lines, write_result
+    from apiary.demo import DemoFailed, DemoOptions, run_demo, summary_lines
 
     if onboard and mode != "swarm":
         raise click.UsageError("--onboard needs --mode swarm (members join on chain)")
@@ -155,7 +155,14 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
         result = run_demo(options, click.echo)
     except DemoFailed as exc:
         raise click.ClickException(str(exc)) from exc
-    for line in summary_lines(result):
+    _report_run(summary_lines(result), result, json_path)
+
+
+def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | None) -> None:
+    """A run's summary lines, and its JSON when asked for."""
+    from apiary.demo import write_result
+
+    for line in summary:
         click.echo(line)
     if json_path is not None:
         write_result(json_path, result)
@@ -166,17 +173,13 @@ def _compose_demo(compose_file: Path, profiles: tuple[str, ...], rounds: int, ru
                   json_path: Path | None) -> None:
     from apiary.compose.demo import compose_summary, run_compose_demo
     from apiary.compose.spec import ComposeError
-    from apiary.demo import DemoFailed, write_result
+    from apiary.demo import DemoFailed
 
     try:
         result = run_compose_demo(compose_file, rounds, profiles, run_dir, click.echo)
     except (ComposeError, DemoFailed) as exc:
         raise click.ClickException(str(exc)) from exc
-    for line in compose_summary(result):
-        click.echo(line)
-    if json_path is not None:
-        write_result(json_path, result)
-        click.echo(f"wrote {json_path}")
+    _report_run(compose_summary(result), result, json_path)
 
 
 @app.command()
