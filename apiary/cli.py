@@ -160,12 +160,12 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
 
 def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | None) -> None:
     """A run's summary lines, and its JSON when asked for."""
-    from apiary.demo import write_result
+    from apiary.bench.report import write_json
 
     for line in summary:
         click.echo(line)
     if json_path is not None:
-        write_result(json_path, result)
+        write_json(json_path, result)
         click.echo(f"wrote {json_path}")
 
 
@@ -215,10 +215,10 @@ def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch
     """Is joining the swarm worth it? Train central, local (each hospital alone), plaintext
     FedAvg, swarm and federated on the same data, split and seeds; score every model on every
     hospital's test split and on their union. Prints tables; writes JSON and a PNG."""
+    from apiary.bench.report import write_json
     from apiary.compare import CompareFailed, CompareOptions, run_compare
     from apiary.compare_table import format_tables
     from apiary.data.datasets import DatasetSpec
-    from apiary.demo import write_result
     from apiary.plot import plot_comparison
 
     try:
@@ -232,7 +232,7 @@ def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch
         raise click.ClickException(str(exc)) from exc
     click.echo(format_tables(result))
     json_path = json_path or out_dir / f"{dataset}.json"
-    write_result(json_path, result)
+    write_json(json_path, result)
     figure = plot_comparison(result, figure_path or out_dir / f"{dataset}.png")
     click.echo(f"wrote {json_path} and {figure}")
 

@@ -8,7 +8,6 @@ demo follows their admin APIs and prints a row per round as it completes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from node.founding import (
     write_context,
     write_swarm_file,
 )
+from node.state import saved_history
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
 
@@ -123,11 +123,7 @@ def _spawn(name: str, command: list[str], log_dir: Path, api_url: str,
 def _history(node: NodeProcess, token: str) -> list[dict[str, Any]] | None:
     """The node's round history from its API; from its state file once it has exited."""
     if node.process.poll() is not None and node.state_dir is not None:
-        state_file = node.state_dir / "state.json"
-        if state_file.exists():
-            saved: list[dict[str, Any]] = json.loads(state_file.read_text())["history"]
-            return saved
-        return None
+        return saved_history(node.state_dir) or None
     try:
         reply = httpx.get(f"{node.api_url}/v1/rounds", timeout=5,
                           headers={"Authorization": f"Bearer {token}"})
@@ -328,13 +324,7 @@ class LocalSwarm:
         node.process.wait()
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        state_file = self.state_dir(name) / "state.json"
-        if not state_file.exists():
-            return []
-        with contextlib.suppress(json.JSONDecodeError):
-            rounds: list[dict[str, Any]] = json.loads(state_file.read_text())["history"]
-            return rounds
-        return []
+        return saved_history(self.state_dir(name))
 
     def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -454,6 +444,3 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")

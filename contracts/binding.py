@@ -258,16 +258,7 @@ class SwarmContract:
 
     def fund(self, address: str, wei: int) -> TxResult:
         """Send `wei` to `address` (a newcomer needs gas for its commits)."""
-        with self._nonce_lock:
-            tx = {
-                "from": self.account.address, "to": to_checksum_address(address), "value": wei,
-                "nonce": self.w3.eth.get_transaction_count(self.account.address, "pending"),
-                "gas": 21_000, "chainId": self.w3.eth.chain_id,
-                "gasPrice": self.w3.eth.gas_price,
-            }
-            signed = self.account.sign_transaction(tx)
-            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
+        receipt = send_ether(self.w3, self.account, address, wei, self._nonce_lock)
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
 
@@ -280,11 +271,8 @@ class SwarmContract:
     def aggregate(
         self, round_number: int, block_index: int, ciphertexts: Sequence[bytes]
     ) -> TxResult:
-        calldata = sum(len(c) + 64 for c in ciphertexts) + 128
-        return self._send(
-            "aggregate", round_number, block_index, list(ciphertexts),
-            gas=aggregate_gas_bound(calldata, max((len(c) for c in ciphertexts), default=0)),
-        )  # fmt: skip
+        return self._send("aggregate", round_number, block_index, list(ciphertexts),
+                          gas=_aggregate_gas(ciphertexts))
 
     def aggregate_blocks(
         self, round_number: int, blocks: dict[int, Sequence[bytes]]
@@ -301,10 +289,9 @@ class SwarmContract:
             nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
             for offset, (index, ciphertexts) in enumerate(sorted(blocks.items())):
                 call = self.contract.functions.aggregate(round_number, index, list(ciphertexts))
-                calldata = sum(len(c) + 64 for c in ciphertexts) + 128
-                gas = aggregate_gas_bound(calldata, max((len(c) for c in ciphertexts), default=0))
                 tx = call.build_transaction({"from": self.account.address,
-                                             "nonce": nonce + offset, "gas": gas,
+                                             "nonce": nonce + offset,
+                                             "gas": _aggregate_gas(ciphertexts),
                                              "chainId": chain_id})
                 signed = self.account.sign_transaction(tx)
                 sent[index] = (call, self.w3.eth.send_raw_transaction(signed.raw_transaction))
@@ -350,6 +337,25 @@ class SwarmContract:
         return bytes(logs[-1]["args"]["aggregateRoot"]) if logs else None
 
 
+def send_ether(
+    w3: Web3,
+    account: LocalAccount,
+    to: str,
+    wei: int,
+    nonce_lock: threading.Lock | None = None,
+) -> TxReceipt:
+    """A plain value transfer from `account`, waited for: fresh accounts need gas."""
+    with nonce_lock or contextlib.nullcontext():
+        tx: TxParams = {
+            "from": account.address, "to": to_checksum_address(to), "value": wei,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+            "gas": 21_000, "chainId": w3.eth.chain_id, "gasPrice": w3.eth.gas_price,
+        }
+        signed = account.sign_transaction(tx)
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60)
+
+
 def aggregate_gas_bound(calldata_bytes: int, block_bytes: int) -> int:
     """A safe gas limit for `aggregate`, so it need not be estimated.
 
@@ -358,6 +364,13 @@ def aggregate_gas_bound(calldata_bytes: int, block_bytes: int) -> int:
     per result byte, memory and a few storage writes.
     """
     return 21_000 + 44 * calldata_bytes + 12 * block_bytes + 600_000
+
+
+def _aggregate_gas(ciphertexts: Sequence[bytes]) -> int:
+    """The gas bound of one `aggregate` call over these ciphertexts (ABI: 64 bytes of
+    offset and length each, 128 for the call's head)."""
+    calldata = sum(len(c) + 64 for c in ciphertexts) + 128
+    return aggregate_gas_bound(calldata, max((len(c) for c in ciphertexts), default=0))
 
 
 def _error_table(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[str], list[str]]]:

@@ -9,8 +9,8 @@
 import secrets
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Response, status
-from fastapi.responses import PlainTextResponse
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field
@@ -122,6 +122,11 @@ def create_app(runtime: "NodeRuntime") -> FastAPI:
 
     sponsor = Sponsor(runtime)
 
+    @app.exception_handler(Refused)
+    def refused(_request: Request, exc: Refused) -> JSONResponse:
+        """A refused membership call: its status and reason, as HTTPException would give."""
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
     @app.post("/v1/invites", status_code=201, dependencies=admin, tags=["membership"])
     def create_invite(request: InviteRequest) -> InviteCreated:
         """A single-use invite for a new hospital; the token is shown only in this answer."""
@@ -137,28 +142,19 @@ def create_app(runtime: "NodeRuntime") -> FastAPI:
     def admit_member(request: JoinRequest, response: Response) -> dict[str, Any]:
         """Called by a joining node with its invite: registers it on chain, then hands over
         the swarm key wrapped to its X25519 key, its TLS certificate and the global model."""
-        try:
-            code, body = sponsor.admit(request)
-        except Refused as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
+        code, body = sponsor.admit(request)
         response.status_code = code
         return body
 
     @app.post("/v1/members/{address}/approval", dependencies=admin, tags=["membership"])
     def approve_member(address: str) -> dict[str, Any]:
         """Majority rule: this member approves a proposed newcomer."""
-        try:
-            return sponsor.approve(address)
-        except Refused as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
+        return sponsor.approve(address)
 
     @app.delete("/v1/members/{address}", dependencies=admin, tags=["membership"])
     def remove_member(address: str) -> dict[str, Any]:
         """Deactivate a member on chain and rotate the remaining members to a fresh HE key."""
-        try:
-            return sponsor.remove(address)
-        except Refused as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
+        return sponsor.remove(address)
 
     @app.post("/v1/join", status_code=202, dependencies=admin, tags=["membership"])
     def join(request: JoinStart) -> dict[str, Any]:

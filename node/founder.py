@@ -31,6 +31,7 @@ from apiary.he import HEContext
 from apiary.models import build_model
 from apiary.settings import FoundingSettings
 from apiary.tls import CA_CERT, create_ca
+from contracts.binding import send_ether
 from contracts.devnet import dev_private_keys
 from node.founding import (
     IDENTITY_FILE,
@@ -119,13 +120,7 @@ def transfer(w3: Web3, private_key: str, to: str, wei: int) -> None:
     """Send `wei` of ETH: a fresh account needs gas before its first transaction."""
     if wei <= 0:
         return
-    account = Account.from_key(private_key)
-    tx = {"from": account.address, "to": Web3.to_checksum_address(to), "value": wei,
-          "nonce": w3.eth.get_transaction_count(account.address, "pending"), "gas": 21_000,
-          "gasPrice": w3.eth.gas_price, "chainId": w3.eth.chain_id}
-    signed = account.sign_transaction(tx)
-    receipt = w3.eth.wait_for_transaction_receipt(
-        w3.eth.send_raw_transaction(signed.raw_transaction), timeout=60)
+    receipt = send_ether(w3, Account.from_key(private_key), to, wei)
     if receipt["status"] != 1:
         raise FoundingError(f"funding {to} failed in transaction {receipt['transactionHash']}")
 

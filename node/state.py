@@ -16,6 +16,18 @@ from typing import Any
 
 import numpy as np
 
+STATE_FILE = "state.json"
+
+
+def saved_history(directory: Path) -> list[dict[str, Any]]:
+    """A node's round history as its state file holds it (empty if none yet), read by
+    someone else than the node: the file is replaced atomically, so it is whole or absent."""
+    path = directory / STATE_FILE
+    if not path.exists():
+        return []
+    history: list[dict[str, Any]] = json.loads(path.read_text())["history"]
+    return history
+
 
 @dataclass
 class RoundRecord:
@@ -52,7 +64,7 @@ class NodeState:
 
     @property
     def state_path(self) -> Path:
-        return self.directory / "state.json"
+        return self.directory / STATE_FILE
 
     @classmethod
     def open(cls, directory: Path) -> NodeState:
