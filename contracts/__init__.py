@@ -1,6 +1,6 @@
 """The SwarmLearning contract: Solidity source, committed artifact and its Python binding."""
 
-from contracts.binding import (
+from apiary.chain.binding import (
     AggregatedBlock,
     ContractRejected,
     HEParameters,

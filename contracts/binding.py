@@ -22,7 +22,7 @@ from web3.contract import Contract
 from web3.exceptions import ContractLogicError
 from web3.types import TxParams, TxReceipt
 
-from contracts.compiler import load_artifact
+from apiary.chain.compiler import load_artifact
 
 GAS_HEADROOM = 1.1
 MEMBERSHIP_RULES = ("admin", "majority")

@@ -15,8 +15,9 @@ from typing import Any
 import solcx
 import solcx.wrapper
 
-from apiary.paths import CONTRACTS_DIR, NODE_MODULES
+from apiary.core.paths import NODE_MODULES
 
+CONTRACTS_DIR = Path(__file__).resolve().parent
 SOLC_VERSION = "0.8.37"
 CONTRACT_NAME = "SwarmLearning"
 SOURCE_PATH = CONTRACTS_DIR / f"{CONTRACT_NAME}.sol"

@@ -14,8 +14,8 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
-from apiary.paths import NODE_MODULES
-from apiary.settings import ChainSettings
+from apiary.core.paths import NODE_MODULES
+from apiary.core.settings import ChainSettings
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 

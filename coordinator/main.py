@@ -7,8 +7,8 @@ import signal
 import sys
 import threading
 
-from apiary.settings import CoordinatorSettings
-from coordinator.server import CoordinatorConfigError, service_from_settings, start_server
+from apiary.coordinator.server import CoordinatorConfigError, service_from_settings, start_server
+from apiary.core.settings import CoordinatorSettings
 
 log = logging.getLogger("apiary.coordinator")
 

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from apiary.coefficients import (
+from apiary.core.coefficients import (
     block_digest,
     block_from_bytes,
     block_to_bytes,
     weighted_sum,
     weights_from_sample_counts,
 )
-from apiary.transport import ReceivedUpdate, TransportError
-from proto import apiary_pb2
+from apiary.core.transport import ReceivedUpdate, TransportError
+from apiary.wire import apiary_pb2
 
 log = logging.getLogger("apiary.coordinator")
 

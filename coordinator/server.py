@@ -1,7 +1,7 @@
 """The federated-mode coordinator's gRPC service (`apiary coordinator`).
 
 It holds only the public HE context: it can check and add ciphertexts but never read
-them. The weighted sum is `apiary.coefficients.weighted_sum`, the same arithmetic the
+them. The weighted sum is `apiary.core.coefficients.weighted_sum`, the same arithmetic the
 contract performs in swarm mode.
 """
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 
-from apiary.coefficients import block_count
-from apiary.he import HEContext
-from apiary.settings import CoordinatorSettings
-from apiary.transport import TransportError, aggregate_chunks, receive_update
-from coordinator.rounds import Rounds
-from proto import apiary_pb2, apiary_pb2_grpc
+from apiary.coordinator.rounds import Rounds
+from apiary.core.coefficients import block_count
+from apiary.core.he import HEContext
+from apiary.core.settings import CoordinatorSettings
+from apiary.core.transport import TransportError, aggregate_chunks, receive_update
+from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
 log = logging.getLogger("apiary.coordinator")
 

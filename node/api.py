@@ -15,10 +15,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field
 
-from node.onboarding import JoinRequest, Refused, Sponsor
+from apiary.node.onboarding import JoinRequest, Refused, Sponsor
 
 if TYPE_CHECKING:
-    from node.runtime import NodeRuntime
+    from apiary.node.runtime import NodeRuntime
 
 
 class Health(BaseModel):

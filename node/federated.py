@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from apiary.coefficients import block_digest
-from apiary.he import HEContext
-from apiary.transport import TransportError, fetch_aggregate, push_update
-from node.rounds import RoundFailed, RoundOutcome
-from proto import apiary_pb2, apiary_pb2_grpc
+from apiary.core.coefficients import block_digest
+from apiary.core.he import HEContext
+from apiary.core.transport import TransportError, fetch_aggregate, push_update
+from apiary.node.rounds import RoundFailed, RoundOutcome
+from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
 log = logging.getLogger("apiary.node.federated")
 

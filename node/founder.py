@@ -24,16 +24,16 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
-from apiary.data.heart import FEATURE_NAMES
-from apiary.data.shards import Shard
-from apiary.flat import param_count
-from apiary.he import HEContext
-from apiary.models import build_model
-from apiary.settings import FoundingSettings
-from apiary.tls import CA_CERT, create_ca
-from contracts.binding import send_ether
-from contracts.devnet import dev_private_keys
-from node.founding import (
+from apiary.chain.binding import send_ether
+from apiary.chain.devnet import dev_private_keys
+from apiary.core.data.heart import FEATURE_NAMES
+from apiary.core.data.shards import Shard
+from apiary.core.flat import param_count
+from apiary.core.he import HEContext
+from apiary.core.models import build_model
+from apiary.core.settings import FoundingSettings
+from apiary.core.tls import CA_CERT, create_ca
+from apiary.node.founding import (
     IDENTITY_FILE,
     SWARM_FILE,
     FoundingMember,

@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account
 from web3 import Web3
 
-from apiary.he import HEContext
-from apiary.tls import CA_KEY, endpoint_host, node_files
-from contracts.binding import SwarmContract
-from node.keys import SECRET_CONTEXT_FILE
+from apiary.chain.binding import SwarmContract
+from apiary.core.he import HEContext
+from apiary.core.tls import CA_KEY, endpoint_host, node_files
+from apiary.node.keys import SECRET_CONTEXT_FILE
 
 PUBLIC_CONTEXT_FILE = "he-public.ctx"
 IDENTITY_FILE = "identity.json"

@@ -20,13 +20,13 @@ import httpx
 import numpy as np
 from eth_account import Account
 
-from apiary.flat import weights_digest
-from apiary.keywrap import WrappedSecret, unwrap, wrap_context
-from apiary.tls import TlsFiles, create_key_and_csr
-from node.founding import Identity, write_swarm_file
+from apiary.core.flat import weights_digest
+from apiary.core.keywrap import WrappedSecret, unwrap, wrap_context
+from apiary.core.tls import TlsFiles, create_key_and_csr
+from apiary.node.founding import Identity, write_swarm_file
 
 if TYPE_CHECKING:
-    from node.runtime import NodeRuntime
+    from apiary.node.runtime import NodeRuntime
 
 log = logging.getLogger("apiary.node.join")
 

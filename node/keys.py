@@ -11,7 +11,7 @@ import os
 import threading
 from pathlib import Path
 
-from apiary.he import HEContext
+from apiary.core.he import HEContext
 
 SECRET_CONTEXT_FILE = "he-secret.ctx"
 

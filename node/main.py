@@ -6,8 +6,8 @@ import logging
 import signal
 import sys
 
-from apiary.settings import NodeSettings
-from node.runtime import NodeConfigError, NodeRuntime
+from apiary.core.settings import NodeSettings
+from apiary.node.runtime import NodeConfigError, NodeRuntime
 
 
 def configure_logging() -> None:

@@ -20,15 +20,15 @@ import numpy as np
 from eth_utils import is_address, to_checksum_address
 from pydantic import BaseModel, Field, field_validator
 
-from apiary.he import HEContext
-from apiary.keywrap import wrap, wrap_context
-from apiary.tls import CA_CERT, CA_KEY, endpoint_host, issue_certificate
-from contracts.binding import ContractRejected
-from node.invites import InviteRefused
-from proto import apiary_pb2, apiary_pb2_grpc
+from apiary.chain.binding import ContractRejected
+from apiary.core.he import HEContext
+from apiary.core.keywrap import wrap, wrap_context
+from apiary.core.tls import CA_CERT, CA_KEY, endpoint_host, issue_certificate
+from apiary.node.invites import InviteRefused
+from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
 if TYPE_CHECKING:
-    from node.runtime import NodeRuntime
+    from apiary.node.runtime import NodeRuntime
 
 log = logging.getLogger("apiary.node.onboarding")
 

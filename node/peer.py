@@ -9,17 +9,17 @@ from concurrent import futures
 
 import grpc
 
-from apiary.keywrap import UnwrapError, WrappedSecret, unwrap, wrap_context
-from apiary.tls import TlsFiles
-from apiary.transport import (
+from apiary.chain.binding import SwarmContract
+from apiary.core.keywrap import UnwrapError, WrappedSecret, unwrap, wrap_context
+from apiary.core.tls import TlsFiles
+from apiary.core.transport import (
     ReceivedUpdate,
     TransportError,
     receive_update,
     verify_update_signature,
 )
-from contracts.binding import SwarmContract
-from node.keys import KeyMismatch, KeyRing
-from proto import apiary_pb2, apiary_pb2_grpc
+from apiary.node.keys import KeyMismatch, KeyRing
+from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
 log = logging.getLogger("apiary.node.peer")
 

@@ -21,20 +21,20 @@ import torch
 import uvicorn
 from web3 import Web3
 
-from apiary.he import HEContext
-from apiary.settings import NodeSettings
-from apiary.tls import TlsFiles
-from contracts.binding import SwarmContract
-from node.federated import FederatedRound
-from node.founding import IDENTITY_FILE, Identity, read_swarm_file
-from node.invites import InviteBook
-from node.joining import Joiner
-from node.keys import KeyRing
-from node.peer import Inbox, PeerService, start_peer_server
-from node.rounds import NotAMember, RoundFailed, RoundOutcome
-from node.state import NodeState, RoundRecord
-from node.swarm import SwarmRound
-from node.trainer import LocalTrainer
+from apiary.chain.binding import SwarmContract
+from apiary.core.he import HEContext
+from apiary.core.settings import NodeSettings
+from apiary.core.tls import TlsFiles
+from apiary.node.federated import FederatedRound
+from apiary.node.founding import IDENTITY_FILE, Identity, read_swarm_file
+from apiary.node.invites import InviteBook
+from apiary.node.joining import Joiner
+from apiary.node.keys import KeyRing
+from apiary.node.peer import Inbox, PeerService, start_peer_server
+from apiary.node.rounds import NotAMember, RoundFailed, RoundOutcome
+from apiary.node.state import NodeState, RoundRecord
+from apiary.node.swarm import SwarmRound
+from apiary.node.trainer import LocalTrainer
 
 log = logging.getLogger("apiary.node")
 
@@ -265,7 +265,7 @@ class NodeRuntime:
     # ------------------------------------------------------------------ services
 
     def start_api(self) -> uvicorn.Server:
-        from node.api import create_app
+        from apiary.node.api import create_app
 
         config = uvicorn.Config(create_app(self), host=self.settings.api_host,
                                 port=self.settings.api_port, log_level="warning")

@@ -19,14 +19,14 @@ import grpc
 import numpy as np
 from eth_utils import keccak
 
-from apiary.coefficients import block_digest
-from apiary.he import HEContext
-from apiary.transport import ReceivedUpdate, TransportError, push_update, sign_update
-from contracts.binding import ContractRejected, RoundInfo, SwarmContract
-from node.keys import KeyRing
-from node.peer import Inbox
-from node.rounds import NotAMember, RoundFailed, RoundOutcome
-from proto import apiary_pb2
+from apiary.chain.binding import ContractRejected, RoundInfo, SwarmContract
+from apiary.core.coefficients import block_digest
+from apiary.core.he import HEContext
+from apiary.core.transport import ReceivedUpdate, TransportError, push_update, sign_update
+from apiary.node.keys import KeyRing
+from apiary.node.peer import Inbox
+from apiary.node.rounds import NotAMember, RoundFailed, RoundOutcome
+from apiary.wire import apiary_pb2
 
 log = logging.getLogger("apiary.node.swarm")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from apiary.data.shards import Shard
-from apiary.flat import flatten, load_flat, param_count, weights_digest
-from apiary.models import build_model
-from apiary.training import Metrics, evaluate, train_local
+from apiary.core.data.shards import Shard
+from apiary.core.flat import flatten, load_flat, param_count, weights_digest
+from apiary.core.models import build_model
+from apiary.core.training import Metrics, evaluate, train_local
 
 
 def round_seed(swarm_seed: int, round_number: int, name: str) -> int:

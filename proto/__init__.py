@@ -1,1 +1,1 @@
-"""gRPC definitions (`apiary.proto`) and their generated stubs: `python -m proto.generate`."""
+"""gRPC definitions (`apiary.proto`) and their generated stubs: `python -m apiary.wire.generate`."""

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import apiary_pb2 as proto_dot_apiary__pb2
+from apiary.wire import apiary_pb2 as apiary_dot_wire_dot_apiary__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/apiary_pb2_grpc.py depends on'
+        + ' but the generated code in apiary/wire/apiary_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class PeerStub:
         """
         self.PushUpdate = channel.stream_unary(
                 '/apiary.v1.Peer/PushUpdate',
-                request_serializer=proto_dot_apiary__pb2.UpdateChunk.SerializeToString,
-                response_deserializer=proto_dot_apiary__pb2.PushReply.FromString,
+                request_serializer=apiary_dot_wire_dot_apiary__pb2.UpdateChunk.SerializeToString,
+                response_deserializer=apiary_dot_wire_dot_apiary__pb2.PushReply.FromString,
                 _registered_method=True)
         self.DeliverKey = channel.unary_unary(
                 '/apiary.v1.Peer/DeliverKey',
-                request_serializer=proto_dot_apiary__pb2.KeyDelivery.SerializeToString,
-                response_deserializer=proto_dot_apiary__pb2.KeyReceipt.FromString,
+                request_serializer=apiary_dot_wire_dot_apiary__pb2.KeyDelivery.SerializeToString,
+                response_deserializer=apiary_dot_wire_dot_apiary__pb2.KeyReceipt.FromString,
                 _registered_method=True)
 
 
@@ -67,13 +67,13 @@ def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PushUpdate': grpc.stream_unary_rpc_method_handler(
                     servicer.PushUpdate,
-                    request_deserializer=proto_dot_apiary__pb2.UpdateChunk.FromString,
-                    response_serializer=proto_dot_apiary__pb2.PushReply.SerializeToString,
+                    request_deserializer=apiary_dot_wire_dot_apiary__pb2.UpdateChunk.FromString,
+                    response_serializer=apiary_dot_wire_dot_apiary__pb2.PushReply.SerializeToString,
             ),
             'DeliverKey': grpc.unary_unary_rpc_method_handler(
                     servicer.DeliverKey,
-                    request_deserializer=proto_dot_apiary__pb2.KeyDelivery.FromString,
-                    response_serializer=proto_dot_apiary__pb2.KeyReceipt.SerializeToString,
+                    request_deserializer=apiary_dot_wire_dot_apiary__pb2.KeyDelivery.FromString,
+                    response_serializer=apiary_dot_wire_dot_apiary__pb2.KeyReceipt.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -101,8 +101,8 @@ class Peer:
             request_iterator,
             target,
             '/apiary.v1.Peer/PushUpdate',
-            proto_dot_apiary__pb2.UpdateChunk.SerializeToString,
-            proto_dot_apiary__pb2.PushReply.FromString,
+            apiary_dot_wire_dot_apiary__pb2.UpdateChunk.SerializeToString,
+            apiary_dot_wire_dot_apiary__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -128,8 +128,8 @@ class Peer:
             request,
             target,
             '/apiary.v1.Peer/DeliverKey',
-            proto_dot_apiary__pb2.KeyDelivery.SerializeToString,
-            proto_dot_apiary__pb2.KeyReceipt.FromString,
+            apiary_dot_wire_dot_apiary__pb2.KeyDelivery.SerializeToString,
+            apiary_dot_wire_dot_apiary__pb2.KeyReceipt.FromString,
             options,
             channel_credentials,
             insecure,
@@ -153,18 +153,18 @@ class CoordinatorStub:
         """
         self.PushUpdate = channel.stream_unary(
                 '/apiary.v1.Coordinator/PushUpdate',
-                request_serializer=proto_dot_apiary__pb2.UpdateChunk.SerializeToString,
-                response_deserializer=proto_dot_apiary__pb2.PushReply.FromString,
+                request_serializer=apiary_dot_wire_dot_apiary__pb2.UpdateChunk.SerializeToString,
+                response_deserializer=apiary_dot_wire_dot_apiary__pb2.PushReply.FromString,
                 _registered_method=True)
         self.GetAggregate = channel.unary_stream(
                 '/apiary.v1.Coordinator/GetAggregate',
-                request_serializer=proto_dot_apiary__pb2.AggregateRequest.SerializeToString,
-                response_deserializer=proto_dot_apiary__pb2.AggregateChunk.FromString,
+                request_serializer=apiary_dot_wire_dot_apiary__pb2.AggregateRequest.SerializeToString,
+                response_deserializer=apiary_dot_wire_dot_apiary__pb2.AggregateChunk.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/apiary.v1.Coordinator/Status',
-                request_serializer=proto_dot_apiary__pb2.CoordinatorStatusRequest.SerializeToString,
-                response_deserializer=proto_dot_apiary__pb2.CoordinatorStatus.FromString,
+                request_serializer=apiary_dot_wire_dot_apiary__pb2.CoordinatorStatusRequest.SerializeToString,
+                response_deserializer=apiary_dot_wire_dot_apiary__pb2.CoordinatorStatus.FromString,
                 _registered_method=True)
 
 
@@ -196,18 +196,18 @@ def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PushUpdate': grpc.stream_unary_rpc_method_handler(
                     servicer.PushUpdate,
-                    request_deserializer=proto_dot_apiary__pb2.UpdateChunk.FromString,
-                    response_serializer=proto_dot_apiary__pb2.PushReply.SerializeToString,
+                    request_deserializer=apiary_dot_wire_dot_apiary__pb2.UpdateChunk.FromString,
+                    response_serializer=apiary_dot_wire_dot_apiary__pb2.PushReply.SerializeToString,
             ),
             'GetAggregate': grpc.unary_stream_rpc_method_handler(
                     servicer.GetAggregate,
-                    request_deserializer=proto_dot_apiary__pb2.AggregateRequest.FromString,
-                    response_serializer=proto_dot_apiary__pb2.AggregateChunk.SerializeToString,
+                    request_deserializer=apiary_dot_wire_dot_apiary__pb2.AggregateRequest.FromString,
+                    response_serializer=apiary_dot_wire_dot_apiary__pb2.AggregateChunk.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=proto_dot_apiary__pb2.CoordinatorStatusRequest.FromString,
-                    response_serializer=proto_dot_apiary__pb2.CoordinatorStatus.SerializeToString,
+                    request_deserializer=apiary_dot_wire_dot_apiary__pb2.CoordinatorStatusRequest.FromString,
+                    response_serializer=apiary_dot_wire_dot_apiary__pb2.CoordinatorStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -236,8 +236,8 @@ class Coordinator:
             request_iterator,
             target,
             '/apiary.v1.Coordinator/PushUpdate',
-            proto_dot_apiary__pb2.UpdateChunk.SerializeToString,
-            proto_dot_apiary__pb2.PushReply.FromString,
+            apiary_dot_wire_dot_apiary__pb2.UpdateChunk.SerializeToString,
+            apiary_dot_wire_dot_apiary__pb2.PushReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -263,8 +263,8 @@ class Coordinator:
             request,
             target,
             '/apiary.v1.Coordinator/GetAggregate',
-            proto_dot_apiary__pb2.AggregateRequest.SerializeToString,
-            proto_dot_apiary__pb2.AggregateChunk.FromString,
+            apiary_dot_wire_dot_apiary__pb2.AggregateRequest.SerializeToString,
+            apiary_dot_wire_dot_apiary__pb2.AggregateChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -290,8 +290,8 @@ class Coordinator:
             request,
             target,
             '/apiary.v1.Coordinator/Status',
-            proto_dot_apiary__pb2.CoordinatorStatusRequest.SerializeToString,
-            proto_dot_apiary__pb2.CoordinatorStatus.FromString,
+            apiary_dot_wire_dot_apiary__pb2.CoordinatorStatusRequest.SerializeToString,
+            apiary_dot_wire_dot_apiary__pb2.CoordinatorStatus.FromString,
             options,
             channel_credentials,
             insecure,

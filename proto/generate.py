@@ -1,9 +1,10 @@
-"""Regenerate the committed gRPC stubs from `apiary.proto`: ``python -m proto.generate``.
+"""Regenerate the committed gRPC stubs from `apiary.proto`: ``python -m apiary.wire.generate``.
 
-protoc runs with the repository root as include path, so the proto's import name is
-``proto/apiary.proto`` and the generated service module imports ``from proto import
-apiary_pb2`` with no patching. The stubs are committed; a test regenerates them into a
-temporary directory and compares, so they cannot drift from the proto.
+protoc runs with the import root (the folder holding the ``apiary`` package) as include
+path, so the proto's import name is ``apiary/wire/apiary.proto`` and the generated service
+module imports ``from apiary.wire import apiary_pb2`` with no patching. The stubs are
+committed; a test regenerates them into a temporary directory and compares, so they cannot
+drift from the proto.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from grpc_tools import protoc
 
 PROTO_DIR = Path(__file__).resolve().parent
 PROTO_FILE = PROTO_DIR / "apiary.proto"
+IMPORT_ROOT = Path(__file__).absolute().parents[2]
+"""The folder that holds the ``apiary`` package, whose ``wire`` package is this folder."""
+IMPORT_NAME = Path("apiary", "wire", PROTO_FILE.name)
 GENERATED = ("apiary_pb2.py", "apiary_pb2.pyi", "apiary_pb2_grpc.py")
 
 _STUB_PREAMBLE = "# ruff: noqa\n"
@@ -34,12 +38,12 @@ def generate(out_dir: Path | str) -> list[Path]:
         status = protoc.main(
             [
                 "grpc_tools.protoc",
-                f"-I{PROTO_DIR.parent}",
+                f"-I{IMPORT_ROOT}",
                 f"-I{well_known}",
                 f"--python_out={tmp}",
                 f"--pyi_out={tmp}",
                 f"--grpc_python_out={tmp}",
-                str(PROTO_FILE),
+                str(IMPORT_NAME),
             ]
         )
         if status != 0:
@@ -47,7 +51,7 @@ def generate(out_dir: Path | str) -> list[Path]:
         written = []
         for name in GENERATED:
             target = out / name
-            shutil.copyfile(Path(tmp) / PROTO_DIR.name / name, target)
+            shutil.copyfile(Path(tmp) / IMPORT_NAME.parent / name, target)
             if name.endswith(".pyi"):
                 target.write_text(_STUB_PREAMBLE + target.read_text())
             written.append(target)

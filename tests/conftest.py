@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from web3 import Web3
 
-from apiary.he import HEContext
-from contracts.devnet import Devnet, dev_private_keys, running_devnet
+from apiary.chain.devnet import Devnet, dev_private_keys, running_devnet
+from apiary.core.he import HEContext
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from apiary.bench.round import PHASES
 from apiary.cli import app
+from apiary.tools.bench.round import PHASES
 
 pytestmark = pytest.mark.chain
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from apiary.coefficients import (
+from apiary.core.coefficients import (
     BLOCK_BYTES,
     COEFFS_PER_BLOCK,
     MAX_WEIGHT_SUM,

@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from apiary.cli import app
-from apiary.coefficients import block_count
-from apiary.data.fashion import FASHION_DIR, dirichlet_split, label_skew, read_idx
-from apiary.flat import param_count
-from apiary.models import build_model
+from apiary.core.coefficients import block_count
+from apiary.core.data.fashion import FASHION_DIR, dirichlet_split, label_skew, read_idx
+from apiary.core.flat import param_count
+from apiary.core.models import build_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +60,7 @@ def test_read_idx_reads_gzip_and_plain_files(tmp_path: Path):
 
 @pytest.mark.skipif(not FASHION_DIR.exists(), reason="dataset-fashion-mnist not installed")
 def test_fashion_shards_fit_the_cnn():
-    from apiary.data.fashion import load_fashion_shards
+    from apiary.core.data.fashion import load_fashion_shards
 
     shards = load_fashion_shards(seed=0, images=2000)
     assert list(shards) == ["site1", "site2", "site3", "site4", "site5"]

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from apiary.cli import app
-from apiary.compose.check import project_problems, service_problems
-from apiary.compose.demo import run_compose_demo
-from apiary.compose.mapping import LocalLayout
-from apiary.compose.spec import ComposeError, ComposeProject, interpolate, load_project
-from apiary.paths import REPO_ROOT
-from node.founder import param_count_for
+from apiary.core.paths import REPO_ROOT
+from apiary.node.founder import param_count_for
+from apiary.tools.compose.check import project_problems, service_problems
+from apiary.tools.compose.demo import run_compose_demo
+from apiary.tools.compose.mapping import LocalLayout
+from apiary.tools.compose.spec import ComposeError, ComposeProject, interpolate, load_project
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 ENV = {"APIARY_ADMIN_TOKEN": "compose-test-token"}
@@ -162,7 +162,7 @@ def test_the_join_profile_onboards_a_fourth_hospital_through_the_admin_api(
 ) -> None:
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    result = run_compose_demo(COMPOSE, 2, ("join",), tmp_path / "run", lambda _line: None,
+    result = run_compose_demo(COMPOSE, 2, ("join",), tmp_path / "run", lambda _line: None, app,
                               timeout_s=150)
     assert result["newcomers"] == ["va"]
     last = result["rounds"][-1]

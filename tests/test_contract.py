@@ -10,7 +10,9 @@ import pytest
 from eth_utils import keccak
 from web3 import Web3
 
-from apiary.coefficients import (
+from apiary.chain.binding import ContractRejected, SwarmContract, aggregate_gas_bound
+from apiary.chain.compiler import compile_contract, load_artifact
+from apiary.core.coefficients import (
     MAX_WEIGHT_SUM,
     SLOTS_PER_BLOCK,
     block_digest,
@@ -18,9 +20,7 @@ from apiary.coefficients import (
     weighted_sum,
     weights_from_sample_counts,
 )
-from apiary.he import HEContext
-from contracts.binding import ContractRejected, SwarmContract, aggregate_gas_bound
-from contracts.compiler import compile_contract, load_artifact
+from apiary.core.he import HEContext
 
 pytestmark = pytest.mark.chain
 

@@ -12,24 +12,24 @@ import grpc
 import numpy as np
 import pytest
 
-from apiary.coefficients import (
+from apiary.chain.devnet import free_port
+from apiary.coordinator.server import (
+    CoordinatorConfigError,
+    CoordinatorService,
+    serve,
+    start_server,
+)
+from apiary.core.coefficients import (
     SLOTS_PER_BLOCK,
     block_from_bytes,
     block_to_bytes,
     weighted_sum,
     weights_from_sample_counts,
 )
-from apiary.he import HEContext
-from apiary.settings import CoordinatorSettings
-from apiary.transport import TransportError, fetch_aggregate, push_update
-from contracts.devnet import free_port
-from coordinator.server import (
-    CoordinatorConfigError,
-    CoordinatorService,
-    serve,
-    start_server,
-)
-from proto import apiary_pb2, apiary_pb2_grpc
+from apiary.core.he import HEContext
+from apiary.core.settings import CoordinatorSettings
+from apiary.core.transport import TransportError, fetch_aggregate, push_update
+from apiary.wire import apiary_pb2, apiary_pb2_grpc
 from tests.test_transport import bad_update_streams, make_header, raw_push
 
 PARAMS = 2 * SLOTS_PER_BLOCK - 37

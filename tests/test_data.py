@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apiary.data import FEATURE_NAMES, HOSPITALS, Shard, load_heart_shards, write_heart_shards
-from apiary.data.heart import NUMERIC_FEATURES, load_heart_frame
+from apiary.core.data import FEATURE_NAMES, HOSPITALS, Shard, load_heart_shards, write_heart_shards
+from apiary.core.data.heart import NUMERIC_FEATURES, load_heart_frame
 
 
 @pytest.fixture(scope="module")

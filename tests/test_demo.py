@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from apiary.demo import DemoOptions, run_demo, summary_lines
+from apiary.tools.demo import DemoOptions, run_demo, summary_lines
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from apiary.paths import REPO_ROOT
+from apiary.core.paths import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 

@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 from web3 import Web3
 
+from apiary.chain.binding import SwarmContract
+from apiary.chain.devnet import Devnet
 from apiary.cli import app
-from apiary.data.shards import Shard
-from apiary.he import HEContext
-from apiary.settings import FoundingSettings
-from contracts.binding import SwarmContract
-from contracts.devnet import Devnet
-from node.founder import FoundingError, found
+from apiary.core.data.shards import Shard
+from apiary.core.he import HEContext
+from apiary.core.settings import FoundingSettings
+from apiary.node.founder import FoundingError, found
 
 NODE_UID = 4242
 

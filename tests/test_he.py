@@ -11,8 +11,8 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 import zstandard
 
-from apiary import he
-from apiary.coefficients import (
+from apiary.core import he
+from apiary.core.coefficients import (
     BLOCK_BYTES,
     COEFFS_PER_BLOCK,
     MAX_WEIGHT_SUM,
@@ -23,7 +23,7 @@ from apiary.coefficients import (
     weighted_sum,
     weights_from_sample_counts,
 )
-from apiary.he import MAX_ABS_VALUE, HEContext, SecretKeyRequired
+from apiary.core.he import MAX_ABS_VALUE, HEContext, SecretKeyRequired
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +264,7 @@ def test_from_bytes_rejects_garbage_and_other_parameters() -> None:
 
 
 def test_bench_he_reports_the_figures_the_cli_prints() -> None:
-    from apiary.bench.he import bench_he, format_he_table
+    from apiary.tools.bench.he import bench_he, format_he_table
 
     messages: list[str] = []
     result = bench_he(params=2 * SLOTS_PER_BLOCK, nodes=3, repeats=1, progress=messages.append)

@@ -14,15 +14,15 @@ import pytest
 from eth_utils import keccak
 from web3 import Web3
 
-from apiary.coefficients import block_digest
-from apiary.demo import DemoOptions, LocalSwarm
-from apiary.flat import weights_digest
-from apiary.he import HEContext
-from apiary.tls import TlsFiles, create_ca, create_key_and_csr, node_files
-from apiary.transport import TransportError, push_update, sign_update
-from contracts.binding import ContractRejected, SwarmContract
-from node.keys import KeyRing
-from proto import apiary_pb2
+from apiary.chain.binding import ContractRejected, SwarmContract
+from apiary.core.coefficients import block_digest
+from apiary.core.flat import weights_digest
+from apiary.core.he import HEContext
+from apiary.core.tls import TlsFiles, create_ca, create_key_and_csr, node_files
+from apiary.core.transport import TransportError, push_update, sign_update
+from apiary.node.keys import KeyRing
+from apiary.tools.demo import DemoOptions, LocalSwarm
+from apiary.wire import apiary_pb2
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 

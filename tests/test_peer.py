@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from web3 import Web3
 
-from apiary.coefficients import SLOTS_PER_BLOCK, block_digest
-from apiary.he import HEContext
-from apiary.transport import push_update, sign_update, update_chunks
-from contracts.binding import SwarmContract
-from contracts.devnet import free_port
-from node.peer import Inbox, PeerService, start_peer_server
-from proto import apiary_pb2
+from apiary.chain.binding import SwarmContract
+from apiary.chain.devnet import free_port
+from apiary.core.coefficients import SLOTS_PER_BLOCK, block_digest
+from apiary.core.he import HEContext
+from apiary.core.transport import push_update, sign_update, update_chunks
+from apiary.node.peer import Inbox, PeerService, start_peer_server
+from apiary.wire import apiary_pb2
 from tests.test_transport import bad_update_streams, raw_push
 
 pytestmark = pytest.mark.chain

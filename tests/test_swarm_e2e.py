@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from web3 import Web3
 
-from apiary.data.shards import Shard
-from apiary.demo import DemoOptions, LocalSwarm
-from apiary.flat import load_flat, weights_digest
-from apiary.models import build_model
-from apiary.training import evaluate
-from contracts.binding import SwarmContract
-from contracts.devnet import dev_private_keys
+from apiary.chain.binding import SwarmContract
+from apiary.chain.devnet import dev_private_keys
+from apiary.core.data.shards import Shard
+from apiary.core.flat import load_flat, weights_digest
+from apiary.core.models import build_model
+from apiary.core.training import evaluate
+from apiary.tools.demo import DemoOptions, LocalSwarm
 
 pytestmark = [pytest.mark.chain, pytest.mark.slow]
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from apiary.data import HOSPITALS, load_heart_shards
-from apiary.flat import flatten, load_flat, param_count, weights_digest
-from apiary.models import MODEL_NAMES, build_mlp_with_params, build_model
-from apiary.training import Metrics, evaluate, predict_proba, roc_auc, train_local
+from apiary.core.data import HOSPITALS, load_heart_shards
+from apiary.core.flat import flatten, load_flat, param_count, weights_digest
+from apiary.core.models import MODEL_NAMES, build_mlp_with_params, build_model
+from apiary.core.training import Metrics, evaluate, predict_proba, roc_auc, train_local
 
 LR, BATCH = 3e-3, 16
 

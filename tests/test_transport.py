@@ -14,9 +14,10 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import to_checksum_address
 
-from apiary.coefficients import BLOCK_BYTES, SLOTS_PER_BLOCK, block_digest
-from apiary.he import HEContext
-from apiary.transport import (
+from apiary.chain.devnet import free_port
+from apiary.core.coefficients import BLOCK_BYTES, SLOTS_PER_BLOCK, block_digest
+from apiary.core.he import HEContext
+from apiary.core.transport import (
     CHUNK_BYTES,
     MAX_MESSAGE_BYTES,
     ReceivedUpdate,
@@ -30,9 +31,8 @@ from apiary.transport import (
     update_message,
     verify_update_signature,
 )
-from contracts.devnet import free_port
-from proto import apiary_pb2, apiary_pb2_grpc
-from proto.generate import GENERATED, PROTO_DIR, generate
+from apiary.wire import apiary_pb2, apiary_pb2_grpc
+from apiary.wire.generate import GENERATED, PROTO_DIR, generate
 
 BLOCKS = 9  # 1.125 MiB: two data chunks
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -219,7 +219,7 @@ def test_committed_stubs_are_current(tmp_path: Path) -> None:
     generate(tmp_path)
     for name in GENERATED:
         assert filecmp.cmp(tmp_path / name, PROTO_DIR / name, shallow=False), (
-            f"proto/{name} is stale: run `python -m proto.generate`"
+            f"proto/{name} is stale: run `python -m apiary.wire.generate`"
         )
 
 

@@ -29,7 +29,7 @@ import tenseal.sealapi as sealapi
 import zstandard
 from eth_utils import keccak
 
-from apiary.coefficients import (
+from apiary.core.coefficients import (
     COEFFS_PER_BLOCK,
     SLOTS_PER_BLOCK,
     MalformedCiphertext,

@@ -21,15 +21,15 @@ from typing import Any
 import httpx
 import numpy as np
 
-from apiary.data.datasets import DatasetSpec
-from apiary.data.heart import HOSPITALS
-from apiary.data.shards import Shard
-from apiary.flat import param_count as count_params
-from apiary.he import HEContext
-from apiary.models import build_model
-from apiary.tls import create_ca
-from contracts.devnet import dev_private_keys, free_port, running_devnet
-from node.founding import (
+from apiary.chain.devnet import dev_private_keys, free_port, running_devnet
+from apiary.core.data.datasets import DatasetSpec
+from apiary.core.data.heart import HOSPITALS
+from apiary.core.data.shards import Shard
+from apiary.core.flat import param_count as count_params
+from apiary.core.he import HEContext
+from apiary.core.models import build_model
+from apiary.core.tls import create_ca
+from apiary.node.founding import (
     FoundingMember,
     Identity,
     found_swarm,
@@ -37,7 +37,7 @@ from node.founding import (
     write_context,
     write_swarm_file,
 )
-from node.state import saved_history
+from apiary.node.state import saved_history
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import click
 from pydantic_settings import BaseSettings
 
-from apiary.compose.spec import ComposeProject, Service
-from apiary.settings import (
+from apiary.core.settings import (
     ChainSettings,
     CoordinatorSettings,
     FoundingSettings,
     NodeSettings,
     SampleDataSettings,
 )
+from apiary.tools.compose.spec import ComposeProject, Service
 
 SETTINGS_BY_COMMAND: dict[str, type[BaseSettings]] = {
     "devnet": ChainSettings,

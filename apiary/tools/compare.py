@@ -24,13 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from apiary.baselines import MethodRun, TrainConfig, run_central, run_fedavg, run_local, union_test
-from apiary.data.datasets import DatasetSpec
-from apiary.data.shards import Shard
-from apiary.demo import DemoFailed, DemoOptions, LocalSwarm
-from apiary.flat import load_flat
-from apiary.models import build_model
-from apiary.training import Metrics, evaluate
+from apiary.core.data.datasets import DatasetSpec
+from apiary.core.data.shards import Shard
+from apiary.core.flat import load_flat
+from apiary.core.models import build_model
+from apiary.core.training import Metrics, evaluate
+from apiary.tools.baselines import (
+    MethodRun,
+    TrainConfig,
+    run_central,
+    run_fedavg,
+    run_local,
+    union_test,
+)
+from apiary.tools.demo import DemoFailed, DemoOptions, LocalSwarm
 
 __all__ = ["IN_PROCESS", "LABELS", "METHODS", "CompareFailed", "CompareOptions", "run_compare"]
 

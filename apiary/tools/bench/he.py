@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
-from apiary.bench.report import machine, median, table
-from apiary.coefficients import (
+from apiary.core.coefficients import (
     BLOCK_BYTES,
     COEFFS_PER_BLOCK,
     SLOTS_PER_BLOCK,
@@ -20,7 +19,8 @@ from apiary.coefficients import (
     weighted_sum,
     weights_from_sample_counts,
 )
-from apiary.he import COEFF_MOD_BIT_SIZES, GLOBAL_SCALE, POLY_MODULUS_DEGREE, HEContext
+from apiary.core.he import COEFF_MOD_BIT_SIZES, GLOBAL_SCALE, POLY_MODULUS_DEGREE, HEContext
+from apiary.tools.bench.report import machine, median, table
 
 TARGET_BYTES_PER_PARAM = 32.0
 TARGET_WEIGHTED_SUM_COEFFS_PER_S = 20e6

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from apiary.cli_settings import settings_command
-from apiary.settings import (
+from apiary.cli.settings_options import settings_command
+from apiary.core.settings import (
     ChainSettings,
     CoordinatorSettings,
     FoundingSettings,
@@ -42,7 +42,7 @@ def app() -> None:
               help="block gas limit [env APIARY_BLOCK_GAS_LIMIT]")
 def devnet(host: str | None, port: int | None, gas_limit: int | None) -> None:
     """Run a local anvil devnet in the foreground (Ctrl-C stops it)."""
-    from contracts.devnet import DEV_MNEMONIC, Devnet
+    from apiary.chain.devnet import DEV_MNEMONIC, Devnet
 
     settings = ChainSettings.load(devnet_host=host, devnet_port=port, block_gas_limit=gas_limit)
     with Devnet(settings) as chain:
@@ -62,14 +62,14 @@ def devnet(host: str | None, port: int | None, gas_limit: int | None) -> None:
 @app.command("compile")
 def compile_contract() -> None:
     """Recompile contracts/SwarmLearning.sol and rewrite the committed artifact."""
-    from contracts.compiler import ARTIFACT_PATH, write_artifact
+    from apiary.chain.compiler import ARTIFACT_PATH, write_artifact
 
     artifact = write_artifact()
     click.echo(f"{artifact['compiler']}: wrote {ARTIFACT_PATH}")
 
 
 def _run_node(settings: Any) -> None:
-    from node.main import run_node
+    from apiary.node.main import run_node
 
     run_node(settings)
 
@@ -83,7 +83,7 @@ app.add_command(settings_command(
 
 
 def _run_found(settings: Any) -> None:
-    from node.founder import FoundingError, found
+    from apiary.node.founder import FoundingError, found
 
     try:
         found(settings, click.echo)
@@ -100,7 +100,7 @@ app.add_command(settings_command(
 
 
 def _run_sample_data(settings: Any) -> None:
-    from apiary.data.sample import write_sample_shard
+    from apiary.core.data.sample import write_sample_shard
 
     try:
         shard = write_sample_shard(settings.hospital, settings.data, settings.seed)
@@ -145,7 +145,7 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
     if compose_file is not None:
         _compose_demo(compose_file, profiles, rounds, out_dir / "compose", json_path)
         return
-    from apiary.demo import DemoFailed, DemoOptions, run_demo, summary_lines
+    from apiary.tools.demo import DemoFailed, DemoOptions, run_demo, summary_lines
 
     if onboard and mode != "swarm":
         raise click.UsageError("--onboard needs --mode swarm (members join on chain)")
@@ -160,7 +160,7 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
 
 def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | None) -> None:
     """A run's summary lines, and its JSON when asked for."""
-    from apiary.bench.report import write_json
+    from apiary.tools.bench.report import write_json
 
     for line in summary:
         click.echo(line)
@@ -171,12 +171,12 @@ def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | No
 
 def _compose_demo(compose_file: Path, profiles: tuple[str, ...], rounds: int, run_dir: Path,
                   json_path: Path | None) -> None:
-    from apiary.compose.demo import compose_summary, run_compose_demo
-    from apiary.compose.spec import ComposeError
-    from apiary.demo import DemoFailed
+    from apiary.tools.compose.demo import compose_summary, run_compose_demo
+    from apiary.tools.compose.spec import ComposeError
+    from apiary.tools.demo import DemoFailed
 
     try:
-        result = run_compose_demo(compose_file, rounds, profiles, run_dir, click.echo)
+        result = run_compose_demo(compose_file, rounds, profiles, run_dir, click.echo, app)
     except (ComposeError, DemoFailed) as exc:
         raise click.ClickException(str(exc)) from exc
     _report_run(compose_summary(result), result, json_path)
@@ -215,11 +215,11 @@ def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch
     """Is joining the swarm worth it? Train central, local (each hospital alone), plaintext
     FedAvg, swarm and federated on the same data, split and seeds; score every model on every
     hospital's test split and on their union. Prints tables; writes JSON and a PNG."""
-    from apiary.bench.report import write_json
-    from apiary.compare import CompareFailed, CompareOptions, run_compare
-    from apiary.compare_table import format_tables
-    from apiary.data.datasets import DatasetSpec
-    from apiary.plot import plot_comparison
+    from apiary.core.data.datasets import DatasetSpec
+    from apiary.tools.bench.report import write_json
+    from apiary.tools.compare import CompareFailed, CompareOptions, run_compare
+    from apiary.tools.compare_table import format_tables
+    from apiary.tools.plot import plot_comparison
 
     try:
         options = CompareOptions(
@@ -252,8 +252,8 @@ def bench() -> None:
 @json_option
 def bench_he_command(params: int, nodes: int, repeats: int, json_path: Path | None) -> None:
     """CKKS codec: encrypt/decrypt and weighted-sum throughput, bytes per parameter."""
-    from apiary.bench.he import bench_he, format_he_table
-    from apiary.bench.report import write_json
+    from apiary.tools.bench.he import bench_he, format_he_table
+    from apiary.tools.bench.report import write_json
 
     result = bench_he(params=params, nodes=nodes, repeats=repeats, progress=_progress)
     click.echo(format_he_table(result))
@@ -267,8 +267,8 @@ def bench_he_command(params: int, nodes: int, repeats: int, json_path: Path | No
 @json_option
 def bench_chain_command(nodes: tuple[int, ...], params: int, json_path: Path | None) -> None:
     """On-chain aggregation on a fresh anvil: gas and seconds per parameter per node."""
-    from apiary.bench.chain import bench_chain, format_chain_table
-    from apiary.bench.report import write_json
+    from apiary.tools.bench.chain import bench_chain, format_chain_table
+    from apiary.tools.bench.report import write_json
 
     result = bench_chain(node_counts=nodes or (3, 5, 10), params=params, progress=_progress)
     click.echo(format_chain_table(result))
@@ -285,8 +285,8 @@ def bench_chain_command(nodes: tuple[int, ...], params: int, json_path: Path | N
 def bench_round_command(nodes: tuple[int, ...], params: tuple[int, ...], rows: int,
                         json_path: Path | None) -> None:
     """One real swarm round per configuration: seconds per phase, train to decrypt."""
-    from apiary.bench.report import write_json
-    from apiary.bench.round import bench_round, format_round_table
+    from apiary.tools.bench.report import write_json
+    from apiary.tools.bench.round import bench_round, format_round_table
 
     result = bench_round(node_counts=nodes or (3, 5),
                          param_targets=params or (10_000, 100_000, 1_000_000),
@@ -296,7 +296,7 @@ def bench_round_command(nodes: tuple[int, ...], params: tuple[int, ...], rows: i
 
 
 def _run_coordinator(settings: Any) -> None:
-    from coordinator.main import run_coordinator
+    from apiary.coordinator.main import run_coordinator
 
     run_coordinator(settings)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apiary.data.shards import Shard
+from apiary.core.data.shards import Shard
 
 __all__ = ["DATASET_NAMES", "DatasetSpec"]
 
@@ -33,10 +33,10 @@ class DatasetSpec:
     @property
     def hospital_names(self) -> tuple[str, ...]:
         if self.name == "heart":
-            from apiary.data.heart import HOSPITALS
+            from apiary.core.data.heart import HOSPITALS
 
             return HOSPITALS
-        from apiary.data.fashion import fashion_hospitals
+        from apiary.core.data.fashion import fashion_hospitals
 
         return fashion_hospitals(self.hospitals)
 
@@ -48,10 +48,10 @@ class DatasetSpec:
     def load(self, seed: int) -> dict[str, Shard]:
         """Every hospital's shard, in :attr:`hospital_names` order; deterministic in ``seed``."""
         if self.name == "heart":
-            from apiary.data.heart import load_heart_shards
+            from apiary.core.data.heart import load_heart_shards
 
             return load_heart_shards(seed=seed)
-        from apiary.data.fashion import load_fashion_shards
+        from apiary.core.data.fashion import load_fashion_shards
 
         return load_fashion_shards(seed=seed, alpha=self.alpha, images=self.images,
                                    hospitals=self.hospitals)

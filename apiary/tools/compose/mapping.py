@@ -1,6 +1,6 @@
 """Map a compose project onto one machine: loopback ports, directories, local commands.
 
-See :mod:`apiary.compose` for the rules; this module only applies them.
+See :mod:`apiary.tools.compose` for the rules; this module only applies them.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import re
 import sys
 from pathlib import Path
 
-from apiary.compose.spec import ComposeError, ComposeProject, Service
-from contracts.devnet import free_port
+from apiary.chain.devnet import free_port
+from apiary.tools.compose.spec import ComposeError, ComposeProject, Service
 
 LOOPBACK = "127.0.0.1"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")

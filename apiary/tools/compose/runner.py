@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from apiary.compose.mapping import LocalLayout, local_argv
-from apiary.compose.spec import ComposeError, ComposeProject
-from apiary.demo import DemoFailed, NodeProcess
-from apiary.settings import NodeSettings
+from apiary.core.settings import NodeSettings
+from apiary.tools.compose.mapping import LocalLayout, local_argv
+from apiary.tools.compose.spec import ComposeError, ComposeProject
+from apiary.tools.demo import DemoFailed, NodeProcess
 
 RUN_MARKER = ".apiary-compose-run"
 HEALTH_POLL_S = 0.5

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apiary.coefficients import weights_from_sample_counts
-from apiary.data.shards import Shard
-from apiary.flat import load_flat
-from apiary.models import build_model
-from apiary.training import evaluate
-from node.trainer import LocalTrainer
+from apiary.core.coefficients import weights_from_sample_counts
+from apiary.core.data.shards import Shard
+from apiary.core.flat import load_flat
+from apiary.core.models import build_model
+from apiary.core.training import evaluate
+from apiary.node.trainer import LocalTrainer
 
 __all__ = ["MethodRun", "TrainConfig", "pooled", "run_central", "run_fedavg", "run_local",
            "union_test"]

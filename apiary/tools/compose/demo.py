@@ -12,23 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from apiary.compose.check import project_problems
-from apiary.compose.runner import ComposeRun
-from apiary.compose.spec import ComposeError, load_project
-from apiary.demo import DemoOptions, NodeProcess, follow_rounds, join_through_api
-from apiary.settings import FoundingSettings, NodeSettings
+import click
+
+from apiary.core.settings import FoundingSettings, NodeSettings
+from apiary.tools.compose.check import project_problems
+from apiary.tools.compose.runner import ComposeRun
+from apiary.tools.compose.spec import ComposeError, load_project
+from apiary.tools.demo import DemoOptions, NodeProcess, follow_rounds, join_through_api
 
 ONBOARD_AFTER = 1
 
 
 def run_compose_demo(compose_file: Path, rounds: int, profiles: tuple[str, ...],
-                     run_dir: Path, emit: Callable[[str], None],
+                     run_dir: Path, emit: Callable[[str], None], cli: click.Group,
                      timeout_s: float = 280.0) -> dict[str, Any]:
-    from apiary.cli import app
-
+    """Run the file's services; ``cli`` is the command line their commands must exist in."""
     started_at = time.monotonic()
     project = load_project(compose_file)
-    problems = project_problems(project, app)
+    problems = project_problems(project, cli)
     if problems:
         raise ComposeError("the compose file does not match the CLI:\n  " + "\n  ".join(problems))
     result: dict[str, Any] = {"compose_file": str(compose_file), "run_dir": str(run_dir)}

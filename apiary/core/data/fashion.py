@@ -17,7 +17,7 @@ Split
   (and unequal hospital sizes). Draws are repeated until every hospital holds at least
   ``min_per_hospital`` images.
 * Each hospital splits its own images into train and test, stratified by label (the heart
-  loader's :func:`~apiary.data.heart.stratified_split`), so its test split follows its own
+  loader's :func:`~apiary.core.data.heart.stratified_split`), so its test split follows its own
   label mix.
 * Pixels are scaled to [0, 1] and standardised with Fashion-MNIST's published constants
   (mean 0.2860, std 0.3530): no statistic of anyone's data needs to be shared.
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apiary.data.heart import stratified_split
-from apiary.data.shards import Shard
+from apiary.core.data.heart import stratified_split
+from apiary.core.data.shards import Shard
 
 __all__ = [
     "CLASSES",

@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from web3 import Web3
 
-from apiary.bench.report import machine, median, table
-from apiary.flat import flatten, param_count
-from apiary.he import HEContext
-from apiary.models import build_mlp_with_params
-from apiary.training import train_local
-from contracts.binding import SwarmContract
-from contracts.devnet import Devnet, dev_private_keys, free_port, running_devnet
-from node.founding import FoundingMember, Identity, found_swarm
-from node.peer import Inbox, PeerService, start_peer_server
-from node.rounds import RoundOutcome
-from node.swarm import SwarmRound
+from apiary.chain.binding import SwarmContract
+from apiary.chain.devnet import Devnet, dev_private_keys, free_port, running_devnet
+from apiary.core.flat import flatten, param_count
+from apiary.core.he import HEContext
+from apiary.core.models import build_mlp_with_params
+from apiary.core.training import train_local
+from apiary.node.founding import FoundingMember, Identity, found_swarm
+from apiary.node.peer import Inbox, PeerService, start_peer_server
+from apiary.node.rounds import RoundOutcome
+from apiary.node.swarm import SwarmRound
+from apiary.tools.bench.report import machine, median, table
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
 TARGET_PARAMS = 100_000

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from apiary.bench.report import machine, table
-from apiary.coefficients import block_digest
-from apiary.he import HEContext
-from contracts.binding import SwarmContract, TxResult
-from contracts.devnet import dev_private_keys, running_devnet
+from apiary.chain.binding import SwarmContract, TxResult
+from apiary.chain.devnet import dev_private_keys, running_devnet
+from apiary.core.coefficients import block_digest
+from apiary.core.he import HEContext
+from apiary.tools.bench.report import machine, table
 
 
 def bench_chain(

@@ -5,8 +5,8 @@ flattened in row-major order. That includes floating *buffers* that are part of 
 (e.g. BatchNorm's ``running_mean``/``running_var``): they are model state that every member
 must share, and averaging them is what FedAvg does. Integer buffers (e.g. BatchNorm's
 ``num_batches_tracked``) and non-persistent buffers are left out and left alone by
-:func:`load_flat`. The registry's models (``apiary.models``) have no buffers at all, so for them
-the vector is exactly their parameters.
+:func:`load_flat`. The registry's models (``apiary.core.models``) have no buffers at all, so
+for them the vector is exactly their parameters.
 
 Vectors are float64 so that weighted sums stay exact enough; the model itself is float32, so a
 vector means exactly what it is once cast to float32, which is what :func:`weights_digest`

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apiary.data.heart import HOSPITALS, load_heart_shards
-from apiary.data.shards import Shard
+from apiary.core.data.heart import HOSPITALS, load_heart_shards
+from apiary.core.data.shards import Shard
 
 
 def write_sample_shard(hospital: str, path: Path, seed: int = 0) -> Shard:

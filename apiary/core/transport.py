@@ -23,8 +23,13 @@ from eth_keys.exceptions import BadSignature
 from eth_utils import to_canonical_address
 from eth_utils.exceptions import ValidationError
 
-from apiary.coefficients import BLOCK_BYTES, MalformedCiphertext, block_digest, block_from_bytes
-from proto import apiary_pb2, apiary_pb2_grpc
+from apiary.core.coefficients import (
+    BLOCK_BYTES,
+    MalformedCiphertext,
+    block_digest,
+    block_from_bytes,
+)
+from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 4 << 20

@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from apiary.data.shards import Shard
+from apiary.core.data.shards import Shard
 
 __all__ = [
     "CATEGORIES",

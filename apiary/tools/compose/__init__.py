@@ -1,10 +1,10 @@
 """docker-compose.yml, proven without a Docker engine: its services run as local processes.
 
 `apiary demo --compose docker-compose.yml` reads the compose file (see
-:mod:`apiary.compose.spec`), checks it against the CLI (:mod:`apiary.compose.check`) and
+:mod:`apiary.tools.compose.spec`), checks it against the CLI (:mod:`apiary.tools.compose.check`) and
 runs every enabled service's own ``command`` with its own ``environment``, so the commands
 and variables a hospital deploys are exactly the ones tested. What a container gets from
-Docker is mapped onto one machine (:mod:`apiary.compose.mapping`):
+Docker is mapped onto one machine (:mod:`apiary.tools.compose.mapping`):
 
 * **Commands.** ``apiary …`` runs as ``python -m apiary.cli …`` of this interpreter,
   ``python …`` as this interpreter. Each service runs in its own root directory (its

@@ -1,0 +1,1 @@
+"""Research and operations tools over the services: demo, compare, bench, local swarms."""
