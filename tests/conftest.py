@@ -1,4 +1,8 @@
-"""Shared fixtures: one real anvil devnet per test session, one CKKS key set."""
+"""Shared fixtures: one real anvil devnet per test session, one CKKS key set.
+
+Test tiers: a test that uses the devnet is marked ``chain`` here automatically, so
+``make test-fast`` (``-m "not chain and not slow"``) never starts a chain or a process.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,15 @@ from web3 import Web3
 
 from apiary.chain.devnet import Devnet, dev_private_keys, running_devnet
 from apiary.core.he import HEContext
+
+
+CHAIN_FIXTURES = {"devnet", "w3"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CHAIN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.chain)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def instructions() -> list[tuple[str, str]]:
 def locked(name: str) -> str:
     for line in (REPO_ROOT / "requirements.lock").read_text().splitlines():
         if line.lower().startswith(f"{name.lower()}=="):
-            return line.split("==", 1)[1]
+            return line.split("==", 1)[1].split()[0]
     raise AssertionError(f"{name} is not in requirements.lock")
 
 
