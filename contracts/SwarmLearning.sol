@@ -9,7 +9,16 @@ pragma solidity 0.8.37;
 /// Σ wᵢ·ctᵢ mod q, computed coefficient-wise, decrypts to Σ wᵢ·xᵢ. The contract never
 /// sees a key; it checks each ciphertext against the digest its member committed,
 /// computes the sum and emits it. The Python reference of the same arithmetic is
-/// `apiary.coefficients` (weighted_sum, weights_from_sample_counts).
+/// `apiary.core.coefficients` (weighted_sum, weights_from_sample_counts).
+///
+/// A round runs in two steps so that members can mask their ciphertexts: first each member
+/// enrols with its sample count and key epoch; once every active member enrolled, or the
+/// enrolment window passed with at least `minPeers`, the round's participants and their
+/// weights are fixed (attempt 1). Each participant then adds a pairwise mask that cancels
+/// only in the weighted sum over exactly those participants (`apiary.core.masking`), and
+/// commits the masked blocks' digests. When a participant has not committed by the end of
+/// the commit window, `dropAbsent` starts a new attempt with the participants that did;
+/// they re-mask for the smaller set and commit again, so no mask is ever revealed.
 contract SwarmLearning {
     /// @notice Upper bound of Σ wᵢ; keeps |Σ wᵢ·xᵢ| far below q / (2·scale).
     uint256 public constant MAX_WEIGHT_SUM = 1024;
@@ -48,12 +57,19 @@ contract SwarmLearning {
     }
 
     struct Round {
-        address[] committers;
+        address[] enrolled;
+        address[] participants;
+        uint256 openedAt;
+        uint256 attempt;
+        uint256 attemptStartedAt;
+        uint256 keyEpochPlusOne;
         uint256 totalSamples;
+        uint256 commitCount;
         uint256 aggregatedBlocks;
         bool isSealed;
         bool isFinalized;
         mapping(address => uint256) sampleCounts;
+        mapping(address => uint256) committedAttempt;
         mapping(address => bytes32[]) digests;
         mapping(uint256 => bytes32) aggregateDigests;
     }
@@ -72,12 +88,20 @@ contract SwarmLearning {
     uint256 public immutable blockBytes;
     /// @notice Fewest contributors a round may be aggregated with.
     uint256 public immutable minPeers;
+    /// @notice Seconds after a round opens during which every active member may enrol;
+    /// after it, the participants may be fixed with the enrolled members (≥ minPeers).
+    uint256 public immutable enrolWindow;
+    /// @notice Seconds a fixed set of participants has to commit; after it, the absent ones
+    /// may be dropped and the rest re-mask for a new attempt.
+    uint256 public immutable commitWindow;
 
     /// @notice How new members are admitted (fixed at deployment).
     MembershipRule public immutable membershipRule;
 
     /// @notice The account that adds and removes members.
     address public admin;
+    /// @notice The account an admin transfer was started to (zero: none pending).
+    address public pendingAdmin;
     /// @notice The round that accepts commits and aggregates now (starts at 1).
     uint256 public currentRound;
     /// @notice The last round whose every block is aggregated (0: none yet).
@@ -94,11 +118,17 @@ contract SwarmLearning {
     KeyEpoch[] private _keyEpochs;
 
     event MemberAdded(address indexed member, string endpoint, bytes32 x25519PublicKey);
-    event MemberRemoved(address indexed member);
+    event MemberRemoved(address indexed member, uint256 keyEpoch, uint256 fromRound);
+    event AdminTransferStarted(address indexed previousAdmin, address indexed newAdmin);
+    event AdminTransferred(address indexed previousAdmin, address indexed newAdmin);
     event MemberProposed(address indexed candidate, address indexed proposer);
     event MemberApproved(address indexed candidate, address indexed approver, uint256 approvals);
     event KeyRotated(uint256 indexed epoch, uint256 fromRound, bytes32 contextDigest);
-    event Committed(uint256 indexed round, address indexed member, uint256 sampleCount);
+    event Enrolled(uint256 indexed round, address indexed member, uint256 sampleCount);
+    event ParticipantsFixed(uint256 indexed round, uint256 attempt, address[] participants);
+    event Committed(uint256 indexed round, address indexed member, uint256 attempt);
+    event ParticipantsDropped(uint256 indexed round, uint256 attempt, address[] dropped);
+    event RoundAbandoned(uint256 indexed round, uint256 participants);
     event RoundSealed(uint256 indexed round, uint256 contributors, uint256 weightSum);
     event BlockAggregated(
         uint256 indexed round,
@@ -118,6 +148,15 @@ contract SwarmLearning {
     error RoundNotOpen(uint256 round, uint256 currentRound);
     error RoundSealedAlready(uint256 round);
     error AlreadyCommitted(uint256 round, address member);
+    error AlreadyEnrolled(uint256 round, address member);
+    error NotParticipant(uint256 round, address account);
+    error ParticipantsNotFixed(uint256 round);
+    error ParticipantsFixedAlready(uint256 round, uint256 attempt);
+    error WrongAttempt(uint256 got, uint256 expected);
+    error WrongKeyEpoch(uint256 got, uint256 expected);
+    error WindowOpen(uint256 round, uint256 closesAt);
+    error NobodyAbsent(uint256 round, uint256 attempt);
+    error NotPendingAdmin(address caller);
     error WrongBlockCount(uint256 got, uint256 expected);
     error InvalidSampleCount(uint256 got);
     error NothingCommitted(uint256 round);
@@ -153,19 +192,26 @@ contract SwarmLearning {
     /// @param minPeers_ fewest contributors per round.
     /// @param rule_ how later members are admitted.
     /// @param contextDigest_ keccak256 of the swarm's first public HE context (key epoch 0).
+    /// @param enrolWindow_ seconds every active member has to enrol in a round.
+    /// @param commitWindow_ seconds the participants of an attempt have to commit.
     constructor(
         uint256 polyModulusDegree_,
         uint256 modulus_,
         uint256 paramCount_,
         uint256 minPeers_,
         MembershipRule rule_,
-        bytes32 contextDigest_
+        bytes32 contextDigest_,
+        uint256 enrolWindow_,
+        uint256 commitWindow_
     ) {
         if (
             polyModulusDegree_ < 2 || polyModulusDegree_ & (polyModulusDegree_ - 1) != 0
                 || modulus_ < 2 || modulus_ >= 2 ** 64 || paramCount_ == 0 || minPeers_ == 0
-                || minPeers_ > MAX_MEMBERS || contextDigest_ == bytes32(0)
+                || minPeers_ > MAX_MEMBERS || contextDigest_ == bytes32(0) || enrolWindow_ == 0
+                || commitWindow_ == 0 || enrolWindow_ > 1 days || commitWindow_ > 1 days
         ) revert InvalidParameters();
+        enrolWindow = enrolWindow_;
+        commitWindow = commitWindow_;
         membershipRule = rule_;
         _keyEpochs.push(KeyEpoch(1, contextDigest_));
         polyModulusDegree = polyModulusDegree_;
@@ -177,6 +223,27 @@ contract SwarmLearning {
         minPeers = minPeers_;
         admin = msg.sender;
         currentRound = 1;
+        _rounds[1].openedAt = block.timestamp;
+    }
+
+    // ------------------------------------------------------------------ admin
+
+    /// @notice Start handing the admin role to `newAdmin`; it becomes admin when it accepts.
+    /// @dev Two steps, as OpenZeppelin's Ownable2Step: a mistyped address cannot take the
+    /// role, and the current admin keeps it until then. A zero address cancels.
+    function transferAdmin(address newAdmin) external onlyAdmin {
+        pendingAdmin = newAdmin;
+        emit AdminTransferStarted(admin, newAdmin);
+    }
+
+    /// @notice The pending admin takes the role; the previous admin loses it.
+    function acceptAdmin() external {
+        if (msg.sender != pendingAdmin || msg.sender == address(0)) {
+            revert NotPendingAdmin(msg.sender);
+        }
+        emit AdminTransferred(admin, msg.sender);
+        admin = msg.sender;
+        pendingAdmin = address(0);
     }
 
     // ------------------------------------------------------------------ membership
@@ -187,7 +254,7 @@ contract SwarmLearning {
         external
         onlyAdmin
     {
-        bool founding = lastFinalizedRound == 0 && _rounds[currentRound].committers.length == 0;
+        bool founding = lastFinalizedRound == 0 && _rounds[currentRound].enrolled.length == 0;
         if (membershipRule == MembershipRule.Majority && !founding) {
             revert WrongMembershipRule(membershipRule);
         }
@@ -248,19 +315,23 @@ contract SwarmLearning {
         emit MemberAdded(account, endpoint, x25519PublicKey);
     }
 
-    /// @notice Start a new HE key epoch at `fromRound` (after a member left, say). Members
-    /// encrypt round r under the epoch in force at r; `contextDigest` is keccak256 of the
-    /// new public context, so a member can check the key it is handed.
-    function rotateKey(uint256 fromRound, bytes32 contextDigest) external onlyAdmin {
-        uint256 earliest = currentRound;
-        if (_rounds[currentRound].committers.length > 0) earliest = currentRound + 1;
+    /// @notice Start a new HE key epoch now: from the first round nobody has encrypted yet
+    /// (the current round while no member enrolled in it, else the next). `contextDigest` is
+    /// keccak256 of the new public context, so a member can check the key it is handed.
+    /// @dev Retryable: a rotation whose key never reached the members is superseded by
+    /// calling again; the later epoch of the same first round wins.
+    function rotateKey(bytes32 contextDigest) external onlyAdmin returns (uint256 epoch) {
+        return _rotate(contextDigest);
+    }
+
+    function _rotate(bytes32 contextDigest) private returns (uint256 epoch) {
+        if (contextDigest == bytes32(0)) revert InvalidKeyEpoch(0, 0);
+        uint256 fromRound = _rounds[currentRound].keyEpochPlusOne == 0 ? currentRound : currentRound + 1;
         uint256 last = _keyEpochs[_keyEpochs.length - 1].fromRound;
-        if (earliest <= last) earliest = last + 1;
-        if (fromRound < earliest || contextDigest == bytes32(0)) {
-            revert InvalidKeyEpoch(fromRound, earliest);
-        }
+        if (fromRound < last) fromRound = last;
         _keyEpochs.push(KeyEpoch(fromRound, contextDigest));
-        emit KeyRotated(_keyEpochs.length - 1, fromRound, contextDigest);
+        epoch = _keyEpochs.length - 1;
+        emit KeyRotated(epoch, fromRound, contextDigest);
     }
 
     /// @notice The key epoch that encrypts `round`, and its public context digest.
@@ -293,12 +364,24 @@ contract SwarmLearning {
         return _proposals[account].approvals;
     }
 
-    /// @notice Deactivate `account`: it can no longer commit or aggregate.
-    function removeMember(address account) external onlyAdmin {
+    /// @notice Deactivate `account` and start a new HE key epoch in the same call, so the
+    /// removed member never holds the key of a round after its removal. An unsealed round
+    /// that already fixed its key epoch is abandoned (every model unchanged) and the next
+    /// round, under the new key, opens at once.
+    function removeMember(address account, bytes32 contextDigest) external onlyAdmin {
         if (!_members[account].active) revert NotMember(account);
+        if (contextDigest == bytes32(0)) revert InvalidKeyEpoch(0, 0);
         _members[account].active = false;
         activeMemberCount -= 1;
-        emit MemberRemoved(account);
+        uint256 round = currentRound;
+        Round storage r = _rounds[round];
+        if (!r.isSealed && r.keyEpochPlusOne != 0) {
+            r.isSealed = true;
+            emit RoundAbandoned(round, 0);
+            _open(round + 1);
+        }
+        uint256 epoch = _rotate(contextDigest);
+        emit MemberRemoved(account, epoch, _keyEpochs[epoch].fromRound);
     }
 
     /// @notice A member's record (inactive and unknown accounts return active = false).
@@ -335,37 +418,139 @@ contract SwarmLearning {
 
     // ------------------------------------------------------------------ rounds
 
-    /// @notice Commit to this round's update: one keccak256 digest per ciphertext block.
-    function commit(uint256 round, bytes32[] calldata blockDigests, uint256 sampleCount)
+    /// @notice Take part in `round` with `sampleCount` training samples, encrypting under
+    /// key epoch `keyEpoch` (the one `keyEpochFor(round)` names; a rotation that lands first
+    /// makes this revert with WrongKeyEpoch, never a silent mismatch). Fixes the participants
+    /// as soon as every active member enrolled.
+    function enrol(uint256 round, uint256 keyEpoch_, uint256 sampleCount)
         external
         onlyActiveMember
         onlyCurrentRound(round)
     {
         Round storage r = _rounds[round];
+        if (r.attempt != 0) revert ParticipantsFixedAlready(round, r.attempt);
+        if (r.sampleCounts[msg.sender] != 0) revert AlreadyEnrolled(round, msg.sender);
+        if (sampleCount == 0 || sampleCount > MAX_SAMPLE_COUNT) revert InvalidSampleCount(sampleCount);
+        (uint256 expected,) = keyEpochFor(round);
+        if (keyEpoch_ != expected) revert WrongKeyEpoch(keyEpoch_, expected);
+        r.keyEpochPlusOne = expected + 1;
+        r.sampleCounts[msg.sender] = sampleCount;
+        r.enrolled.push(msg.sender);
+        r.totalSamples += sampleCount;
+        emit Enrolled(round, msg.sender, sampleCount);
+        if (r.enrolled.length == activeMemberCount && r.enrolled.length >= minPeers) {
+            _fix(round, r);
+        }
+    }
+
+    /// @notice Fix the participants of `round` with the members enrolled so far: allowed
+    /// once every active member enrolled, or after the enrolment window with ≥ minPeers.
+    function fixParticipants(uint256 round) external onlyActiveMember onlyCurrentRound(round) {
+        Round storage r = _rounds[round];
+        if (r.attempt != 0) revert ParticipantsFixedAlready(round, r.attempt);
+        uint256 n = r.enrolled.length;
+        if (n < minPeers) revert NotEnoughContributors(n, minPeers);
+        uint256 closesAt = r.openedAt + enrolWindow;
+        if (n < activeMemberCount && block.timestamp < closesAt) revert WindowOpen(round, closesAt);
+        _fix(round, r);
+    }
+
+    function _fix(uint256 round, Round storage r) private {
+        r.participants = r.enrolled;
+        r.attempt = 1;
+        r.attemptStartedAt = block.timestamp;
+        emit ParticipantsFixed(round, 1, r.enrolled);
+    }
+
+    /// @notice Commit to this attempt's masked update: one keccak256 digest per block.
+    function commit(uint256 round, uint256 attempt, uint256 keyEpoch_, bytes32[] calldata blockDigests)
+        external
+        onlyActiveMember
+        onlyCurrentRound(round)
+    {
+        Round storage r = _rounds[round];
+        if (r.attempt == 0) revert ParticipantsNotFixed(round);
         if (r.isSealed) revert RoundSealedAlready(round);
-        if (r.sampleCounts[msg.sender] != 0) revert AlreadyCommitted(round, msg.sender);
+        if (attempt != r.attempt) revert WrongAttempt(attempt, r.attempt);
+        if (keyEpoch_ + 1 != r.keyEpochPlusOne) revert WrongKeyEpoch(keyEpoch_, r.keyEpochPlusOne - 1);
+        if (!_isParticipant(r, msg.sender)) revert NotParticipant(round, msg.sender);
+        if (r.committedAttempt[msg.sender] == attempt) revert AlreadyCommitted(round, msg.sender);
         if (blockDigests.length != blockCount) {
             revert WrongBlockCount(blockDigests.length, blockCount);
         }
-        if (sampleCount == 0 || sampleCount > MAX_SAMPLE_COUNT) revert InvalidSampleCount(sampleCount);
-        r.sampleCounts[msg.sender] = sampleCount;
+        r.committedAttempt[msg.sender] = attempt;
         r.digests[msg.sender] = blockDigests;
-        r.committers.push(msg.sender);
-        r.totalSamples += sampleCount;
-        emit Committed(round, msg.sender, sampleCount);
+        r.commitCount += 1;
+        emit Committed(round, msg.sender, attempt);
+    }
+
+    /// @notice After the commit window, drop the participants that did not commit: the
+    /// others start a new attempt (and re-mask); with fewer than minPeers left the round is
+    /// abandoned and the next one opens, every model unchanged.
+    function dropAbsent(uint256 round) external onlyActiveMember onlyCurrentRound(round) {
+        Round storage r = _rounds[round];
+        if (r.attempt == 0) revert ParticipantsNotFixed(round);
+        if (r.isSealed) revert RoundSealedAlready(round);
+        uint256 n = r.participants.length;
+        if (r.commitCount == n) revert NobodyAbsent(round, r.attempt);
+        uint256 closesAt = r.attemptStartedAt + commitWindow;
+        if (block.timestamp < closesAt) revert WindowOpen(round, closesAt);
+        address[] memory kept = new address[](r.commitCount);
+        address[] memory dropped = new address[](n - r.commitCount);
+        (uint256 k, uint256 d) = (0, 0);
+        for (uint256 i; i < n; ++i) {
+            address p = r.participants[i];
+            if (r.committedAttempt[p] == r.attempt) kept[k++] = p;
+            else dropped[d++] = p;
+        }
+        _newAttempt(round, r, kept, dropped);
+    }
+
+    /// @dev Next attempt with `kept` (or abandon the round when too few are left).
+    function _newAttempt(uint256 round, Round storage r, address[] memory kept, address[] memory dropped)
+        private
+    {
+        emit ParticipantsDropped(round, r.attempt, dropped);
+        for (uint256 i; i < dropped.length; ++i) {
+            r.totalSamples -= r.sampleCounts[dropped[i]];
+        }
+        if (kept.length < minPeers) {
+            r.isSealed = true;
+            emit RoundAbandoned(round, kept.length);
+            _open(round + 1);
+            return;
+        }
+        r.participants = kept;
+        r.attempt += 1;
+        r.attemptStartedAt = block.timestamp;
+        r.commitCount = 0;
+        emit ParticipantsFixed(round, r.attempt, kept);
+    }
+
+    function _open(uint256 round) private {
+        currentRound = round;
+        _rounds[round].openedAt = block.timestamp;
+    }
+
+    function _isParticipant(Round storage r, address account) private view returns (bool) {
+        for (uint256 i; i < r.participants.length; ++i) {
+            if (r.participants[i] == account) return true;
+        }
+        return false;
     }
 
     /// @notice Aggregate one block of this round: `ciphertexts[i]` belongs to the i-th
-    /// committer (commit order). The first aggregate seals the round's contributor set.
+    /// participant. Needs every participant of the current attempt to have committed; the
+    /// first aggregate seals the round.
     function aggregate(uint256 round, uint256 blockIndex, bytes[] calldata ciphertexts)
         external
         onlyActiveMember
         onlyCurrentRound(round)
     {
         Round storage r = _rounds[round];
-        uint256 n = r.committers.length;
-        if (n == 0) revert NothingCommitted(round);
-        if (n < minPeers) revert NotEnoughContributors(n, minPeers);
+        if (r.attempt == 0) revert ParticipantsNotFixed(round);
+        uint256 n = r.participants.length;
+        if (r.commitCount < n) revert NotEnoughContributors(r.commitCount, n);
         if (blockIndex >= blockCount) revert BlockOutOfRange(blockIndex, blockCount);
         if (r.aggregateDigests[blockIndex] != bytes32(0)) {
             revert BlockAlreadyAggregated(round, blockIndex);
@@ -441,7 +626,7 @@ contract SwarmLearning {
                 calldatacopy(scratch, offset, size)
                 digest := keccak256(scratch, size)
             }
-            address contributor = r.committers[i];
+            address contributor = r.participants[i];
             if (digest != r.digests[contributor][blockIndex]) revert DigestMismatch(i, contributor);
             offsets[i] = offset;
         }
@@ -485,18 +670,18 @@ contract SwarmLearning {
         }
         r.isFinalized = true;
         lastFinalizedRound = round;
-        currentRound = round + 1;
+        _open(round + 1);
         emit RoundFinalized(round, weightSum, keccak256(abi.encodePacked(digests)));
     }
 
     /// @dev Sample counts to integer weights: the counts themselves while their sum is at
     /// most MAX_WEIGHT_SUM, else floor(count·MAX/total) but at least 1.
     function _weights(Round storage r) private view returns (uint256[] memory w, uint256 sum) {
-        uint256 n = r.committers.length;
+        uint256 n = r.participants.length;
         uint256 total = r.totalSamples;
         w = new uint256[](n);
         for (uint256 i; i < n; ++i) {
-            uint256 c = r.sampleCounts[r.committers[i]];
+            uint256 c = r.sampleCounts[r.participants[i]];
             uint256 wi = total <= MAX_WEIGHT_SUM ? c : (c * MAX_WEIGHT_SUM) / total;
             if (wi == 0) wi = 1;
             w[i] = wi;
@@ -506,12 +691,16 @@ contract SwarmLearning {
 
     // ------------------------------------------------------------------ views
 
-    /// @notice A round's state.
+    /// @notice A round's state: `attempt` 0 while members enrol; `contributors` is the number
+    /// of participants of the current attempt (enrolled members while attempt is 0),
+    /// `committed` how many of them committed in it.
     function roundInfo(uint256 round)
         external
         view
         returns (
+            uint256 attempt,
             uint256 contributors,
+            uint256 committed,
             uint256 totalSamples,
             uint256 aggregatedBlocks,
             bool isSealed,
@@ -519,25 +708,46 @@ contract SwarmLearning {
         )
     {
         Round storage r = _rounds[round];
-        return (r.committers.length, r.totalSamples, r.aggregatedBlocks, r.isSealed, r.isFinalized);
+        uint256 n = r.attempt == 0 ? r.enrolled.length : r.participants.length;
+        return (r.attempt, n, r.commitCount, r.totalSamples, r.aggregatedBlocks, r.isSealed,
+                r.isFinalized);
     }
 
-    /// @notice The round's committers in commit order.
-    function committers(uint256 round) external view returns (address[] memory) {
-        return _rounds[round].committers;
+    /// @notice When `round` opened, when its current attempt started, and its key epoch
+    /// (fixed by the first enrolment; before it, the epoch `keyEpochFor` names).
+    function roundTiming(uint256 round)
+        external
+        view
+        returns (uint256 openedAt, uint256 attemptStartedAt, uint256 keyEpoch_)
+    {
+        Round storage r = _rounds[round];
+        (uint256 epoch,) = keyEpochFor(round);
+        keyEpoch_ = r.keyEpochPlusOne == 0 ? epoch : r.keyEpochPlusOne - 1;
+        return (r.openedAt, r.attemptStartedAt, keyEpoch_);
     }
 
-    /// @notice What `account` committed in `round` (sampleCount 0: nothing).
+    /// @notice Members enrolled in `round`, in enrolment order.
+    function enrolled(uint256 round) external view returns (address[] memory) {
+        return _rounds[round].enrolled;
+    }
+
+    /// @notice The participants of the round's current attempt (the mask set), in order.
+    function participants(uint256 round) external view returns (address[] memory) {
+        return _rounds[round].participants;
+    }
+
+    /// @notice What `account` committed in `round`: its sample count (0: not enrolled), the
+    /// attempt of its last commit (0: none) and that commit's digests.
     function commitment(uint256 round, address account)
         external
         view
-        returns (uint256 sampleCount, bytes32[] memory blockDigests)
+        returns (uint256 sampleCount, uint256 attempt, bytes32[] memory blockDigests)
     {
         Round storage r = _rounds[round];
-        return (r.sampleCounts[account], r.digests[account]);
+        return (r.sampleCounts[account], r.committedAttempt[account], r.digests[account]);
     }
 
-    /// @notice The weights the aggregate of `round` uses, in commit order, and their sum.
+    /// @notice The weights the aggregate of `round` uses, in participant order, and their sum.
     function roundWeights(uint256 round)
         external
         view
@@ -545,7 +755,7 @@ contract SwarmLearning {
     {
         Round storage r = _rounds[round];
         (weights, weightSum) = _weights(r);
-        return (r.committers, weights, weightSum);
+        return (r.participants, weights, weightSum);
     }
 
     /// @notice keccak256 of an aggregated block's coefficients (zero while not aggregated).

@@ -23,13 +23,14 @@ from web3.exceptions import ContractLogicError
 from web3.types import TxParams, TxReceipt
 
 from apiary.chain.compiler import load_artifact
+from apiary.core.errors import ApiaryError
 
 GAS_HEADROOM = 1.1
 MEMBERSHIP_RULES = ("admin", "majority")
 RECEIPT_POLL_SECONDS = 0.01
 
 
-class ContractRejected(Exception):
+class ContractRejected(ApiaryError):
     """The contract reverted with one of its custom errors."""
 
     def __init__(self, function: str, error: str, arguments: dict[str, Any]) -> None:
@@ -55,6 +56,8 @@ class HEParameters:
     block_count: int
     block_bytes: int
     min_peers: int
+    enrol_window_s: int
+    commit_window_s: int
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,32 @@ class MemberInfo:
 
 @dataclass(frozen=True)
 class RoundInfo:
+    """`attempt` is 0 while members enrol; `contributors` counts the current attempt's
+    participants (the enrolled members while attempt is 0), `committed` how many of them
+    committed in it. A round that is sealed but never finalized was abandoned."""
+
     round: int
+    attempt: int
     contributors: int
+    committed: int
     total_samples: int
     aggregated_blocks: int
     sealed: bool
     finalized: bool
+
+    @property
+    def participants_fixed(self) -> bool:
+        return self.attempt > 0
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """Chain timestamps (seconds) of a round's opening and of its current attempt's start,
+    and the key epoch that encrypts it."""
+
+    opened_at: int
+    attempt_started_at: int
+    key_epoch: int
 
 
 @dataclass(frozen=True)
@@ -121,15 +144,22 @@ class SwarmContract:
         poly_modulus_degree: int = 8192,
         min_peers: int = 1,
         membership: str = "admin",
+        enrol_window_s: int = 20,
+        commit_window_s: int = 30,
     ) -> SwarmContract:
-        """Deploy for one model size and HE key; `membership` is "admin" or "majority"."""
+        """Deploy for one model size and HE key; `membership` is "admin" or "majority".
+
+        Members have `enrol_window_s` after a round opens to enrol, and the participants
+        `commit_window_s` to commit before the absent ones may be dropped.
+        """
         if membership not in MEMBERSHIP_RULES:
             raise ValueError(f"membership rule must be one of {', '.join(MEMBERSHIP_RULES)}")
         artifact = load_artifact()
         factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         account: LocalAccount = Account.from_key(private_key)
         call = factory.constructor(poly_modulus_degree, modulus, param_count, min_peers,
-                                   MEMBERSHIP_RULES.index(membership), context_digest)
+                                   MEMBERSHIP_RULES.index(membership), context_digest,
+                                   int(enrol_window_s), int(commit_window_s))
         errors = _error_table(artifact["abi"])
         receipt = _transact(w3, account, call, "constructor", errors)
         address = receipt["contractAddress"]
@@ -166,11 +196,17 @@ class SwarmContract:
             block_count=self._view("blockCount"),
             block_bytes=self._view("blockBytes"),
             min_peers=self._view("minPeers"),
+            enrol_window_s=self._view("enrolWindow"),
+            commit_window_s=self._view("commitWindow"),
         )
         return self._params
 
     def admin(self) -> str:
         return str(self._view("admin"))
+
+    def pending_admin(self) -> str | None:
+        pending = str(self._view("pendingAdmin"))
+        return None if int(pending, 16) == 0 else pending
 
     def active_member_count(self) -> int:
         return int(self._view("activeMemberCount"))
@@ -193,15 +229,28 @@ class SwarmContract:
         return [str(a) for a in self._view("relayOrder", round_number)]
 
     def round_info(self, round_number: int) -> RoundInfo:
-        contributors, total, aggregated, sealed, finalized = self._view("roundInfo", round_number)
-        return RoundInfo(round_number, contributors, total, aggregated, sealed, finalized)
+        return RoundInfo(round_number, *self._view("roundInfo", round_number))
 
-    def committers(self, round_number: int) -> list[str]:
-        return [str(a) for a in self._view("committers", round_number)]
+    def round_timing(self, round_number: int) -> RoundTiming:
+        return RoundTiming(*(int(v) for v in self._view("roundTiming", round_number)))
 
-    def commitment(self, round_number: int, address: str) -> tuple[int, list[bytes]]:
-        count, digests = self._view("commitment", round_number, to_checksum_address(address))
-        return int(count), [bytes(d) for d in digests]
+    def enrolled(self, round_number: int) -> list[str]:
+        return [str(a) for a in self._view("enrolled", round_number)]
+
+    def participants(self, round_number: int) -> list[str]:
+        """The current attempt's participants (the mask set), in the order the contract
+        weights and aggregates them."""
+        return [str(a) for a in self._view("participants", round_number)]
+
+    def commitment(self, round_number: int, address: str) -> tuple[int, int, list[bytes]]:
+        """(sample count, attempt of the last commit, that commit's digests)."""
+        count, attempt, digests = self._view("commitment", round_number,
+                                             to_checksum_address(address))
+        return int(count), int(attempt), [bytes(d) for d in digests]
+
+    def chain_time(self) -> int:
+        """The latest block's timestamp: the clock the contract's windows run on."""
+        return int(self.w3.eth.get_block("latest")["timestamp"])
 
     def round_weights(self, round_number: int) -> tuple[list[str], list[int], int]:
         addresses, weights, total = self._view("roundWeights", round_number)
@@ -243,8 +292,9 @@ class SwarmContract:
             raise ValueError(f"an X25519 public key has 32 bytes, got {len(x25519_public_key)}")
         return self._send("addMember", to_checksum_address(address), endpoint, x25519_public_key)
 
-    def remove_member(self, address: str) -> TxResult:
-        return self._send("removeMember", to_checksum_address(address))
+    def remove_member(self, address: str, context_digest: bytes) -> TxResult:
+        """Deactivate `address` and start key epoch `context_digest` in one transaction."""
+        return self._send("removeMember", to_checksum_address(address), context_digest)
 
     def propose_member(self, address: str, endpoint: str, x25519_public_key: bytes) -> TxResult:
         return self._send("proposeMember", to_checksum_address(address), endpoint,
@@ -253,8 +303,15 @@ class SwarmContract:
     def approve_member(self, address: str) -> TxResult:
         return self._send("approveMember", to_checksum_address(address))
 
-    def rotate_key(self, from_round: int, context_digest: bytes) -> TxResult:
-        return self._send("rotateKey", from_round, context_digest)
+    def rotate_key(self, context_digest: bytes) -> TxResult:
+        """A new key epoch from the first round nobody has encrypted yet (retryable)."""
+        return self._send("rotateKey", context_digest)
+
+    def transfer_admin(self, new_admin: str) -> TxResult:
+        return self._send("transferAdmin", to_checksum_address(new_admin))
+
+    def accept_admin(self) -> TxResult:
+        return self._send("acceptAdmin")
 
     def fund(self, address: str, wei: int) -> TxResult:
         """Send `wei` to `address` (a newcomer needs gas for its commits)."""
@@ -262,11 +319,21 @@ class SwarmContract:
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
 
-    def commit(self, round_number: int, digests: Sequence[bytes], sample_count: int) -> TxResult:
+    def enrol(self, round_number: int, key_epoch: int, sample_count: int) -> TxResult:
+        return self._send("enrol", round_number, key_epoch, sample_count)
+
+    def fix_participants(self, round_number: int) -> TxResult:
+        return self._send("fixParticipants", round_number)
+
+    def drop_absent(self, round_number: int) -> TxResult:
+        return self._send("dropAbsent", round_number)
+
+    def commit(self, round_number: int, attempt: int, key_epoch: int,
+               digests: Sequence[bytes]) -> TxResult:
         for i, digest in enumerate(digests):
             if len(digest) != 32:
                 raise ValueError(f"digest {i} has {len(digest)} bytes, a keccak256 digest has 32")
-        return self._send("commit", round_number, list(digests), sample_count)
+        return self._send("commit", round_number, attempt, key_epoch, list(digests))
 
     def aggregate(
         self, round_number: int, block_index: int, ciphertexts: Sequence[bytes]

@@ -36,11 +36,13 @@ class Swarm:
 
 def make_swarm(
     w3: Web3, keys: list[str], he: HEContext, *, members: int = 3, params: int = RAGGED_PARAMS,
-    min_peers: int = 1, membership: str = "admin",
+    min_peers: int = 1, membership: str = "admin", enrol_window_s: int = 60,
+    commit_window_s: int = 60,
 ) -> Swarm:
     admin = SwarmContract.deploy(
         w3, keys[0], param_count=params, modulus=he.modulus, min_peers=min_peers,
         context_digest=he.public_digest(), membership=membership,
+        enrol_window_s=enrol_window_s, commit_window_s=commit_window_s,
     )
     hospitals = [admin.as_account(k) for k in keys[1 : members + 1]]
     for i, hospital in enumerate(hospitals):
@@ -55,7 +57,9 @@ def state(contract: SwarmContract, round_number: int = 1) -> dict[str, Any]:
         "round": contract.current_round(),
         "finalized": contract.last_finalized_round(),
         "info": contract.round_info(round_number),
-        "committers": contract.committers(round_number),
+        "enrolled": contract.enrolled(round_number),
+        "participants": contract.participants(round_number),
+        "timing": contract.round_timing(round_number),
         "commitments": [contract.commitment(round_number, m.address) for m in contract.members()],
         "members": contract.members(active_only=False),
         "aggregates": [
@@ -90,8 +94,24 @@ def test_he_parameters_are_fixed_at_deployment(w3: Web3, dev_keys: list[str], he
     assert params.param_count == RAGGED_PARAMS
     assert params.block_count == 3
     assert params.block_bytes == 2 * 8192 * 8
+    assert (params.enrol_window_s, params.commit_window_s) == (60, 60)
     assert swarm.admin.current_round() == 1
     assert swarm.admin.admin() == swarm.admin.sender
+
+
+def enrol_and_commit(members: list[SwarmContract], updates: list[list[bytes]],
+                     counts: list[int] | tuple[int, ...], round_number: int = 1) -> None:
+    """Every member enrols (which fixes the participants), then commits its blocks."""
+    for member, count in zip(members, counts, strict=True):
+        member.enrol(round_number, 0, count)
+    for member, blocks in zip(members, updates, strict=True):
+        member.commit(round_number, 1, 0, [block_digest(b) for b in blocks])
+
+
+def pass_time(w3: Web3, seconds: int) -> None:
+    """Move the devnet's clock on and mine a block, so the contract's windows close."""
+    w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -107,8 +127,7 @@ def test_onchain_aggregate_matches_reference_and_decrypts_to_weighted_mean(
     vectors = [rng.normal(0, 0.5, RAGGED_PARAMS) for _ in sample_counts]
     updates = [he.encrypt(v) for v in vectors]
     assert all(len(u) == 3 for u in updates)
-    for member, blocks, count in zip(swarm.members, updates, sample_counts, strict=True):
-        member.commit(1, [block_digest(b) for b in blocks], count)
+    enrol_and_commit(swarm.members, updates, sample_counts)
 
     _, weights, weight_sum = swarm.admin.round_weights(1)
     assert weights == weights_from_sample_counts(list(sample_counts))
@@ -143,45 +162,104 @@ def test_onchain_aggregate_matches_reference_and_decrypts_to_weighted_mean(
 
 @pytest.fixture
 def committed(w3: Web3, dev_keys: list[str], he: HEContext):
-    """A 3-member swarm, 2 of whom committed to round 1 (single-block model)."""
-    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK)
+    """A 2-member swarm whose members both committed to round 1 (single-block model), and
+    a third ciphertext nobody committed."""
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
     rng = np.random.default_rng(7)
     updates = [he.encrypt(rng.normal(0, 1, SLOTS_PER_BLOCK)) for _ in range(3)]
-    for member, blocks in zip(swarm.members[:2], updates, strict=False):
-        member.commit(1, [block_digest(blocks[0])], 50)
+    enrol_and_commit(swarm.members, updates[:2], [50, 50])
     return swarm, updates
 
 
-def test_non_member_commit_is_rejected(committed) -> None:
-    swarm, updates = committed
-    rejects(lambda: swarm.outsider.commit(1, [block_digest(updates[2][0])], 10),
-            "NotMember", swarm.admin)
+@pytest.fixture
+def enrolled(w3: Web3, dev_keys: list[str], he: HEContext):
+    """A 3-member swarm whose members all enrolled in round 1; nobody committed yet."""
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK)
+    for member in swarm.members:
+        member.enrol(1, 0, 50)
+    block = he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0]
+    return swarm, block_digest(block)
 
 
-def test_second_commit_in_a_round_is_rejected(committed) -> None:
+def test_enrolment_of_every_member_fixes_the_participants(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK)
+    swarm.members[0].enrol(1, 0, 40)
+    swarm.members[1].enrol(1, 0, 60)
+    info = swarm.admin.round_info(1)
+    assert (info.attempt, info.contributors, info.total_samples) == (0, 2, 100)
+    assert swarm.admin.participants(1) == []
+    swarm.members[2].enrol(1, 0, 10)
+    info = swarm.admin.round_info(1)
+    assert (info.attempt, info.contributors, info.committed) == (1, 3, 0)
+    assert swarm.admin.participants(1) == [m.sender for m in swarm.members]
+    assert swarm.admin.round_weights(1)[1] == [40, 60, 10]
+    assert swarm.admin.commitment(1, swarm.members[0].sender) == (40, 0, [])
+
+
+def test_bad_enrolments_are_rejected(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK)
+    swarm.members[0].enrol(1, 0, 40)
+    rejects(lambda: swarm.outsider.enrol(1, 0, 10), "NotMember", swarm.admin)
+    rejects(lambda: swarm.members[0].enrol(1, 0, 10), "AlreadyEnrolled", swarm.admin)
+    rejects(lambda: swarm.members[1].enrol(1, 0, 0), "InvalidSampleCount", swarm.admin)
+    rejects(lambda: swarm.members[1].enrol(1, 0, 2**32), "InvalidSampleCount", swarm.admin)
+    rejects(lambda: swarm.members[1].enrol(1, 1, 10), "WrongKeyEpoch", swarm.admin)
+    rejects(lambda: swarm.members[1].enrol(2, 0, 10), "RoundNotOpen", swarm.admin)
+    rejects(lambda: swarm.members[1].enrol(0, 0, 10), "RoundNotOpen", swarm.admin)
+    rejects(lambda: swarm.members[1].commit(1, 1, 0, [bytes(32)]), "ParticipantsNotFixed",
+            swarm.admin)
+
+
+def test_participants_are_fixed_early_only_after_the_enrolment_window(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK, min_peers=2,
+                       enrol_window_s=30)
+    swarm.members[0].enrol(1, 0, 40)
+    rejects(lambda: swarm.members[0].fix_participants(1), "NotEnoughContributors", swarm.admin)
+    swarm.members[1].enrol(1, 0, 60)
+    rejects(lambda: swarm.members[0].fix_participants(1), "WindowOpen", swarm.admin)
+    pass_time(w3, 31)
+    rejects(lambda: swarm.outsider.fix_participants(1), "NotMember", swarm.admin)
+    swarm.members[2].fix_participants(1)
+    assert swarm.admin.participants(1) == [m.sender for m in swarm.members[:2]]
+    rejects(lambda: swarm.members[2].enrol(1, 0, 10), "ParticipantsFixedAlready", swarm.admin)
+    rejects(lambda: swarm.members[0].fix_participants(1), "ParticipantsFixedAlready",
+            swarm.admin)
+
+
+def test_non_member_and_non_participant_commits_are_rejected(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK, min_peers=2,
+                       enrol_window_s=5)
+    for member in swarm.members[:2]:
+        member.enrol(1, 0, 10)
+    pass_time(w3, 6)
+    swarm.members[0].fix_participants(1)
+    digest = block_digest(he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0])
+    rejects(lambda: swarm.outsider.commit(1, 1, 0, [digest]), "NotMember", swarm.admin)
+    rejects(lambda: swarm.members[2].commit(1, 1, 0, [digest]), "NotParticipant", swarm.admin)
+
+
+def test_second_commit_in_an_attempt_is_rejected(committed) -> None:
     swarm, updates = committed
-    rejects(lambda: swarm.members[0].commit(1, [block_digest(updates[2][0])], 10),
+    rejects(lambda: swarm.members[0].commit(1, 1, 0, [block_digest(updates[2][0])]),
             "AlreadyCommitted", swarm.admin)
 
 
-def test_commit_with_wrong_block_count_or_sample_count_is_rejected(committed) -> None:
-    swarm, updates = committed
-    digest = block_digest(updates[2][0])
-    rejects(lambda: swarm.members[2].commit(1, [digest, digest], 10), "WrongBlockCount",
-            swarm.admin)
-    rejects(lambda: swarm.members[2].commit(1, [], 10), "WrongBlockCount", swarm.admin)
-    rejects(lambda: swarm.members[2].commit(1, [digest], 0), "InvalidSampleCount", swarm.admin)
-    rejects(lambda: swarm.members[2].commit(1, [digest], 2**32), "InvalidSampleCount",
-            swarm.admin)
+def test_commit_with_wrong_block_count_attempt_or_key_epoch_is_rejected(enrolled) -> None:
+    swarm, digest = enrolled
+    member = swarm.members[2]
+    rejects(lambda: member.commit(1, 1, 0, [digest, digest]), "WrongBlockCount", swarm.admin)
+    rejects(lambda: member.commit(1, 1, 0, []), "WrongBlockCount", swarm.admin)
+    rejects(lambda: member.commit(1, 2, 0, [digest]), "WrongAttempt", swarm.admin)
+    rejects(lambda: member.commit(1, 0, 0, [digest]), "WrongAttempt", swarm.admin)
+    rejects(lambda: member.commit(1, 1, 1, [digest]), "WrongKeyEpoch", swarm.admin)
     with pytest.raises(ValueError, match="32"):
-        swarm.members[2].commit(1, [b"short"], 10)
+        member.commit(1, 1, 0, [b"short"])
 
 
-def test_commit_to_unknown_round_is_rejected(committed) -> None:
-    swarm, updates = committed
-    digest = block_digest(updates[2][0])
-    rejects(lambda: swarm.members[2].commit(2, [digest], 10), "RoundNotOpen", swarm.admin)
-    rejects(lambda: swarm.members[2].commit(0, [digest], 10), "RoundNotOpen", swarm.admin)
+def test_commit_to_unknown_round_is_rejected(enrolled) -> None:
+    swarm, digest = enrolled
+    rejects(lambda: swarm.members[2].commit(2, 1, 0, [digest]), "RoundNotOpen", swarm.admin)
+    rejects(lambda: swarm.members[2].commit(0, 1, 0, [digest]), "RoundNotOpen", swarm.admin)
 
 
 def test_ciphertext_not_matching_its_digest_is_rejected(committed) -> None:
@@ -243,35 +321,87 @@ def test_closed_round_rejects_commits_and_aggregates(committed) -> None:
     swarm.members[0].aggregate(1, 0, both)
     assert swarm.admin.current_round() == 2
     digest = block_digest(updates[2][0])
-    rejects(lambda: swarm.members[2].commit(1, [digest], 10), "RoundNotOpen", swarm.admin)
+    rejects(lambda: swarm.members[1].commit(1, 1, 0, [digest]), "RoundNotOpen", swarm.admin)
     rejects(lambda: swarm.members[0].aggregate(1, 0, both), "RoundNotOpen", swarm.admin)
 
 
 def test_commit_after_the_round_is_sealed_is_rejected(w3, dev_keys, he) -> None:
-    swarm = make_swarm(w3, dev_keys, he, members=3, params=2 * SLOTS_PER_BLOCK)
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=2 * SLOTS_PER_BLOCK)
     updates = [he.encrypt(np.full(2 * SLOTS_PER_BLOCK, float(i))) for i in range(3)]
-    for member, blocks in zip(swarm.members[:2], updates, strict=False):
-        member.commit(1, [block_digest(b) for b in blocks], 10)
+    enrol_and_commit(swarm.members, updates[:2], [10, 10])
     swarm.members[0].aggregate(1, 0, [updates[0][0], updates[1][0]])
     assert swarm.admin.round_info(1).sealed
     late = [block_digest(b) for b in updates[2]]
-    rejects(lambda: swarm.members[2].commit(1, late, 10), "RoundSealedAlready", swarm.admin)
+    rejects(lambda: swarm.members[1].commit(1, 1, 0, late), "RoundSealedAlready", swarm.admin)
+    rejects(lambda: swarm.members[1].drop_absent(1), "RoundSealedAlready", swarm.admin)
     rejects(lambda: swarm.members[1].aggregate(1, 0, [updates[0][0], updates[1][0]]),
             "BlockAlreadyAggregated", swarm.admin)
 
 
-def test_aggregate_before_any_commit_is_rejected(w3, dev_keys, he) -> None:
+def test_aggregate_before_the_participants_are_fixed_is_rejected(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
     block = he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0]
-    rejects(lambda: swarm.members[0].aggregate(1, 0, [block]), "NothingCommitted", swarm.admin)
-
-
-def test_too_few_contributors_is_rejected(w3, dev_keys, he) -> None:
-    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK, min_peers=2)
-    block = he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0]
-    swarm.members[0].commit(1, [block_digest(block)], 10)
-    rejects(lambda: swarm.members[0].aggregate(1, 0, [block]), "NotEnoughContributors",
+    rejects(lambda: swarm.members[0].aggregate(1, 0, [block]), "ParticipantsNotFixed",
             swarm.admin)
+    swarm.members[0].enrol(1, 0, 10)
+    rejects(lambda: swarm.members[0].aggregate(1, 0, [block]), "ParticipantsNotFixed",
+            swarm.admin)
+
+
+def test_aggregate_before_every_participant_committed_is_rejected(enrolled, he) -> None:
+    swarm, _ = enrolled
+    blocks = [he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0] for _ in range(3)]
+    for member, block in zip(swarm.members[:2], blocks, strict=False):
+        member.commit(1, 1, 0, [block_digest(block)])
+    rejects(lambda: swarm.members[0].aggregate(1, 0, blocks), "NotEnoughContributors",
+            swarm.admin)
+
+
+def test_absent_participants_are_dropped_only_after_the_commit_window(w3, dev_keys, he):
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK, min_peers=2,
+                       commit_window_s=30)
+    rng = np.random.default_rng(3)
+    vectors = [rng.normal(0, 0.5, SLOTS_PER_BLOCK) for _ in range(3)]
+    updates = [he.encrypt(v) for v in vectors]
+    for member, count in zip(swarm.members, (30, 50, 70), strict=True):
+        member.enrol(1, 0, count)
+    rejects(lambda: swarm.members[0].drop_absent(1), "WindowOpen", swarm.admin)
+    for member, blocks in zip(swarm.members[:2], updates, strict=False):
+        member.commit(1, 1, 0, [block_digest(blocks[0])])
+    rejects(lambda: swarm.members[0].drop_absent(1), "WindowOpen", swarm.admin)
+    pass_time(w3, 31)
+    rejects(lambda: swarm.outsider.drop_absent(1), "NotMember", swarm.admin)
+    swarm.members[0].drop_absent(1)
+    info = swarm.admin.round_info(1)
+    assert (info.attempt, info.contributors, info.committed, info.total_samples) == (2, 2, 0, 80)
+    assert swarm.admin.participants(1) == [m.sender for m in swarm.members[:2]]
+    rejects(lambda: swarm.members[2].commit(1, 2, 0, [block_digest(updates[2][0])]),
+            "NotParticipant", swarm.admin)
+    rejects(lambda: swarm.members[0].commit(1, 1, 0, [block_digest(updates[0][0])]),
+            "WrongAttempt", swarm.admin)
+    for member, blocks in zip(swarm.members[:2], updates, strict=False):
+        member.commit(1, 2, 0, [block_digest(blocks[0])])
+    rejects(lambda: swarm.members[0].drop_absent(1), "NobodyAbsent", swarm.admin)
+    swarm.members[1].aggregate(1, 0, [updates[0][0], updates[1][0]])
+    _, weights, weight_sum = swarm.admin.round_weights(1)
+    assert weights == [30, 50]
+    block = swarm.admin.aggregated_blocks(1)[0]
+    mean = he.decrypt([block.coefficients], SLOTS_PER_BLOCK) / weight_sum
+    assert np.max(np.abs(mean - (30 * vectors[0] + 50 * vectors[1]) / 80)) < 1e-6
+
+
+def test_a_round_left_with_too_few_participants_is_abandoned(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK, min_peers=2,
+                       commit_window_s=10)
+    for member in swarm.members:
+        member.enrol(1, 0, 10)
+    swarm.members[0].commit(1, 1, 0, [block_digest(he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0])])
+    pass_time(w3, 11)
+    swarm.members[0].drop_absent(1)
+    info = swarm.admin.round_info(1)
+    assert info.sealed and not info.finalized
+    assert swarm.admin.current_round() == 2 and swarm.admin.last_finalized_round() == 0
+    swarm.members[1].enrol(2, 0, 10)
 
 
 def test_only_the_admin_manages_members(w3, dev_keys, he) -> None:
@@ -282,8 +412,8 @@ def test_only_the_admin_manages_members(w3, dev_keys, he) -> None:
             swarm.admin)
     rejects(lambda: swarm.outsider.add_member(newcomer, "127.0.0.1:1", key), "NotAdmin",
             swarm.admin)
-    rejects(lambda: swarm.members[0].remove_member(swarm.members[1].sender), "NotAdmin",
-            swarm.admin)
+    rejects(lambda: swarm.members[0].remove_member(swarm.members[1].sender, b"\x01" * 32),
+            "NotAdmin", swarm.admin)
     rejects(lambda: swarm.admin.add_member(swarm.members[0].sender, "x:1", key),
             "MemberExists", swarm.admin)
     rejects(lambda: swarm.admin.add_member(newcomer, "", key), "InvalidMember", swarm.admin)
@@ -291,15 +421,65 @@ def test_only_the_admin_manages_members(w3, dev_keys, he) -> None:
             swarm.admin)
 
 
-def test_removed_member_can_no_longer_commit(w3, dev_keys, he) -> None:
+def test_removal_rotates_the_key_in_the_same_call(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK)
-    gone = swarm.members[2]
-    swarm.admin.remove_member(gone.sender)
+    gone, fresh = swarm.members[2], HEContext.create()
+    rejects(lambda: swarm.admin.remove_member(gone.sender, bytes(32)), "InvalidKeyEpoch",
+            swarm.admin)
+    swarm.admin.remove_member(gone.sender, fresh.public_digest())
     assert gone.sender not in [m.address for m in swarm.admin.members()]
     assert not swarm.admin.member(gone.sender).active
-    block = he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0]
-    rejects(lambda: gone.commit(1, [block_digest(block)], 10), "NotMember", swarm.admin)
-    rejects(lambda: swarm.admin.remove_member(gone.sender), "NotMember", swarm.admin)
+    assert swarm.admin.key_epoch_for(1) == (1, fresh.public_digest())
+    rejects(lambda: gone.enrol(1, 1, 10), "NotMember", swarm.admin)
+    rejects(lambda: swarm.admin.remove_member(gone.sender, fresh.public_digest()), "NotMember",
+            swarm.admin)
+    rejects(lambda: swarm.members[0].enrol(1, 0, 10), "WrongKeyEpoch", swarm.admin)
+    swarm.members[0].enrol(1, 1, 10)
+    swarm.members[1].enrol(1, 1, 10)
+    assert swarm.admin.round_info(1).attempt == 1
+
+
+@pytest.mark.parametrize("moment", ["enrolling", "fixed", "committed"])
+def test_removal_during_a_round_abandons_it_and_the_next_round_uses_the_new_key(
+    w3, dev_keys, he, moment: str
+) -> None:
+    """Nobody ever encrypts a round under a key its removed member holds: a round whose key
+    epoch is fixed already is abandoned, and the new epoch starts with the next round."""
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK)
+    gone, fresh = swarm.members[2], HEContext.create()
+    digest = block_digest(he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0])
+    swarm.members[0].enrol(1, 0, 10)
+    if moment != "enrolling":
+        swarm.members[1].enrol(1, 0, 10)
+        gone.enrol(1, 0, 10)
+    if moment == "committed":
+        for member in swarm.members:
+            member.commit(1, 1, 0, [digest])
+    swarm.admin.remove_member(gone.sender, fresh.public_digest())
+    info = swarm.admin.round_info(1)
+    assert info.sealed and not info.finalized
+    assert swarm.admin.current_round() == 2
+    assert swarm.admin.key_epoch_for(1) == (0, he.public_digest())
+    assert swarm.admin.key_epoch_for(2) == (1, fresh.public_digest())
+    assert swarm.admin.round_timing(2).key_epoch == 1
+    rejects(lambda: swarm.members[0].aggregate(1, 0, [digest]), "RoundNotOpen", swarm.admin,
+            round_number=2)
+    swarm.members[0].enrol(2, 1, 10)
+
+
+def test_removal_while_the_round_is_aggregated_starts_the_key_at_the_next_round(
+    w3, dev_keys, he
+) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=2 * SLOTS_PER_BLOCK)
+    updates = [he.encrypt(np.zeros(2 * SLOTS_PER_BLOCK)) for _ in range(3)]
+    enrol_and_commit(swarm.members, updates, [10, 10, 10])
+    swarm.members[0].aggregate(1, 0, [u[0] for u in updates])
+    fresh = HEContext.create()
+    swarm.admin.remove_member(swarm.members[2].sender, fresh.public_digest())
+    assert swarm.admin.key_epoch_for(1) == (0, he.public_digest())
+    assert swarm.admin.key_epoch_for(2) == (1, fresh.public_digest())
+    swarm.members[1].aggregate(1, 1, [u[1] for u in updates])
+    assert swarm.admin.round_info(1).finalized
 
 
 def test_relay_order_is_a_rotation_of_the_active_members(w3, dev_keys, he) -> None:
@@ -334,8 +514,7 @@ def test_majority_rule_admits_a_member_only_with_more_than_half(w3, dev_keys, he
 def test_majority_rule_closes_admin_admission_after_founding(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK,
                        membership="majority")
-    block = he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0]
-    swarm.members[0].commit(1, [block_digest(block)], 10)
+    swarm.members[0].enrol(1, 0, 10)
     rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32),
             "WrongMembershipRule", swarm.admin)
 
@@ -346,23 +525,39 @@ def test_admin_rule_has_no_proposals(w3, dev_keys, he) -> None:
             "WrongMembershipRule", swarm.admin)
 
 
-def test_key_rotation_starts_a_new_epoch_from_a_future_round(w3, dev_keys, he) -> None:
+def test_key_rotation_starts_at_the_first_round_nobody_encrypted(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
     assert swarm.admin.key_epoch_for(1) == (0, he.public_digest())
-    fresh = HEContext.create()
-    block = he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0]
-    swarm.members[0].commit(1, [block_digest(block)], 10)
-    rejects(lambda: swarm.admin.rotate_key(1, fresh.public_digest()), "InvalidKeyEpoch",
+    first, second = HEContext.create(), HEContext.create()
+    rejects(lambda: swarm.members[0].rotate_key(first.public_digest()), "NotAdmin",
             swarm.admin)
-    rejects(lambda: swarm.members[0].rotate_key(2, fresh.public_digest()), "NotAdmin",
-            swarm.admin)
-    rejects(lambda: swarm.admin.rotate_key(2, bytes(32)), "InvalidKeyEpoch", swarm.admin)
-    swarm.admin.rotate_key(2, fresh.public_digest())
-    assert swarm.admin.key_epoch_count() == 2
-    assert swarm.admin.key_epoch_for(1) == (0, he.public_digest())
-    assert swarm.admin.key_epoch_for(2) == (1, fresh.public_digest())
-    assert swarm.admin.key_epoch_for(9) == (1, fresh.public_digest())
-    rejects(lambda: swarm.admin.rotate_key(2, he.public_digest()), "InvalidKeyEpoch",
-            swarm.admin)
-    assert swarm.admin.key_epoch(1) == (2, fresh.public_digest())
+    rejects(lambda: swarm.admin.rotate_key(bytes(32)), "InvalidKeyEpoch", swarm.admin)
+    swarm.admin.rotate_key(first.public_digest())
+    assert swarm.admin.key_epoch_for(1) == (1, first.public_digest())
+    swarm.admin.rotate_key(second.public_digest())
+    assert swarm.admin.key_epoch_for(1) == (2, second.public_digest()), "a retry supersedes"
+    swarm.members[0].enrol(1, 2, 10)
+    swarm.admin.rotate_key(first.public_digest())
+    assert swarm.admin.key_epoch_for(1) == (2, second.public_digest())
+    assert swarm.admin.key_epoch_for(2) == (3, first.public_digest())
+    assert swarm.admin.key_epoch_count() == 4
+    assert swarm.admin.key_epoch(3) == (2, first.public_digest())
     assert swarm.admin.key_epoch(0) == (1, he.public_digest())
+
+
+def test_admin_role_moves_in_two_steps(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
+    heir = swarm.members[0]
+    rejects(lambda: heir.transfer_admin(heir.sender), "NotAdmin", swarm.admin)
+    rejects(lambda: heir.accept_admin(), "NotPendingAdmin", swarm.admin)
+    swarm.admin.transfer_admin(heir.sender)
+    assert swarm.admin.pending_admin() == heir.sender
+    assert swarm.admin.admin() == swarm.admin.sender, "the old admin keeps it until accepted"
+    rejects(lambda: swarm.members[1].accept_admin(), "NotPendingAdmin", swarm.admin)
+    heir.accept_admin()
+    assert swarm.admin.admin() == heir.sender and swarm.admin.pending_admin() is None
+    rejects(lambda: swarm.admin.rotate_key(he.public_digest()), "NotAdmin", swarm.admin)
+    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32),
+            "NotAdmin", swarm.admin)
+    heir.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32)
+    assert swarm.admin.member(swarm.outsider.sender).active
