@@ -506,6 +506,44 @@ contract SwarmLearning {
         _newAttempt(round, r, kept, dropped);
     }
 
+    /// @notice When every participant committed but the round is still unsealed twice the
+    /// commit window after the attempt started, drop `withheld`: participants whose blocks
+    /// no relay could get from them or from any member. The others re-mask and commit again.
+    /// @dev Honest relays aggregate within seconds of the last commit, so only a stuck round
+    /// reaches this; a node sends its blocks only after its own commit, so a member whose
+    /// blocks nobody holds leaves no complete set of this attempt's ciphertexts behind.
+    function dropWithheld(uint256 round, address[] calldata withheld)
+        external
+        onlyActiveMember
+        onlyCurrentRound(round)
+    {
+        Round storage r = _rounds[round];
+        if (r.attempt == 0) revert ParticipantsNotFixed(round);
+        if (r.isSealed) revert RoundSealedAlready(round);
+        uint256 n = r.participants.length;
+        if (r.commitCount < n) revert NotEnoughContributors(r.commitCount, n);
+        if (withheld.length == 0 || withheld.length > n) revert NobodyAbsent(round, r.attempt);
+        uint256 closesAt = r.attemptStartedAt + 2 * commitWindow;
+        if (block.timestamp < closesAt) revert WindowOpen(round, closesAt);
+        for (uint256 i; i < withheld.length; ++i) {
+            if (!_isParticipant(r, withheld[i])) revert NotParticipant(round, withheld[i]);
+            for (uint256 j; j < i; ++j) {
+                if (withheld[j] == withheld[i]) revert NotParticipant(round, withheld[i]);
+            }
+        }
+        address[] memory kept = new address[](n - withheld.length);
+        uint256 k;
+        for (uint256 i; i < n; ++i) {
+            address p = r.participants[i];
+            bool drop;
+            for (uint256 j; j < withheld.length; ++j) {
+                if (withheld[j] == p) drop = true;
+            }
+            if (!drop) kept[k++] = p;
+        }
+        _newAttempt(round, r, kept, withheld);
+    }
+
     /// @dev Next attempt with `kept` (or abandon the round when too few are left).
     function _newAttempt(uint256 round, Round storage r, address[] memory kept, address[] memory dropped)
         private

@@ -328,6 +328,10 @@ class SwarmContract:
     def drop_absent(self, round_number: int) -> TxResult:
         return self._send("dropAbsent", round_number)
 
+    def drop_withheld(self, round_number: int, withheld: Sequence[str]) -> TxResult:
+        return self._send("dropWithheld", round_number,
+                          [to_checksum_address(a) for a in withheld])
+
     def commit(self, round_number: int, attempt: int, key_epoch: int,
                digests: Sequence[bytes]) -> TxResult:
         for i, digest in enumerate(digests):

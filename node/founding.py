@@ -16,6 +16,7 @@ from eth_account import Account
 from web3 import Web3
 
 from apiary.chain.binding import SwarmContract
+from apiary.core.files import write_atomic, write_json, write_private, write_private_json
 from apiary.core.he import HEContext
 from apiary.core.tls import CA_KEY, endpoint_host, node_files
 from apiary.node.keys import SECRET_CONTEXT_FILE
@@ -49,10 +50,7 @@ class Identity:
 
     def save(self, state_dir: Path) -> Path:
         state_dir.mkdir(parents=True, exist_ok=True)
-        path = state_dir / IDENTITY_FILE
-        path.write_text(json.dumps(asdict(self), indent=1))
-        path.chmod(0o600)
-        return path
+        return write_private_json(state_dir / IDENTITY_FILE, asdict(self))
 
 
 @dataclass(frozen=True)
@@ -63,11 +61,9 @@ class FoundingMember:
 
 def write_context(he: HEContext, directory: Path, *, secret: bool) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / (SECRET_CONTEXT_FILE if secret else PUBLIC_CONTEXT_FILE)
-    path.write_bytes(he.secret_bytes() if secret else he.public_bytes())
     if secret:
-        path.chmod(0o600)
-    return path
+        return write_private(directory / SECRET_CONTEXT_FILE, he.secret_bytes())
+    return write_atomic(directory / PUBLIC_CONTEXT_FILE, he.public_bytes())
 
 
 def found_swarm(
@@ -78,11 +74,18 @@ def found_swarm(
     members: list[FoundingMember],
     min_peers: int,
     membership: str = "admin",
+    enrol_window_s: int = 20,
+    commit_window_s: int = 30,
 ) -> SwarmContract:
-    """Deploy the contract and admit the founding members; returns it seen by the admin."""
+    """Deploy the contract and admit the founding members; returns it seen by the admin.
+
+    The windows are the round's deadlines on chain: members have `enrol_window_s` after a
+    round opens to enrol, participants `commit_window_s` to commit before they are dropped.
+    """
     contract = SwarmContract.deploy(
         w3, admin_key, param_count=param_count, modulus=he.modulus, min_peers=min_peers,
         context_digest=he.public_digest(), membership=membership,
+        enrol_window_s=enrol_window_s, commit_window_s=commit_window_s,
     )
     for m in members:
         contract.add_member(m.identity.address, m.endpoint,
@@ -96,9 +99,7 @@ SWARM_FILE = "swarm.json"
 def write_swarm_file(state_dir: Path, contract: str, rpc_url: str) -> Path:
     """Where the swarm lives: the contract address and the chain endpoint."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / SWARM_FILE
-    path.write_text(json.dumps({"contract": contract, "rpc_url": rpc_url}, indent=1))
-    return path
+    return write_json(state_dir / SWARM_FILE, {"contract": contract, "rpc_url": rpc_url})
 
 
 def read_swarm_file(state_dir: Path) -> dict[str, str] | None:
@@ -125,6 +126,4 @@ def prepare_member_state(
     tls_dir = state_dir / "tls"
     node_files(ca[0], ca[1], identity.name, [endpoint_host(endpoint)]).save(tls_dir)
     if holds_ca_key:
-        key_path = tls_dir / CA_KEY
-        key_path.write_bytes(ca[0])
-        key_path.chmod(0o600)
+        write_private(tls_dir / CA_KEY, ca[0])

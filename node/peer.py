@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
+from eth_utils import to_checksum_address
 
 from apiary.chain.binding import SwarmContract
 from apiary.core.keywrap import UnwrapError, WrappedSecret, unwrap, wrap_context
@@ -16,6 +17,7 @@ from apiary.core.transport import (
     ReceivedUpdate,
     TransportError,
     receive_update,
+    update_chunks,
     verify_update_signature,
 )
 from apiary.node.keys import KeyMismatch, KeyRing
@@ -24,29 +26,47 @@ from apiary.wire import apiary_pb2, apiary_pb2_grpc
 log = logging.getLogger("apiary.node.peer")
 
 
+MAX_COPIES = 3
+"""Distinct updates kept per sender and attempt: a sender that re-sends (after a restart,
+say) never hides the copy that matches its commitment, and cannot fill the inbox."""
+
+
 class Inbox:
-    """Updates received for each round, by sender address (thread-safe)."""
+    """Updates received for each (round, attempt), by sender address (thread-safe)."""
 
     def __init__(self) -> None:
-        self._updates: dict[int, dict[str, ReceivedUpdate]] = {}
+        self._updates: dict[tuple[int, int], dict[str, list[ReceivedUpdate]]] = {}
         self._lock = threading.Lock()
 
-    def put(self, round_number: int, sender: str, update: ReceivedUpdate) -> bool:
+    def put(self, round_number: int, attempt: int, sender: str, update: ReceivedUpdate) -> bool:
+        """Keep `update` unless the same copy, or `MAX_COPIES` others, are held already."""
+        digests = list(update.header.block_digests)
         with self._lock:
-            held = self._updates.setdefault(round_number, {})
-            if sender in held:
+            held = self._updates.setdefault((round_number, attempt), {}).setdefault(sender, [])
+            if any(list(u.header.block_digests) == digests for u in held):
                 return False
-            held[sender] = update
+            if len(held) >= MAX_COPIES:
+                return False
+            held.append(update)
             return True
 
-    def get(self, round_number: int) -> dict[str, ReceivedUpdate]:
+    def senders(self, round_number: int, attempt: int) -> set[str]:
         with self._lock:
-            return dict(self._updates.get(round_number, {}))
+            return set(self._updates.get((round_number, attempt), {}))
+
+    def matching(self, round_number: int, attempt: int, sender: str,
+                 digests: list[bytes]) -> ReceivedUpdate | None:
+        """The sender's update whose block digests are `digests` (its commitment)."""
+        with self._lock:
+            for update in self._updates.get((round_number, attempt), {}).get(sender, []):
+                if list(update.header.block_digests) == digests:
+                    return update
+        return None
 
     def prune(self, below_round: int) -> None:
         with self._lock:
-            for r in [r for r in self._updates if r < below_round]:
-                del self._updates[r]
+            for key in [k for k in self._updates if k[0] < below_round]:
+                del self._updates[key]
 
 
 class PeerService(apiary_pb2_grpc.PeerServicer):
@@ -82,19 +102,52 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
         with self._chain_lock:
             member = self.contract.member(header.sender)
             current = self.contract.current_round()
+            info = self.contract.round_info(current)
+            participants = self.contract.participants(current) if info.attempt else []
         if not member.active:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"{header.sender} is not an active member of the swarm")
         if header.round != current:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"round {header.round} is not open; the chain is at round {current}")
-        if not self.inbox.put(header.round, member.address, update):
+        if header.attempt != info.attempt:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"round {header.round}: attempt {header.attempt} is not the open "
+                          f"attempt ({info.attempt or 'participants not fixed yet'})")
+        if member.address not in participants:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"round {header.round}: {member.address} is not a participant of "
+                          f"attempt {header.attempt}")
+        if not self.inbox.put(header.round, header.attempt, member.address, update):
             context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                          f"round {header.round}: {member.address} already pushed its update")
-        log.info("node=%s round=%d received %d blocks from %s", self.node, header.round,
-                 len(update.blocks), member.address)
+                          f"round {header.round} attempt {header.attempt}: {member.address} "
+                          "already pushed this update")
+        log.info("node=%s round=%d attempt=%d received %d blocks from %s", self.node,
+                 header.round, header.attempt, len(update.blocks), member.address)
         return apiary_pb2.PushReply(round=header.round, blocks_received=len(update.blocks))
 
+
+    def FetchUpdate(
+        self, request: apiary_pb2.FetchRequest, context: grpc.ServicerContext
+    ) -> Iterator[apiary_pb2.UpdateChunk]:
+        """The copy of a participant's update that matches its commitment on chain."""
+        try:
+            sender = to_checksum_address(request.sender)
+        except ValueError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{request.sender!r} is not an Ethereum address")
+        with self._chain_lock:
+            _, attempt, digests = self.contract.commitment(request.round, sender)
+        if attempt != request.attempt or not digests:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"round {request.round}: {sender} has no commitment for attempt "
+                          f"{request.attempt}")
+        update = self.inbox.matching(request.round, request.attempt, sender, digests)
+        if update is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"round {request.round} attempt {request.attempt}: this node holds "
+                          f"no update of {sender} that matches its commitment")
+        yield from update_chunks(update.header, update.blocks)
 
     def DeliverKey(
         self, request: apiary_pb2.KeyDelivery, context: grpc.ServicerContext

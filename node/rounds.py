@@ -6,9 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from apiary.core.errors import ApiaryError
 
-class RoundFailed(RuntimeError):
+
+class RoundFailed(ApiaryError, RuntimeError):
     """A round could not be completed (timeout, bad aggregate, nobody reachable)."""
+
+
+class RoundAbandoned(RoundFailed):
+    """The round closed on chain without an aggregate; every model stays as it was."""
 
 
 class NotAMember(RoundFailed):

@@ -1,10 +1,24 @@
-"""One swarm round as a node sees it: train, encrypt, exchange, commit, relay, decrypt.
+"""One swarm round as a node sees it: train, enrol, encrypt, mask, exchange, commit, relay,
+decrypt.
 
-Blocks are streamed to every active member *before* the commit: whichever member ends
-up relaying then already holds them, so a node that dies after committing cannot stall
-the round, and a dead relay is replaced by the next member of ``relayOrder`` without a
-second exchange. The contract checks every block against the committed digests, so
-nothing a relay does can change a contribution.
+A round has two steps on chain. Each member trains, then enrols with its sample count and
+the key epoch it encrypts under; once every active member enrolled (or the enrolment window
+closed with at least ``minPeers``), the contract fixes the participants and their weights.
+Each participant then adds its pairwise mask for exactly that set (`apiary.core.masking`),
+so its ciphertext decrypts to noise even under the swarm key, commits the masked blocks'
+digests and only then streams the blocks to every member. When a participant has not
+committed by the end of the commit window, any participant drops it on chain; the others
+re-mask the *same* ciphertext for the smaller set and commit again. No mask is ever
+revealed, and because blocks leave a node only after its commit, a participant dropped for
+not committing has sent nothing: no complete set of a failed attempt's ciphertexts exists,
+so nobody can set a failed attempt's sum against the final one. Only the weighted sum over
+the final set decrypts.
+
+Every member receives every participant's blocks, so whichever member relays holds them; a
+relay that misses some fetches them from any member that holds them, and a dead relay is
+replaced by the next member of ``relayOrder``. When every participant committed but one's
+blocks reach no relay for twice the commit window, it is dropped as withholding. The
+contract checks every block against the committed digests.
 """
 
 from __future__ import annotations
@@ -13,28 +27,54 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 from eth_utils import keccak
 
 from apiary.chain.binding import ContractRejected, RoundInfo, SwarmContract
-from apiary.core.coefficients import block_digest
+from apiary.core.coefficients import block_digest, weights_from_sample_counts
 from apiary.core.he import HEContext
-from apiary.core.transport import ReceivedUpdate, TransportError, push_update, sign_update
+from apiary.core.masking import Masker, MaskSet
+from apiary.core.transport import (
+    ReceivedUpdate,
+    TransportError,
+    fetch_update,
+    push_update,
+    sign_update,
+)
 from apiary.node.keys import KeyRing
 from apiary.node.peer import Inbox
-from apiary.node.rounds import NotAMember, RoundFailed, RoundOutcome
+from apiary.node.rounds import NotAMember, RoundAbandoned, RoundFailed, RoundOutcome
 from apiary.wire import apiary_pb2
 
 log = logging.getLogger("apiary.node.swarm")
 
 POLL_SECONDS = 0.2
-# Rejections that only mean the chain moved on while we relayed: another relay was
-# quicker, or a late member committed before the round was sealed. Re-check and retry.
-RELAY_RACES = ("BlockAlreadyAggregated", "RoundNotOpen", "WrongContributionCount")
+# Rejections that only mean the chain moved on while we acted: another member was quicker
+# (fixing the participants, dropping the absent, relaying), or a new attempt began.
+CHAIN_RACES = frozenset({
+    "BlockAlreadyAggregated", "RoundNotOpen", "WrongContributionCount", "WrongAttempt",
+    "ParticipantsFixedAlready", "NobodyAbsent", "WindowOpen", "RoundSealedAlready",
+    "NotEnoughContributors", "AlreadyCommitted", "NotParticipant",
+})
 PUSH_TIMEOUT_S = 30.0
+FETCH_TIMEOUT_S = 10.0
+FETCH_EVERY_S = 2.0
+
+Train = Callable[[], tuple[np.ndarray, float, int]]
+
+
+@dataclass
+class _Contribution:
+    """This node's part in one round: encrypted once, re-masked for each attempt."""
+
+    epoch: int
+    blocks: list[bytes]
+    samples: int
+    train_loss: float
+    committed_attempt: int = 0
 
 
 @dataclass
@@ -51,17 +91,26 @@ class SwarmRound:
     round_timeout_s: float
     keys: KeyRing | None = None
     credentials: grpc.ChannelCredentials | None = None
+    x25519_private: bytes | None = None
+    _masker: Masker | None = field(default=None, init=False, repr=False)
+    _masker_peers: set[str] = field(default_factory=set, init=False, repr=False)
+    _relay_clock: dict[tuple[int, int], tuple[float, int, float]] = field(
+        default_factory=dict, init=False, repr=False)
+    """(round, attempt) → (ready since, blocks aggregated when last seen, seen since)."""
+    _fetched_at: dict[tuple[int, int], float] = field(default_factory=dict, init=False,
+                                                      repr=False)
 
     def __post_init__(self) -> None:
         self.params = self.contract.he_parameters()
 
-    def context_for(self, round_number: int) -> HEContext:
+    def context_for(self, round_number: int, epoch: int | None = None) -> HEContext:
         """The secret context of the key epoch that encrypts `round_number`.
 
         After a rotation the admin delivers the new key; wait for it rather than encrypt
         under a key the swarm has retired.
         """
-        epoch, _ = self.contract.key_epoch_for(round_number)
+        if epoch is None:
+            epoch = self.contract.round_timing(round_number).key_epoch
         if self.keys is None:
             if epoch != 0:
                 raise RoundFailed(f"round {round_number} uses key epoch {epoch}; "
@@ -88,73 +137,236 @@ class SwarmRound:
 
     # ------------------------------------------------------------------ one round
 
-    def run(
-        self,
-        round_number: int,
-        train: Callable[[], tuple[np.ndarray, float, int]],
-        param_count: int,
-    ) -> RoundOutcome:
-        """Take part in `round_number`; returns the decrypted global weights."""
+    def run(self, round_number: int, train: Train, param_count: int) -> RoundOutcome:
+        """Take part in `round_number`; returns the decrypted global weights.
+
+        Raises RoundAbandoned when the round closed without an aggregate (too few
+        participants were left), so the caller keeps its model.
+        """
         seconds: dict[str, float] = {}
-        committed_already, _ = self.contract.commitment(round_number, self.me)
-        info = self.contract.round_info(round_number)
-        took_part = committed_already > 0
-        train_loss: float | None = None
-        if not took_part and info.sealed:
-            log.info("node=%s round=%d is already sealed without us; waiting for it",
-                     self.node, round_number)
-        elif not took_part:
-            started = time.perf_counter()
-            weights, train_loss, samples = train()
-            seconds["train"] = time.perf_counter() - started
+        give_up = time.monotonic() + self.round_timeout_s
+        mine = self._enrol(round_number, train, seconds)
+        relayed = False
+        waiting_since = time.perf_counter()
+        while True:
+            if self.contract.current_round() > round_number:
+                break
+            if time.monotonic() > give_up:
+                raise RoundFailed(f"round {round_number} did not finalize within "
+                                  f"{self.round_timeout_s:.0f} s")
+            info = self.contract.round_info(round_number)
+            if not info.participants_fixed:
+                self._fix_when_due(round_number, info)
+            elif not info.sealed:
+                participants = self.contract.participants(round_number)
+                if (mine is not None and self.me in participants
+                        and mine.committed_attempt < info.attempt):
+                    self._contribute(round_number, info.attempt, participants, mine, seconds)
+                    waiting_since = time.perf_counter()
+                    continue
+                if info.committed < info.contributors:
+                    self._drop_when_due(round_number, info)
+                else:
+                    missing = self._collect(round_number, info.attempt, participants)
+                    if missing:
+                        self._drop_withheld_when_due(round_number, info, missing)
+            if info.participants_fixed and info.committed == info.contributors:
+                relayed = self._relay_if_our_turn(round_number, info) or relayed
+            time.sleep(POLL_SECONDS)
+        seconds["aggregate"] = time.perf_counter() - waiting_since
+        self._relay_clock = {k: v for k, v in self._relay_clock.items() if k[0] > round_number}
+        self._fetched_at = {k: v for k, v in self._fetched_at.items() if k[0] > round_number}
 
-            started = time.perf_counter()
-            blocks = self.context_for(round_number).encrypt(weights)
-            digests = [block_digest(b) for b in blocks]
-            seconds["encrypt"] = time.perf_counter() - started
-
-            started = time.perf_counter()
-            self._exchange(round_number, blocks, digests, samples)
-            seconds["exchange"] = time.perf_counter() - started
-
-            started = time.perf_counter()
-            try:
-                self.contract.commit(round_number, digests, samples)
-                took_part = True
-            except ContractRejected as exc:
-                if exc.error == "NotMember":
-                    raise NotAMember(str(exc)) from exc
-                if exc.error not in ("RoundSealedAlready", "RoundNotOpen"):
-                    raise
-                log.warning("node=%s round=%d closed before our commit (%s)", self.node,
-                            round_number, exc.error)
-            seconds["commit"] = time.perf_counter() - started
-            log.info("node=%s round=%d committed %d blocks, %d samples", self.node,
-                     round_number, len(blocks), samples)
-
-        started = time.perf_counter()
-        relayed = self._relay_until_final(round_number, time.monotonic())
-        seconds["aggregate"] = time.perf_counter() - started
-
+        final = self.contract.round_info(round_number)
+        self.inbox.prune(round_number + 1)
+        if not final.finalized:
+            raise RoundAbandoned(f"round {round_number} closed without an aggregate: fewer "
+                                 f"than {self.params.min_peers} participants were left")
         started = time.perf_counter()
         outcome = self.fetch_aggregate(round_number, param_count)
         seconds["decrypt"] = time.perf_counter() - started
         outcome.seconds = seconds
-        outcome.train_loss = train_loss
-        outcome.committed = took_part
+        outcome.train_loss = mine.train_loss if mine else None
+        outcome.committed = mine is not None and mine.committed_attempt > 0
         outcome.relay = relayed
-        self.inbox.prune(round_number + 1)
         return outcome
 
-    def _exchange(self, round_number: int, blocks: list[bytes], digests: list[bytes],
-                  samples: int) -> None:
+    def _enrol(self, round_number: int, train: Train,
+               seconds: dict[str, float]) -> _Contribution | None:
+        """Train, enrol and encrypt, unless the round's participants are fixed without us."""
+        info = self.contract.round_info(round_number)
+        count, _, _ = self.contract.commitment(round_number, self.me)
+        if count == 0 and (info.participants_fixed or info.sealed):
+            log.info("node=%s round=%d started without us; waiting for it", self.node,
+                     round_number)
+            return None
+        started = time.perf_counter()
+        weights, train_loss, samples = train()
+        seconds["train"] = time.perf_counter() - started
+        epoch = self.contract.round_timing(round_number).key_epoch
+        if count == 0:
+            started = time.perf_counter()
+            try:
+                self.contract.enrol(round_number, epoch, samples)
+            except ContractRejected as exc:
+                if exc.error == "NotMember":
+                    raise NotAMember(str(exc)) from exc
+                if exc.error == "WrongKeyEpoch":
+                    raise RoundFailed(f"round {round_number}: the key epoch changed while we "
+                                      "enrolled; retrying") from exc
+                if exc.error not in CHAIN_RACES:
+                    raise
+                log.warning("node=%s round=%d closed to newcomers before we enrolled (%s)",
+                            self.node, round_number, exc.error)
+                return None
+            seconds["enrol"] = time.perf_counter() - started
+        else:
+            samples = count
+        started = time.perf_counter()
+        blocks = self.context_for(round_number, epoch).encrypt(weights)
+        seconds["encrypt"] = time.perf_counter() - started
+        log.info("node=%s round=%d enrolled with %d samples under key epoch %d", self.node,
+                 round_number, samples, epoch)
+        return _Contribution(epoch, blocks, samples, train_loss)
+
+    def _fix_when_due(self, round_number: int, info: RoundInfo) -> None:
+        """Fix the participants once the enrolment window closed with enough members."""
+        if info.contributors < self.params.min_peers:
+            return
+        timing = self.contract.round_timing(round_number)
+        everyone = info.contributors >= self.contract.active_member_count()
+        if not everyone and self.contract.chain_time() < (
+                timing.opened_at + self.params.enrol_window_s):
+            return
+        self._send_racing(lambda: self.contract.fix_participants(round_number))
+
+    def _drop_when_due(self, round_number: int, info: RoundInfo) -> None:
+        """Drop the participants that did not commit once the commit window closed."""
+        timing = self.contract.round_timing(round_number)
+        if self.contract.chain_time() < timing.attempt_started_at + self.params.commit_window_s:
+            return
+        if self._send_racing(lambda: self.contract.drop_absent(round_number)):
+            log.warning("node=%s round=%d attempt=%d dropped the participants that did not "
+                        "commit in time", self.node, round_number, info.attempt)
+
+    def _drop_withheld_when_due(self, round_number: int, info: RoundInfo,
+                                missing: list[str]) -> None:
+        """Drop committed participants whose blocks nobody could give us, once the round
+        has been stuck for twice the commit window."""
+        timing = self.contract.round_timing(round_number)
+        due = timing.attempt_started_at + 2 * self.params.commit_window_s
+        if self.contract.chain_time() < due:
+            return
+        if self._send_racing(lambda: self.contract.drop_withheld(round_number, missing)):
+            log.warning("node=%s round=%d attempt=%d dropped %s: committed, but no member "
+                        "holds their blocks", self.node, round_number, info.attempt,
+                        ", ".join(missing))
+
+    def _collect(self, round_number: int, attempt: int, participants: list[str]) -> list[str]:
+        """Participants whose committed blocks we lack, after asking the other members for
+        them (at most every FETCH_EVERY_S)."""
+        missing = []
+        for sender in participants:
+            _, _, digests = self.contract.commitment(round_number, sender)
+            if self.inbox.matching(round_number, attempt, sender, digests) is None:
+                missing.append(sender)
+        now = time.monotonic()
+        key = (round_number, attempt)
+        if not missing or now - self._fetched_at.get(key, 0.0) < FETCH_EVERY_S:
+            return missing
+        self._fetched_at[key] = now
+        members = [m for m in self.contract.members() if m.address != self.me]
+        still = []
+        for sender in missing:
+            if not any(self._fetch(round_number, attempt, sender, m.endpoint)
+                       for m in members):
+                still.append(sender)
+        return still
+
+    def _fetch(self, round_number: int, attempt: int, sender: str, endpoint: str) -> bool:
+        try:
+            update = fetch_update(endpoint, round_number, attempt, sender,
+                                  modulus=self.params.modulus,
+                                  expected_blocks=self.params.block_count,
+                                  contract_address=self.contract.address,
+                                  timeout=FETCH_TIMEOUT_S, credentials=self.credentials)
+        except TransportError as exc:
+            log.info("node=%s round=%d attempt=%d could not fetch %s's blocks from %s: %s",
+                     self.node, round_number, attempt, sender, endpoint, exc)
+            return False
+        self.inbox.put(round_number, attempt, sender, update)
+        log.info("node=%s round=%d attempt=%d fetched %s's blocks from %s", self.node,
+                 round_number, attempt, sender, endpoint)
+        return True
+
+    def _send_racing(self, send: Callable[[], object]) -> bool:
+        """Send a transaction another member may have sent first; True if ours landed."""
+        try:
+            send()
+            return True
+        except ContractRejected as exc:
+            if exc.error == "NotMember":
+                raise NotAMember(str(exc)) from exc
+            if exc.error not in CHAIN_RACES:
+                raise
+            return False
+
+    def _contribute(self, round_number: int, attempt: int, participants: list[str],
+                    mine: _Contribution, seconds: dict[str, float]) -> None:
+        """Mask our blocks for this attempt's participants, send them, commit."""
+        started = time.perf_counter()
+        blocks = self._masked(round_number, attempt, participants, mine.blocks)
+        digests = [block_digest(b) for b in blocks]
+        seconds["mask"] = seconds.get("mask", 0.0) + time.perf_counter() - started
+
+        started = time.perf_counter()
+        landed = self._send_racing(
+            lambda: self.contract.commit(round_number, attempt, mine.epoch, digests))
+        mine.committed_attempt = attempt
+        seconds["commit"] = seconds.get("commit", 0.0) + time.perf_counter() - started
+        if not landed:
+            log.warning("node=%s round=%d attempt=%d closed before our commit", self.node,
+                        round_number, attempt)
+            return
+        log.info("node=%s round=%d attempt=%d committed %d masked blocks for %d participants",
+                 self.node, round_number, attempt, len(blocks), len(participants))
+
+        started = time.perf_counter()
+        self._exchange(round_number, attempt, blocks, digests, mine.samples)
+        seconds["exchange"] = seconds.get("exchange", 0.0) + time.perf_counter() - started
+
+    def _masked(self, round_number: int, attempt: int, participants: list[str],
+                blocks: list[bytes]) -> list[bytes]:
+        if len(participants) < 2:
+            log.warning("node=%s round=%d has a single participant: its update is the "
+                        "aggregate, so it cannot be masked", self.node, round_number)
+            return blocks
+        counts = [self.contract.commitment(round_number, p)[0] for p in participants]
+        mask_set = MaskSet(tuple(participants), tuple(weights_from_sample_counts(counts)),
+                           round_number, attempt)
+        return self._masker_for(participants).mask_bytes(blocks, mask_set)
+
+    def _masker_for(self, participants: list[str]) -> Masker:
+        """The masker, rebuilt when a participant's public key is not in it yet."""
+        if self.x25519_private is None:
+            raise RoundFailed("this node holds no X25519 key, so it cannot mask its update")
+        if self._masker is None or not set(participants) <= self._masker_peers:
+            peers = {m.address: m.x25519_public_key
+                     for m in self.contract.members(active_only=False)}
+            self._masker = Masker(self.me, self.x25519_private, peers, self.contract.address,
+                                  self.params.modulus)
+            self._masker_peers = set(peers)
+        return self._masker
+
+    def _exchange(self, round_number: int, attempt: int, blocks: list[bytes],
+                  digests: list[bytes], samples: int) -> None:
         header = apiary_pb2.UpdateHeader(
-            round=round_number, sender=self.me, sample_count=samples,
+            round=round_number, attempt=attempt, sender=self.me, sample_count=samples,
             block_count=len(blocks), block_digests=digests,
         )
         header = sign_update(header, self.contract.address, self.private_key)
         members = [m for m in self.contract.members() if m.address != self.me]
-        self.inbox.put(round_number, self.me, ReceivedUpdate(header, list(blocks)))
+        self.inbox.put(round_number, attempt, self.me, ReceivedUpdate(header, list(blocks)))
         with futures.ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
             pushes = {
                 pool.submit(push_update, m.endpoint, header, blocks, timeout=PUSH_TIMEOUT_S,
@@ -168,89 +380,66 @@ class SwarmRound:
                     done.result()
                     delivered += 1
                 except TransportError as exc:
-                    log.warning("node=%s round=%d push to %s (%s) failed: %s", self.node,
-                                round_number, member.address, member.endpoint, exc)
+                    log.warning("node=%s round=%d attempt=%d push to %s (%s) failed: %s",
+                                self.node, round_number, attempt, member.address,
+                                member.endpoint, exc)
         if members and delivered == 0:
-            raise RoundFailed(f"round {round_number}: no other member accepted our update")
+            log.error("node=%s round=%d attempt=%d: no other member accepted our update",
+                      self.node, round_number, attempt)
 
     # ------------------------------------------------------------------ relay duty
 
-    def _relay_until_final(self, round_number: int, since: float) -> bool:
-        """Wait for the round to finalize, aggregating it ourselves when it is our turn.
+    def _relay_if_our_turn(self, round_number: int, info: RoundInfo) -> bool:
+        """Aggregate when we are the relay, or a backup whose turn came.
 
-        A backup relay waits `position × relay_takeover_s` after the round became ready
-        *and* after the last block the chain saw aggregated, so a slow but live relay is
-        never raced.
+        A backup waits `position × relay_takeover_s` after the round became ready *and*
+        after the last block the chain saw aggregated, so a slow but live relay is never
+        raced.
         """
-        deadline = since + self.round_deadline_s
-        give_up = since + self.round_timeout_s
-        ready_since: float | None = None
-        progress = (-1, time.monotonic())
-        relayed = False
-        while True:
-            if self.contract.current_round() > round_number:
-                return relayed
-            now = time.monotonic()
-            if now > give_up:
-                raise RoundFailed(f"round {round_number} did not finalize within "
-                                  f"{self.round_timeout_s:.0f} s")
-            info = self.contract.round_info(round_number)
-            if info.aggregated_blocks != progress[0]:
-                progress = (info.aggregated_blocks, now)
-            if not self._ready(round_number, info, now >= deadline):
-                ready_since = None
-            elif ready_since is None:
-                ready_since = now
-            if ready_since is not None:
-                order = self.contract.relay_order(round_number)
-                position = order.index(self.me) if self.me in order else None
-                turn = max(ready_since, progress[1]) + (position or 0) * self.relay_takeover_s
-                if position is not None and now >= turn:
-                    if position > 0:
-                        log.warning("node=%s round=%d taking over as relay (position %d)",
-                                    self.node, round_number, position)
-                    relayed = self._aggregate(round_number) or relayed
-                    continue
-            time.sleep(POLL_SECONDS)
-
-    def _ready(self, round_number: int, info: RoundInfo, past_deadline: bool) -> bool:
-        """Everyone committed, or the deadline passed with enough; and we hold all blocks."""
-        if info.contributors == 0:
+        now = time.monotonic()
+        key = (round_number, info.attempt)
+        ready_since, blocks_seen, seen_since = self._relay_clock.get(key, (now, -1, now))
+        if info.aggregated_blocks != blocks_seen:
+            blocks_seen, seen_since = info.aggregated_blocks, now
+        self._relay_clock[key] = (ready_since, blocks_seen, seen_since)
+        order = self.contract.relay_order(round_number)
+        if self.me not in order:
             return False
-        if not info.sealed:
-            everyone = info.contributors >= self.contract.active_member_count()
-            enough = past_deadline and info.contributors >= self.params.min_peers
-            if not (everyone or enough):
-                return False
-        held = self.inbox.get(round_number)
-        return all(c in held for c in self.contract.committers(round_number))
-
-    def _aggregate(self, round_number: int) -> bool:
-        committers = self.contract.committers(round_number)
-        held = self.inbox.get(round_number)
-        if any(c not in held for c in committers):
+        position = order.index(self.me)
+        turn = max(ready_since, seen_since) + position * self.relay_takeover_s
+        if now < turn:
             return False
-        for sender in committers:
-            _, committed = self.contract.commitment(round_number, sender)
-            if list(held[sender].header.block_digests) != committed:
-                log.error("node=%s round=%d blocks from %s do not match its commitment",
-                          self.node, round_number, sender)
+        if position > 0:
+            log.warning("node=%s round=%d taking over as relay (position %d)", self.node,
+                        round_number, position)
+        return self._aggregate(round_number, info.attempt)
+
+    def _aggregate(self, round_number: int, attempt: int) -> bool:
+        participants = self.contract.participants(round_number)
+        if self._collect(round_number, attempt, participants):
+            return False
+        held: dict[str, ReceivedUpdate] = {}
+        for sender in participants:
+            _, committed_attempt, digests = self.contract.commitment(round_number, sender)
+            update = self.inbox.matching(round_number, attempt, sender, digests)
+            if committed_attempt != attempt or update is None:
                 return False
+            held[sender] = update
         count = self.params.block_count
         todo = [i for i in range(count)
                 if self.contract.aggregate_digest(round_number, i) == bytes(32)]
         results = self.contract.aggregate_blocks(
-            round_number, {i: [held[c].blocks[i] for c in committers] for i in todo}
+            round_number, {i: [held[p].blocks[i] for p in participants] for i in todo}
         )
         done = [i for i, r in results.items() if not isinstance(r, ContractRejected)]
         for result in results.values():
-            if isinstance(result, ContractRejected) and result.error not in RELAY_RACES:
+            if isinstance(result, ContractRejected) and result.error not in CHAIN_RACES:
                 raise result
         if done:
             gas = sum(r.gas_used for r in results.values() if not isinstance(r, Exception))
-            log.info("node=%s round=%d relay aggregated %d of %d blocks of %d members "
-                     "(gas %d)", self.node, round_number, len(done), count, len(committers),
-                     gas)
+            log.info("node=%s round=%d attempt=%d relay aggregated %d of %d blocks of %d "
+                     "participants (gas %d)", self.node, round_number, attempt, len(done),
+                     count, len(participants), gas)
         return bool(done)
 
     # ------------------------------------------------------------------ result

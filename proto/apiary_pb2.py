@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61piary/wire/apiary.proto\x12\tapiary.v1\"\x82\x01\n\x0cUpdateHeader\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x14\n\x0csample_count\x18\x03 \x01(\x04\x12\x13\n\x0b\x62lock_count\x18\x04 \x01(\r\x12\x15\n\rblock_digests\x18\x05 \x03(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"P\n\x0bUpdateChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.apiary.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\tPushReply\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x17\n\x0f\x62locks_received\x18\x02 \x01(\r\"1\n\x10\x41ggregateRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\"v\n\x0f\x41ggregateHeader\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nweight_sum\x18\x02 \x01(\x04\x12\x13\n\x0b\x62lock_count\x18\x03 \x01(\r\x12\x15\n\rblock_digests\x18\x04 \x03(\x0c\x12\x14\n\x0c\x63ontributors\x18\x05 \x03(\t\"V\n\x0e\x41ggregateChunk\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.apiary.v1.AggregateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x1a\n\x18\x43oordinatorStatusRequest\"g\n\x11\x43oordinatorStatus\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x13\n\x0bparam_count\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x1d\n\x15last_aggregated_round\x18\x04 \x01(\x04\"Y\n\x0bKeyDelivery\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x18\n\x10\x65phemeral_public\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"\x1b\n\nKeyReceipt\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x32\x81\x01\n\x04Peer\x12<\n\nPushUpdate\x12\x16.apiary.v1.UpdateChunk\x1a\x14.apiary.v1.PushReply(\x01\x12;\n\nDeliverKey\x12\x16.apiary.v1.KeyDelivery\x1a\x15.apiary.v1.KeyReceipt2\xe2\x01\n\x0b\x43oordinator\x12<\n\nPushUpdate\x12\x16.apiary.v1.UpdateChunk\x1a\x14.apiary.v1.PushReply(\x01\x12H\n\x0cGetAggregate\x12\x1b.apiary.v1.AggregateRequest\x1a\x19.apiary.v1.AggregateChunk0\x01\x12K\n\x06Status\x12#.apiary.v1.CoordinatorStatusRequest\x1a\x1c.apiary.v1.CoordinatorStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61piary/wire/apiary.proto\x12\tapiary.v1\"\x93\x01\n\x0cUpdateHeader\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x14\n\x0csample_count\x18\x03 \x01(\x04\x12\x13\n\x0b\x62lock_count\x18\x04 \x01(\r\x12\x15\n\rblock_digests\x18\x05 \x03(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\"P\n\x0bUpdateChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.apiary.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\tPushReply\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x17\n\x0f\x62locks_received\x18\x02 \x01(\r\"1\n\x10\x41ggregateRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\t\"v\n\x0f\x41ggregateHeader\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nweight_sum\x18\x02 \x01(\x04\x12\x13\n\x0b\x62lock_count\x18\x03 \x01(\r\x12\x15\n\rblock_digests\x18\x04 \x03(\x0c\x12\x14\n\x0c\x63ontributors\x18\x05 \x03(\t\"V\n\x0e\x41ggregateChunk\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.apiary.v1.AggregateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x1a\n\x18\x43oordinatorStatusRequest\"g\n\x11\x43oordinatorStatus\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x13\n\x0bparam_count\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x1d\n\x15last_aggregated_round\x18\x04 \x01(\x04\"Y\n\x0bKeyDelivery\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x18\n\x10\x65phemeral_public\x18\x02 \x01(\x0c\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"\x1b\n\nKeyReceipt\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\">\n\x0c\x46\x65tchRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06sender\x18\x03 \x01(\t2\xc3\x01\n\x04Peer\x12<\n\nPushUpdate\x12\x16.apiary.v1.UpdateChunk\x1a\x14.apiary.v1.PushReply(\x01\x12;\n\nDeliverKey\x12\x16.apiary.v1.KeyDelivery\x1a\x15.apiary.v1.KeyReceipt\x12@\n\x0b\x46\x65tchUpdate\x12\x17.apiary.v1.FetchRequest\x1a\x16.apiary.v1.UpdateChunk0\x01\x32\xe2\x01\n\x0b\x43oordinator\x12<\n\nPushUpdate\x12\x16.apiary.v1.UpdateChunk\x1a\x14.apiary.v1.PushReply(\x01\x12H\n\x0cGetAggregate\x12\x1b.apiary.v1.AggregateRequest\x1a\x19.apiary.v1.AggregateChunk0\x01\x12K\n\x06Status\x12#.apiary.v1.CoordinatorStatusRequest\x1a\x1c.apiary.v1.CoordinatorStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,27 +32,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apiary.wire.apiary_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPDATEHEADER']._serialized_start=40
-  _globals['_UPDATEHEADER']._serialized_end=170
-  _globals['_UPDATECHUNK']._serialized_start=172
-  _globals['_UPDATECHUNK']._serialized_end=252
-  _globals['_PUSHREPLY']._serialized_start=254
-  _globals['_PUSHREPLY']._serialized_end=305
-  _globals['_AGGREGATEREQUEST']._serialized_start=307
-  _globals['_AGGREGATEREQUEST']._serialized_end=356
-  _globals['_AGGREGATEHEADER']._serialized_start=358
-  _globals['_AGGREGATEHEADER']._serialized_end=476
-  _globals['_AGGREGATECHUNK']._serialized_start=478
-  _globals['_AGGREGATECHUNK']._serialized_end=564
-  _globals['_COORDINATORSTATUSREQUEST']._serialized_start=566
-  _globals['_COORDINATORSTATUSREQUEST']._serialized_end=592
-  _globals['_COORDINATORSTATUS']._serialized_start=594
-  _globals['_COORDINATORSTATUS']._serialized_end=697
-  _globals['_KEYDELIVERY']._serialized_start=699
-  _globals['_KEYDELIVERY']._serialized_end=788
-  _globals['_KEYRECEIPT']._serialized_start=790
-  _globals['_KEYRECEIPT']._serialized_end=817
-  _globals['_PEER']._serialized_start=820
-  _globals['_PEER']._serialized_end=949
-  _globals['_COORDINATOR']._serialized_start=952
-  _globals['_COORDINATOR']._serialized_end=1178
+  _globals['_UPDATEHEADER']._serialized_end=187
+  _globals['_UPDATECHUNK']._serialized_start=189
+  _globals['_UPDATECHUNK']._serialized_end=269
+  _globals['_PUSHREPLY']._serialized_start=271
+  _globals['_PUSHREPLY']._serialized_end=322
+  _globals['_AGGREGATEREQUEST']._serialized_start=324
+  _globals['_AGGREGATEREQUEST']._serialized_end=373
+  _globals['_AGGREGATEHEADER']._serialized_start=375
+  _globals['_AGGREGATEHEADER']._serialized_end=493
+  _globals['_AGGREGATECHUNK']._serialized_start=495
+  _globals['_AGGREGATECHUNK']._serialized_end=581
+  _globals['_COORDINATORSTATUSREQUEST']._serialized_start=583
+  _globals['_COORDINATORSTATUSREQUEST']._serialized_end=609
+  _globals['_COORDINATORSTATUS']._serialized_start=611
+  _globals['_COORDINATORSTATUS']._serialized_end=714
+  _globals['_KEYDELIVERY']._serialized_start=716
+  _globals['_KEYDELIVERY']._serialized_end=805
+  _globals['_KEYRECEIPT']._serialized_start=807
+  _globals['_KEYRECEIPT']._serialized_end=834
+  _globals['_FETCHREQUEST']._serialized_start=836
+  _globals['_FETCHREQUEST']._serialized_end=898
+  _globals['_PEER']._serialized_start=901
+  _globals['_PEER']._serialized_end=1096
+  _globals['_COORDINATOR']._serialized_start=1099
+  _globals['_COORDINATOR']._serialized_end=1325
 # @@protoc_insertion_point(module_scope)

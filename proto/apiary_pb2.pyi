@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("round", "sender", "sample_count", "block_count", "block_digests", "signature")
+    __slots__ = ("round", "sender", "sample_count", "block_count", "block_digests", "signature", "attempt")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
     BLOCK_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     round: int
     sender: str
     sample_count: int
     block_count: int
     block_digests: _containers.RepeatedScalarFieldContainer[bytes]
     signature: bytes
-    def __init__(self, round: _Optional[int] = ..., sender: _Optional[str] = ..., sample_count: _Optional[int] = ..., block_count: _Optional[int] = ..., block_digests: _Optional[_Iterable[bytes]] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    attempt: int
+    def __init__(self, round: _Optional[int] = ..., sender: _Optional[str] = ..., sample_count: _Optional[int] = ..., block_count: _Optional[int] = ..., block_digests: _Optional[_Iterable[bytes]] = ..., signature: _Optional[bytes] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class UpdateChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -102,3 +104,13 @@ class KeyReceipt(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("round", "attempt", "sender")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    attempt: int
+    sender: str
+    def __init__(self, round: _Optional[int] = ..., attempt: _Optional[int] = ..., sender: _Optional[str] = ...) -> None: ...

@@ -44,6 +44,11 @@ class PeerStub:
                 request_serializer=apiary_dot_wire_dot_apiary__pb2.KeyDelivery.SerializeToString,
                 response_deserializer=apiary_dot_wire_dot_apiary__pb2.KeyReceipt.FromString,
                 _registered_method=True)
+        self.FetchUpdate = channel.unary_stream(
+                '/apiary.v1.Peer/FetchUpdate',
+                request_serializer=apiary_dot_wire_dot_apiary__pb2.FetchRequest.SerializeToString,
+                response_deserializer=apiary_dot_wire_dot_apiary__pb2.UpdateChunk.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -62,6 +67,13 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchUpdate(self, request, context):
+        """The committed update of one participant, as that participant pushed it (signed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +86,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.DeliverKey,
                     request_deserializer=apiary_dot_wire_dot_apiary__pb2.KeyDelivery.FromString,
                     response_serializer=apiary_dot_wire_dot_apiary__pb2.KeyReceipt.SerializeToString,
+            ),
+            'FetchUpdate': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchUpdate,
+                    request_deserializer=apiary_dot_wire_dot_apiary__pb2.FetchRequest.FromString,
+                    response_serializer=apiary_dot_wire_dot_apiary__pb2.UpdateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +147,33 @@ class Peer:
             '/apiary.v1.Peer/DeliverKey',
             apiary_dot_wire_dot_apiary__pb2.KeyDelivery.SerializeToString,
             apiary_dot_wire_dot_apiary__pb2.KeyReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/apiary.v1.Peer/FetchUpdate',
+            apiary_dot_wire_dot_apiary__pb2.FetchRequest.SerializeToString,
+            apiary_dot_wire_dot_apiary__pb2.UpdateChunk.FromString,
             options,
             channel_credentials,
             insecure,

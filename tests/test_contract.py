@@ -561,3 +561,31 @@ def test_admin_role_moves_in_two_steps(w3, dev_keys, he) -> None:
             "NotAdmin", swarm.admin)
     heir.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32)
     assert swarm.admin.member(swarm.outsider.sender).active
+
+
+def test_withheld_blocks_drop_committed_participants_only_when_the_round_is_stuck(
+    w3, dev_keys, he
+) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK, min_peers=2,
+                       commit_window_s=10)
+    digest = block_digest(he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0])
+    for member in swarm.members:
+        member.enrol(1, 0, 10)
+    withholder = swarm.members[2].sender
+    rejects(lambda: swarm.members[0].drop_withheld(1, [withholder]), "NotEnoughContributors",
+            swarm.admin)
+    for member in swarm.members:
+        member.commit(1, 1, 0, [digest])
+    pass_time(w3, 11)
+    rejects(lambda: swarm.members[0].drop_withheld(1, [withholder]), "WindowOpen", swarm.admin)
+    pass_time(w3, 10)
+    rejects(lambda: swarm.members[0].drop_withheld(1, []), "NobodyAbsent", swarm.admin)
+    rejects(lambda: swarm.members[0].drop_withheld(1, [swarm.outsider.sender]),
+            "NotParticipant", swarm.admin)
+    rejects(lambda: swarm.members[0].drop_withheld(1, [withholder, withholder]),
+            "NotParticipant", swarm.admin)
+    rejects(lambda: swarm.outsider.drop_withheld(1, [withholder]), "NotMember", swarm.admin)
+    swarm.members[0].drop_withheld(1, [withholder])
+    info = swarm.admin.round_info(1)
+    assert (info.attempt, info.contributors, info.committed) == (2, 2, 0)
+    assert swarm.admin.participants(1) == [m.sender for m in swarm.members[:2]]

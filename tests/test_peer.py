@@ -25,12 +25,20 @@ PARAMS = 2 * SLOTS_PER_BLOCK
 
 @pytest.fixture
 def relay(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[dict]:
-    """Members A and B; B's node runs the PeerService; the last dev key is an outsider."""
+    """Members A, B and C; A and B are round 1's participants (C enrolled late: the enrolment
+    window closed); B's node runs the PeerService; the last dev key is an outsider."""
     admin = SwarmContract.deploy(w3, dev_keys[0], param_count=PARAMS, modulus=he.modulus,
-                                 context_digest=he.public_digest())
+                                 context_digest=he.public_digest(), min_peers=2,
+                                 enrol_window_s=1)
     a, b = admin.as_account(dev_keys[1]), admin.as_account(dev_keys[2])
-    for i, member in enumerate((a, b)):
+    c = admin.as_account(dev_keys[3])
+    for i, member in enumerate((a, b, c)):
         admin.add_member(member.sender, f"127.0.0.1:{60000 + i}", bytes([i + 1]) * 32)
+    a.enrol(1, 0, 25)
+    b.enrol(1, 0, 25)
+    w3.provider.make_request("evm_increaseTime", [2])  # type: ignore[arg-type]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    a.fix_participants(1)
     inbox = Inbox()
     port = free_port()
     server = start_peer_server(PeerService(admin.as_account(dev_keys[2]), inbox, "b"),
@@ -46,20 +54,27 @@ def relay(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[dict]:
 
 
 def signed_header(blocks: list[bytes], contract: str, key: str, *, round_number: int = 1,
-                  sender: str = "") -> apiary_pb2.UpdateHeader:
+                  attempt: int = 1, sender: str = "") -> apiary_pb2.UpdateHeader:
     header = apiary_pb2.UpdateHeader(
-        round=round_number, sender=sender, sample_count=25, block_count=len(blocks),
-        block_digests=[block_digest(b) for b in blocks],
+        round=round_number, attempt=attempt, sender=sender, sample_count=25,
+        block_count=len(blocks), block_digests=[block_digest(b) for b in blocks],
     )
     return sign_update(header, contract, key)
 
 
+def held(relay: dict) -> dict[str, list[list[bytes]]]:
+    """Every copy the inbox holds for round 1, attempt 1, by sender."""
+    inbox = relay["inbox"]
+    return {s: [u.blocks for u in inbox._updates[(1, 1)][s]]
+            for s in inbox.senders(1, 1)}
+
+
 def refused(relay: dict, chunks: list, code: grpc.StatusCode, words: str) -> None:
-    before = relay["inbox"].get(1)
+    before = held(relay)
     error = raw_push(relay["target"], chunks)
     assert error.code() == code, error.details()
     assert words in error.details()
-    assert relay["inbox"].get(1).keys() == before.keys()
+    assert held(relay) == before
 
 
 def test_a_members_signed_update_is_accepted_once(relay: dict) -> None:
@@ -67,22 +82,57 @@ def test_a_members_signed_update_is_accepted_once(relay: dict) -> None:
     header = signed_header(relay["blocks"], address, relay["keys"][1])
     reply = push_update(relay["target"], header, relay["blocks"], timeout=10)
     assert reply.round == 1 and reply.blocks_received == 2
-    held = relay["inbox"].get(1)
-    assert list(held) == [relay["a"].sender]
-    assert held[relay["a"].sender].blocks == relay["blocks"]
+    assert held(relay) == {relay["a"].sender: [relay["blocks"]]}
+    digests = [block_digest(b) for b in relay["blocks"]]
+    assert relay["inbox"].matching(1, 1, relay["a"].sender, digests).blocks == relay["blocks"]
     again = list(update_chunks(header, relay["blocks"]))
     refused(relay, again, grpc.StatusCode.ALREADY_EXISTS, "already pushed")
+
+
+def test_a_resent_different_update_is_kept_beside_the_first(relay: dict, he) -> None:
+    """A member that re-encrypts after a restart must not be stuck with its first copy:
+    the relay keeps both and aggregates the one that matches the commitment."""
+    address = relay["admin"].address
+    first = signed_header(relay["blocks"], address, relay["keys"][1])
+    push_update(relay["target"], first, relay["blocks"], timeout=10)
+    second = signed_header(relay["other"], address, relay["keys"][1])
+    push_update(relay["target"], second, relay["other"], timeout=10)
+    assert held(relay) == {relay["a"].sender: [relay["blocks"], relay["other"]]}
+    digests = [block_digest(b) for b in relay["other"]]
+    assert relay["inbox"].matching(1, 1, relay["a"].sender, digests).blocks == relay["other"]
+    rng = np.random.default_rng(11)
+    extra = he.encrypt(rng.normal(0, 1, PARAMS))
+    push_update(relay["target"], signed_header(extra, address, relay["keys"][1]), extra,
+                timeout=10)
+    fourth = he.encrypt(rng.normal(0, 1, PARAMS))
+    refused(relay, list(update_chunks(signed_header(fourth, address, relay["keys"][1]),
+                                      fourth)),
+            grpc.StatusCode.ALREADY_EXISTS, "already pushed")
+
+
+def test_update_from_a_member_outside_the_attempt_is_refused(relay: dict) -> None:
+    header = signed_header(relay["blocks"], relay["admin"].address, relay["keys"][3])
+    refused(relay, list(update_chunks(header, relay["blocks"])),
+            grpc.StatusCode.PERMISSION_DENIED, "not a participant")
+
+
+def test_update_for_an_attempt_that_is_not_open_is_refused(relay: dict) -> None:
+    for attempt in (0, 2):
+        header = signed_header(relay["blocks"], relay["admin"].address, relay["keys"][1],
+                               attempt=attempt)
+        refused(relay, list(update_chunks(header, relay["blocks"])),
+                grpc.StatusCode.FAILED_PRECONDITION, "is not the open attempt")
 
 
 def test_every_malformed_stream_is_refused_and_changes_nothing(relay: dict, he) -> None:
     header = signed_header(relay["blocks"], relay["admin"].address, relay["keys"][1])
     cases = bad_update_streams(header, relay["blocks"], relay["other"], he.modulus)
     for name, (chunks, code, words) in cases.items():
-        before = relay["inbox"].get(1)
+        before = held(relay)
         error = raw_push(relay["target"], chunks)
         assert error.code() == code, name
         assert words in error.details(), name
-        assert relay["inbox"].get(1) == before, name
+        assert held(relay) == before, name
 
 
 def test_non_member_is_refused(relay: dict) -> None:

@@ -29,6 +29,7 @@ from apiary.core.coefficients import (
     block_digest,
     block_from_bytes,
 )
+from apiary.core.errors import ApiaryError
 from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
 CHUNK_BYTES = 1 << 20
@@ -42,7 +43,9 @@ UPDATE_DOMAIN = "apiary.v1.UpdateHeader"
 """Domain tag at the start of every signed update message, so that a signature made for
 an Apiary update can never be replayed as a signature over anything else."""
 
-_UPDATE_ABI_TYPES = ("string", "address", "uint64", "address", "uint64", "uint32", "bytes32[]")
+_UPDATE_ABI_TYPES = (
+    "string", "address", "uint64", "uint32", "address", "uint64", "uint32", "bytes32[]",
+)
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -51,7 +54,7 @@ _Chunk = TypeVar("_Chunk", apiary_pb2.UpdateChunk, apiary_pb2.AggregateChunk)
 Service = Literal["peer", "coordinator"]
 
 
-class TransportError(Exception):
+class TransportError(ApiaryError):
     """A refused or failed stream, with the gRPC status code it maps to."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
@@ -145,6 +148,45 @@ def push_update(
         except grpc.RpcError as exc:
             raise _rpc_failure(what, exc) from None
     return reply
+
+
+def fetch_update(
+    target: str,
+    round_number: int,
+    attempt: int,
+    sender: str,
+    *,
+    modulus: int,
+    expected_blocks: int,
+    contract_address: str,
+    timeout: float,
+    channel_options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> ReceivedUpdate:
+    """Ask a member for the update of `sender` it holds for (round, attempt).
+
+    The answer is checked as a push is (stream shape, coefficients below q, digests) and
+    must carry `sender`'s own signature for that round and attempt, so the member that
+    serves it cannot alter it.
+    """
+    request = apiary_pb2.FetchRequest(round=round_number, attempt=attempt, sender=sender)
+    what = f"fetch of {sender}'s update of round {round_number} attempt {attempt} from {target}"
+    with _channel(target, channel_options, credentials) as channel:
+        stub = apiary_pb2_grpc.PeerStub(channel)
+        try:
+            update = receive_update(stub.FetchUpdate(request, timeout=timeout),
+                                    expected_blocks=expected_blocks, modulus=modulus)
+        except grpc.RpcError as exc:
+            raise _rpc_failure(what, exc) from None
+    header = update.header
+    if (header.round, header.attempt) != (round_number, attempt) or (
+            header.sender.lower() != sender.lower()):
+        raise TransportError(_INVALID, f"{what}: got round {header.round} attempt "
+                                       f"{header.attempt} of {header.sender} instead")
+    if not verify_update_signature(header, contract_address):
+        raise TransportError(grpc.StatusCode.UNAUTHENTICATED,
+                             f"{what}: the update is not signed by {sender}")
+    return update
 
 
 def fetch_aggregate(
@@ -355,10 +397,11 @@ class _BlockReader:
 
 def update_message(contract_address: str, header: apiary_pb2.UpdateHeader) -> bytes:
     """The bytes a swarm member signs for an update: the ABI encoding of
-    (`UPDATE_DOMAIN`, contract, round, sender, sample_count, block_count, digests).
+    (`UPDATE_DOMAIN`, contract, round, attempt, sender, sample_count, block_count, digests).
 
-    Binding the contract address and round makes a signature useless on another
-    deployment or in another round; the signature field itself is not included.
+    Binding the contract address, round and attempt makes a signature useless on another
+    deployment, in another round or for another participant set; the signature field itself
+    is not included.
     """
     digests = list(header.block_digests)
     for i, digest in enumerate(digests):
@@ -370,6 +413,7 @@ def update_message(contract_address: str, header: apiary_pb2.UpdateHeader) -> by
             UPDATE_DOMAIN,
             _address(contract_address, "contract address"),
             header.round,
+            header.attempt,
             _address(header.sender, "sender"),
             header.sample_count,
             header.block_count,
