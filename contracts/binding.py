@@ -28,6 +28,8 @@ from apiary.core.errors import ApiaryError
 GAS_HEADROOM = 1.1
 MEMBERSHIP_RULES = ("admin", "majority")
 RECEIPT_POLL_SECONDS = 0.01
+PARTICIPANT_WRITE_GAS = 45_000
+"""Gas to (re)write one entry of a round's participant list: a fresh storage slot."""
 
 
 class ContractRejected(ApiaryError):
@@ -249,8 +251,15 @@ class SwarmContract:
         return int(count), int(attempt), [bytes(d) for d in digests]
 
     def chain_time(self) -> int:
-        """The latest block's timestamp: the clock the contract's windows run on."""
-        return int(self.w3.eth.get_block("latest")["timestamp"])
+        """The timestamp the next block will carry: the clock the contract's windows run on.
+
+        A devnet mines only when a transaction arrives, so its latest block can be minutes
+        old; its pending block carries the time now. Chains without one give the latest.
+        """
+        try:
+            return int(self.w3.eth.get_block("pending")["timestamp"])
+        except (ValueError, KeyError, TypeError):
+            return int(self.w3.eth.get_block("latest")["timestamp"])
 
     def round_weights(self, round_number: int) -> tuple[list[str], list[int], int]:
         addresses, weights, total = self._view("roundWeights", round_number)
@@ -294,7 +303,8 @@ class SwarmContract:
 
     def remove_member(self, address: str, context_digest: bytes) -> TxResult:
         """Deactivate `address` and start key epoch `context_digest` in one transaction."""
-        return self._send("removeMember", to_checksum_address(address), context_digest)
+        return self._send_with_room("removeMember", to_checksum_address(address),
+                                    context_digest)
 
     def propose_member(self, address: str, endpoint: str, x25519_public_key: bytes) -> TxResult:
         return self._send("proposeMember", to_checksum_address(address), endpoint,
@@ -319,18 +329,34 @@ class SwarmContract:
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
 
+    def _send_with_room(self, name: str, *args: Any) -> TxResult:
+        """Send a call whose gas depends on who else acted first.
+
+        Members enrol and drop each other concurrently: the enrolment that completes the set
+        also fixes the participants (one storage write per member), so the estimate made
+        against an earlier state is too low. Simulate, then allow for rewriting the whole
+        participant list.
+        """
+        call = getattr(self.contract.functions, name)(*args)
+        try:
+            estimate = call.estimate_gas({"from": self.account.address}, block_identifier="pending")
+        except ContractLogicError as exc:
+            raise _decode_revert(name, exc, self._errors) from exc
+        room = PARTICIPANT_WRITE_GAS * (self.active_member_count() + 1)
+        return self._send(name, *args, gas=int(estimate * GAS_HEADROOM) + room)
+
     def enrol(self, round_number: int, key_epoch: int, sample_count: int) -> TxResult:
-        return self._send("enrol", round_number, key_epoch, sample_count)
+        return self._send_with_room("enrol", round_number, key_epoch, sample_count)
 
     def fix_participants(self, round_number: int) -> TxResult:
-        return self._send("fixParticipants", round_number)
+        return self._send_with_room("fixParticipants", round_number)
 
     def drop_absent(self, round_number: int) -> TxResult:
-        return self._send("dropAbsent", round_number)
+        return self._send_with_room("dropAbsent", round_number)
 
     def drop_withheld(self, round_number: int, withheld: Sequence[str]) -> TxResult:
-        return self._send("dropWithheld", round_number,
-                          [to_checksum_address(a) for a in withheld])
+        return self._send_with_room("dropWithheld", round_number,
+                                    [to_checksum_address(a) for a in withheld])
 
     def commit(self, round_number: int, attempt: int, key_epoch: int,
                digests: Sequence[bytes]) -> TxResult:
@@ -506,9 +532,9 @@ def _transact(
     params: TxParams = {"from": account.address}
     try:
         if gas is None:
-            gas = int(call.estimate_gas(params) * GAS_HEADROOM)
+            gas = int(call.estimate_gas(params, block_identifier="pending") * GAS_HEADROOM)
         else:
-            call.call(params)
+            call.call(params, block_identifier="pending")
     except ContractLogicError as exc:
         raise _decode_revert(function, exc, errors) from exc
     with nonce_lock or contextlib.nullcontext():

@@ -1,0 +1,219 @@
+"""Masked swarm rounds: real anvil, real contract, real gRPC peer servers, real ciphertexts.
+
+Each member runs the node's own `SwarmRound` in a thread with its own inbox and peer
+server. What a curious member (holding the swarm's HE key) sees of another member's update
+— on the gRPC stream and in the relay's calldata on chain — must decrypt to noise; only the
+aggregate decrypts, to the participants' weighted mean.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from eth_abi import decode as abi_decode
+from web3 import Web3
+
+from apiary.chain.binding import SwarmContract
+from apiary.chain.devnet import free_port
+from apiary.core.coefficients import SLOTS_PER_BLOCK, block_digest, weights_from_sample_counts
+from apiary.core.he import HEContext
+from apiary.core.masking import Masker, MaskSet
+from apiary.node.founding import FoundingMember, Identity, found_swarm
+from apiary.node.peer import Inbox, PeerService, start_peer_server
+from apiary.node.rounds import RoundOutcome
+from apiary.node.swarm import SwarmRound
+
+pytestmark = pytest.mark.chain
+
+PARAMS = 2 * SLOTS_PER_BLOCK + 321
+COMMIT_WINDOW_S = 3
+MAX_CORRELATION = 0.05
+
+
+class RecordingInbox(Inbox):
+    """An inbox that also keeps everything it was handed, as a curious member would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int, str, list[bytes]]] = []
+
+    def put(self, round_number: int, attempt: int, sender: str, update) -> bool:  # type: ignore[no-untyped-def]
+        self.seen.append((round_number, attempt, sender, list(update.blocks)))
+        return super().put(round_number, attempt, sender, update)
+
+
+@dataclass
+class Member:
+    identity: Identity
+    contract: SwarmContract
+    inbox: Inbox
+    driver: SwarmRound
+    weights: np.ndarray
+    samples: int
+    outcome: RoundOutcome | None = None
+    error: BaseException | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    def train(self) -> tuple[np.ndarray, float, int]:
+        return self.weights, 0.5, self.samples
+
+    def start(self) -> None:
+        def run() -> None:
+            try:
+                self.outcome = self.driver.run(1, self.train, PARAMS)
+            except BaseException as exc:  # reported by the test
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float = 90.0) -> RoundOutcome:
+        assert self.thread is not None
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"{self.identity.name} did not finish its round"
+        assert self.error is None, self.error
+        assert self.outcome is not None
+        return self.outcome
+
+
+@pytest.fixture
+def swarm(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[list[Member]]:
+    """Three founded members, each with its peer server up; nobody has started round 1."""
+    identities = [Identity.create(f"h{i}", dev_keys[i + 1]) for i in range(3)]
+    ports = [free_port() for _ in identities]
+    admin = found_swarm(w3, dev_keys[0], he, PARAMS,
+                        [FoundingMember(ident, f"127.0.0.1:{port}")
+                         for ident, port in zip(identities, ports, strict=True)],
+                        min_peers=2, enrol_window_s=30, commit_window_s=COMMIT_WINDOW_S)
+    rng = np.random.default_rng(5)
+    members, servers = [], []
+    for ident, port, samples in zip(identities, ports, (120, 45, 300), strict=True):
+        contract = admin.as_account(ident.private_key)
+        inbox = RecordingInbox()
+        servers.append(start_peer_server(
+            PeerService(admin.as_account(ident.private_key), inbox, ident.name),
+            "127.0.0.1", port))
+        driver = SwarmRound(contract, he, inbox, ident.private_key, ident.name,
+                            round_deadline_s=30, relay_takeover_s=5, round_timeout_s=90,
+                            x25519_private=bytes.fromhex(ident.x25519_private))
+        members.append(Member(ident, contract, inbox, driver,
+                              rng.normal(0, 0.3, PARAMS), samples))
+    yield members
+    for server in servers:
+        server.stop(grace=None)
+
+
+def weighted_mean(members: list[Member]) -> np.ndarray:
+    weights = weights_from_sample_counts([m.samples for m in members])
+    return sum(w * m.weights for w, m in zip(weights, members, strict=True)) / sum(weights)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def relay_calldata(contract: SwarmContract, round_number: int) -> dict[int, list[bytes]]:
+    """The ciphertexts the relay's aggregate transactions carried on chain, per block."""
+    function = contract.contract.get_function_by_name("aggregate")
+    found = {}
+    for index, block in contract.aggregated_blocks(round_number).items():
+        tx = contract.w3.eth.get_transaction(block.transaction_hash)
+        _, args = contract.contract.decode_function_input(tx["input"])
+        assert function.abi["name"] == "aggregate"
+        found[index] = [bytes(c) for c in args["ciphertexts"]]
+    return found
+
+
+def test_only_the_aggregate_decrypts_what_a_member_sees_is_noise(swarm, he) -> None:
+    for member in swarm:
+        member.start()
+    outcomes = [m.result() for m in swarm]
+    expected = weighted_mean(swarm)
+    for outcome in outcomes:
+        assert np.max(np.abs(outcome.weights - expected)) < 1e-6
+        assert sorted(outcome.contributors) == sorted(m.identity.address for m in swarm)
+    assert sum(o.relay for o in outcomes) >= 1
+
+    # A curious member holds the swarm key and every other member's update: from the
+    # gRPC stream (its own inbox) and from the chain (the relay's calldata).
+    curious, victim = swarm[0], swarm[1]
+    assert isinstance(curious.inbox, RecordingInbox)
+    (streamed,) = [blocks for r, a, sender, blocks in curious.inbox.seen
+                   if (r, a, sender) == (1, 1, victim.identity.address)]
+    on_chain = relay_calldata(curious.contract, 1)
+    position = curious.contract.participants(1).index(victim.identity.address)
+    from_chain = [on_chain[i][position] for i in sorted(on_chain)]
+    assert from_chain == streamed
+    for seen in (streamed, from_chain):
+        decrypted = he.decrypt(seen, PARAMS)
+        assert abs(correlation(decrypted, victim.weights)) < MAX_CORRELATION
+        assert np.linalg.norm(decrypted) > 1e6 * np.linalg.norm(victim.weights)
+
+    # The same ciphertext without its mask would have decrypted to the update: the mask is
+    # what hides it (re-derived here from the victim's own keys, which no one else holds).
+    masker = Masker(victim.identity.address, bytes.fromhex(victim.identity.x25519_private),
+                    {m.identity.address: bytes.fromhex(m.identity.x25519_public) for m in swarm},
+                    curious.contract.address, he.modulus)
+    participants = curious.contract.participants(1)
+    counts = [curious.contract.commitment(1, p)[0] for p in participants]
+    mask_set = MaskSet.from_sample_counts(participants, counts, 1, 1)
+    q = np.uint64(he.modulus)
+    unmasked = []
+    for index, block in enumerate(streamed):
+        coeffs = np.frombuffer(block, dtype=">u8").astype(np.uint64)
+        plain = (coeffs + (q - masker.block_mask(mask_set, index))) % q
+        unmasked.append(plain.astype(">u8").tobytes())
+    assert np.max(np.abs(he.decrypt(unmasked, PARAMS) - victim.weights)) < 1e-6
+
+
+def run_survivors(swarm: list[Member], gone: Member,
+                  misbehave: Callable[[Member], None]) -> list[RoundOutcome]:
+    misbehave(gone)
+    survivors = [m for m in swarm if m is not gone]
+    for member in survivors:
+        member.start()
+    outcomes = [m.result() for m in survivors]
+    expected = weighted_mean(survivors)
+    for outcome in outcomes:
+        assert np.max(np.abs(outcome.weights - expected)) < 1e-6
+        assert gone.identity.address not in outcome.contributors
+    info = survivors[0].contract.round_info(1)
+    assert info.finalized and info.attempt == 2
+    return outcomes
+
+
+def test_a_member_that_dies_after_the_masks_are_fixed_is_dropped_and_the_rest_remask(
+    swarm, he
+) -> None:
+    """It enrolled (so the masks were fixed with it) and never committed: after the commit
+    window the survivors drop it on chain, re-mask for the two of them and finish."""
+    run_survivors(swarm, swarm[2], lambda gone: gone.contract.enrol(1, 0, gone.samples))
+
+
+def test_a_member_that_commits_and_withholds_its_blocks_is_dropped(swarm, he) -> None:
+    """It committed masked digests but sent its blocks to nobody: once the round has been
+    stuck for twice the commit window, the survivors drop it as withholding."""
+
+    def withhold(gone: Member) -> None:
+        gone.contract.enrol(1, 0, gone.samples)
+        # Wait until the others enrolled too, then commit digests of blocks nobody gets.
+        masker = Masker(gone.identity.address, bytes.fromhex(gone.identity.x25519_private),
+                        {m.identity.address: bytes.fromhex(m.identity.x25519_public)
+                         for m in swarm}, gone.contract.address, he.modulus)
+
+        def commit_when_fixed() -> None:
+            while gone.contract.round_info(1).attempt == 0:
+                threading.Event().wait(0.1)
+            participants = gone.contract.participants(1)
+            counts = [gone.contract.commitment(1, p)[0] for p in participants]
+            mask_set = MaskSet.from_sample_counts(participants, counts, 1, 1)
+            blocks = masker.mask_bytes(he.encrypt(gone.weights), mask_set)
+            gone.contract.commit(1, 1, 0, [block_digest(b) for b in blocks])
+
+        threading.Thread(target=commit_when_fixed, daemon=True).start()
+
+    run_survivors(swarm, swarm[2], withhold)
