@@ -15,6 +15,8 @@ from typing import Any
 import solcx
 import solcx.wrapper
 
+from apiary.core.errors import ApiaryError
+from apiary.core.files import write_json
 from apiary.core.paths import NODE_MODULES
 
 CONTRACTS_DIR = Path(__file__).resolve().parent
@@ -26,7 +28,7 @@ SOLC_WRAPPER = CONTRACTS_DIR / "solcjs"
 OPTIMIZER = {"enabled": True, "runs": 200}
 
 
-class CompilerUnavailable(RuntimeError):
+class CompilerUnavailable(ApiaryError, RuntimeError):
     """solc.js or node is missing."""
 
 
@@ -69,7 +71,7 @@ def compile_contract(source_path: Path = SOURCE_PATH) -> dict[str, Any]:
 def write_artifact(path: Path = ARTIFACT_PATH) -> dict[str, Any]:
     artifact = compile_contract()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(artifact, indent=1) + "\n")
+    write_json(path, artifact)
     return artifact
 
 

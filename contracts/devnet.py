@@ -14,13 +14,16 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
+from apiary.core.errors import ApiaryError, ConfigError
 from apiary.core.paths import NODE_MODULES
+from apiary.core.processes import stop_process
 from apiary.core.settings import ChainSettings
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
+STOP_GRACE_S = 10.0
 
 
-class DevnetError(RuntimeError):
+class DevnetError(ApiaryError, RuntimeError):
     """anvil could not be found or did not come up."""
 
 
@@ -52,6 +55,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail with a clear message, before anvil prints its own, when the port is taken."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (another devnet "
+                "running? choose a port with --port or APIARY_DEVNET_PORT)"
+            ) from exc
+
+
 @dataclass
 class Devnet:
     """A running anvil process; use as a context manager or call stop()."""
@@ -77,33 +94,36 @@ class Devnet:
         ]  # fmt: skip
 
     def start(self, timeout: float = 20.0) -> Devnet:
+        _check_can_listen(self.settings.devnet_host, self.settings.devnet_port)
         self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
+        try:
+            self._wait_until_up(self.process, timeout)
+        except BaseException:  # Ctrl-C included: never leave anvil running behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_up(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         w3 = self.web3()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise DevnetError(
-                    f"anvil exited with {self.process.returncode}; "
+                    f"anvil exited with {process.returncode}; "
                     f"is port {self.settings.devnet_port} already in use?"
                 )
             with contextlib.suppress(Exception):
                 if w3.is_connected():
-                    return self
+                    return
             time.sleep(0.1)
-        self.stop()
         raise DevnetError(f"anvil did not answer on {self.rpc_url} within {timeout} s")
 
     def web3(self) -> Web3:
         return Web3(Web3.HTTPProvider(self.rpc_url, request_kwargs={"timeout": 120}))
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, STOP_GRACE_S)
         self.process = None
 
     def __enter__(self) -> Devnet:

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from apiary.coordinator.server import CoordinatorConfigError, service_from_settings, start_server
+from apiary.coordinator.server import service_from_settings, start_server
 from apiary.core.settings import CoordinatorSettings
 
 log = logging.getLogger("apiary.coordinator")
@@ -21,12 +21,8 @@ def run_coordinator(settings: CoordinatorSettings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        service = service_from_settings(settings)
-        server, port = start_server(service, settings.coordinator_host, settings.coordinator_port)
-    except CoordinatorConfigError as exc:
-        log.error("coordinator cannot start: %s", exc)
-        raise SystemExit(2) from exc
+    service = service_from_settings(settings)
+    server, port = start_server(service, settings.coordinator_host, settings.coordinator_port)
     rounds = service.rounds
     print(
         f"coordinator listening on {settings.coordinator_host}:{port} "

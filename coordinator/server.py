@@ -16,6 +16,7 @@ import grpc
 
 from apiary.coordinator.rounds import Rounds
 from apiary.core.coefficients import block_count
+from apiary.core.errors import ConfigError
 from apiary.core.he import HEContext
 from apiary.core.settings import CoordinatorSettings
 from apiary.core.transport import TransportError, aggregate_chunks, receive_update
@@ -28,7 +29,7 @@ DEADLINE_MARGIN_S = 0.1
 caller gets the coordinator's explanation rather than a bare DEADLINE_EXCEEDED."""
 
 
-class CoordinatorConfigError(ValueError):
+class CoordinatorConfigError(ConfigError, ValueError):
     """The coordinator cannot start with these settings."""
 
 

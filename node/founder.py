@@ -28,6 +28,8 @@ from apiary.chain.binding import send_ether
 from apiary.chain.devnet import dev_private_keys
 from apiary.core.data.heart import FEATURE_NAMES
 from apiary.core.data.shards import Shard
+from apiary.core.errors import ConfigError
+from apiary.core.files import write_atomic, write_json
 from apiary.core.flat import param_count
 from apiary.core.he import HEContext
 from apiary.core.models import build_model
@@ -45,7 +47,7 @@ from apiary.node.founding import (
 )
 
 
-class FoundingError(RuntimeError):
+class FoundingError(ConfigError, RuntimeError):
     """The swarm cannot be founded as configured; nothing on disk was overwritten."""
 
 
@@ -106,7 +108,8 @@ def found(settings: FoundingSettings, emit: Callable[[str], None]) -> Founded:
     emit(f"{sponsor.name} deploys SwarmLearning for {params} parameters ({settings.model} on "
          f"{settings.dataset}) on {settings.rpc_url}")
     contract = found_swarm(w3, sponsor.private_key, he, params, members, settings.min_peers,
-                           settings.membership)
+                           settings.membership, enrol_window_s=settings.enrol_window_s,
+                           commit_window_s=settings.commit_window_s)
     for member in members:
         write_swarm_file(state_dir(member.identity.name), contract.address, settings.rpc_url)
         hand_over(state_dir(member.identity.name), settings.state_root)
@@ -163,7 +166,7 @@ def _write_public(settings: FoundingSettings, he: HEContext, ca_cert: bytes, add
     """What anyone may read: the public HE context, the CA certificate, swarm.json."""
     swarm_dir = settings.swarm_dir
     write_context(he, swarm_dir, secret=False)
-    (swarm_dir / CA_CERT).write_bytes(ca_cert)
+    write_atomic(swarm_dir / CA_CERT, ca_cert)
     record = {
         "contract": address, "rpc_url": settings.rpc_url, "chain_id": chain_id,
         "param_count": params, "model": settings.model, "dataset": settings.dataset,
@@ -171,6 +174,4 @@ def _write_public(settings: FoundingSettings, he: HEContext, ca_cert: bytes, add
         "members": [{"name": m.identity.name, "address": m.identity.address,
                      "endpoint": m.endpoint} for m in members],
     }
-    tmp = swarm_dir / f"{SWARM_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(swarm_dir / SWARM_FILE)
+    write_json(swarm_dir / SWARM_FILE, record)

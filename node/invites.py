@@ -11,15 +11,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from apiary.core.errors import ApiaryError
+
 INVITES_FILE = "invites.json"
 
 
-class InviteRefused(Exception):
-    """An invite that cannot be used; `status` is the HTTP status to answer with."""
+class Refused(ApiaryError):
+    """A membership request refused (a bad invite, a sponsor that cannot admit, a join that
+    cannot start); nothing was changed. `http_status` is the answer's status code."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, http_status: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = http_status
 
 
 @dataclass
@@ -64,18 +67,18 @@ class InviteBook:
         return token, now + ttl_s
 
     def check(self, token: str, address: str) -> Invite:
-        """The invite if `address` may use it now; raises InviteRefused otherwise."""
+        """The invite if `address` may use it now; raises Refused otherwise."""
         with self._lock:
             invite = self._load().get(_digest(token))
         if invite is None:
-            raise InviteRefused(403, "invalid invite")
+            raise Refused(403, "invalid invite")
         holder = invite.used_by or invite.reserved_for
         if holder is not None and holder.lower() != address.lower():
-            raise InviteRefused(409, "invite already used")
+            raise Refused(409, "invite already used")
         if invite.used_by is not None:
-            raise InviteRefused(409, "invite already used")
+            raise Refused(409, "invite already used")
         if time.time() > invite.expires_at and invite.reserved_for is None:
-            raise InviteRefused(410, "invite expired")
+            raise Refused(410, "invite expired")
         return invite
 
     def reserve(self, token: str, address: str) -> None:

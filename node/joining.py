@@ -13,48 +13,92 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Literal
 
 import httpx
 import numpy as np
 from eth_account import Account
+from pydantic import BaseModel, Field
 
+from apiary.chain.binding import SwarmContract
+from apiary.core.errors import ApiaryError
 from apiary.core.flat import weights_digest
 from apiary.core.keywrap import WrappedSecret, unwrap, wrap_context
 from apiary.core.tls import TlsFiles, create_key_and_csr
 from apiary.node.founding import Identity, write_swarm_file
-
-if TYPE_CHECKING:
-    from apiary.node.runtime import NodeRuntime
+from apiary.node.keys import KeyRing
+from apiary.node.onboarding import Handover, Pending
+from apiary.node.ports import AggregateSource
 
 log = logging.getLogger("apiary.node.join")
 
 APPROVAL_POLL_S = 2.0
 
+JoinState = Literal["idle", "generating keys", "requesting admission", "awaiting approval",
+                    "verifying", "member", "failed"]
 
-class JoinFailed(RuntimeError):
+
+class JoinFailed(ApiaryError, RuntimeError):
     """The sponsor refused, or its hand-over did not check out against the chain."""
+
+
+class JoinProgress(BaseModel):
+    """Where a join stands (`GET /v1/join`)."""
+
+    state: JoinState
+    sponsor: str | None
+    address: str | None
+    error: str | None
+    seconds: float | None
+    approvals: int | None = Field(None, description="approvals the proposal has (majority rule)")
+    needed: int | None = Field(None, description="approvals it needs")
+
+
+@dataclass(frozen=True)
+class JoiningNode:
+    """What a join uses of the node it turns into a swarm member."""
+
+    name: str
+    state_dir: Path
+    endpoint: str
+    """The gRPC endpoint peers will reach this node at."""
+    param_count: int
+    keys: KeyRing
+    connect: Callable[[str, str, str], SwarmContract]
+    """(contract address, chain RPC URL, private key) -> the contract sending as this node."""
+    activate: Callable[[Identity, TlsFiles], AggregateSource]
+    """Become a member with this identity and TLS files: connect, start the peer server;
+    returns what fetches the chain's aggregates."""
+    adopt: Callable[[np.ndarray, int, str], None]
+    """Take the verified global weights of a round (and their digest) and start rounds."""
 
 
 @dataclass
 class Joiner:
-    runtime: NodeRuntime
-    state: str = "idle"
+    node: JoiningNode
+    identity: Identity | None = None
+    """The node's identity; created by the first attempt, kept by later ones."""
+    state: JoinState = "idle"
     sponsor: str | None = None
     address: str | None = None
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-    _thread: threading.Thread | None = None
+    pending: Pending | None = None
+    _thread: threading.Thread | None = field(default=None, repr=False)
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self) -> JoinProgress:
         seconds = None
         if self.started_at is not None:
             seconds = round((self.finished_at or time.time()) - self.started_at, 2)
-        return {"state": self.state, "sponsor": self.sponsor, "address": self.address,
-                "error": self.error, "seconds": seconds, **self.detail}
+        pending = self.pending
+        return JoinProgress(state=self.state, sponsor=self.sponsor, address=self.address,
+                            error=self.error, seconds=seconds,
+                            approvals=pending.approvals if pending else None,
+                            needed=pending.needed if pending else None)
 
     @property
     def busy(self) -> bool:
@@ -75,67 +119,60 @@ class Joiner:
             self.state = "member"
         except Exception as exc:  # the join thread reports any failure through /v1/join
             self.state, self.error = "failed", str(exc)
-            log.error("node=%s join failed: %s", self.runtime.settings.name, exc)
+            log.error("node=%s join failed: %s", self.node.name, exc)
         finally:
             self.finished_at = time.time()
 
     def _join(self, invite: str) -> None:
-        runtime = self.runtime
-        settings = runtime.settings
+        node = self.node
         self.state = "generating keys"
-        identity = runtime.identity or Identity.create(settings.name, Account.create().key.hex())
-        identity.save(settings.state_dir)
-        runtime.identity = identity
+        identity = self.identity or Identity.create(node.name, Account.create().key.hex())
+        identity.save(node.state_dir)
+        self.identity = identity
         self.address = identity.address
-        tls_key, csr = create_key_and_csr(settings.name)
+        tls_key, csr = create_key_and_csr(node.name)
 
         self.state = "requesting admission"
         body = {"invite": invite, "address": identity.address,
-                "x25519_public_key": identity.x25519_public, "endpoint": settings.endpoint,
+                "x25519_public_key": identity.x25519_public, "endpoint": node.endpoint,
                 "csr": csr.decode()}
         while True:
             reply = httpx.post(f"{self.sponsor}/v1/members", json=body, timeout=120)
             if reply.status_code == 202:
                 self.state = "awaiting approval"
-                self.detail = {k: reply.json().get(k) for k in ("approvals", "needed")}
+                self.pending = Pending.model_validate(reply.json())
                 time.sleep(APPROVAL_POLL_S)
                 continue
             if reply.status_code != 200:
                 raise JoinFailed(f"the sponsor refused ({reply.status_code}): "
                                  f"{_detail(reply)}")
             break
-        handover = reply.json()
+        handover = Handover.model_validate(reply.json())
 
         self.state = "verifying"
-        contract_address, rpc_url = handover["contract"], handover["rpc_url"]
-        write_swarm_file(settings.state_dir, contract_address, rpc_url)
-        runtime.tls = TlsFiles(handover["tls"]["ca_cert"].encode(), tls_key,
-                               handover["tls"]["cert"].encode())
-        runtime.tls.save(settings.state_dir / "tls")
-        contract = runtime.connect(contract_address, rpc_url, identity.private_key)
+        write_swarm_file(node.state_dir, handover.contract, handover.rpc_url)
+        tls = TlsFiles(handover.tls.ca_cert.encode(), tls_key, handover.tls.cert.encode())
+        tls.save(node.state_dir / "tls")
+        contract = node.connect(handover.contract, handover.rpc_url, identity.private_key)
         if not contract.member(identity.address).active:
             raise JoinFailed("the chain does not list this node as a member")
-        for item in handover["keys"]:
-            epoch = int(item["epoch"])
-            _, digest = contract.key_epoch(epoch)
-            secret = unwrap(WrappedSecret.from_json(item["wrapped"]),
+        for item in handover.keys:
+            _, digest = contract.key_epoch(item.epoch)
+            secret = unwrap(WrappedSecret.from_json(item.wrapped),
                             bytes.fromhex(identity.x25519_private),
-                            wrap_context(contract.address, identity.address, epoch))
-            runtime.keys.put(epoch, secret, digest)
-        weights = np.load(io.BytesIO(base64.b64decode(handover["weights"])), allow_pickle=False)
-        round_number = int(handover["round"])
-        runtime.activate()
+                            wrap_context(contract.address, identity.address, item.epoch))
+            node.keys.put(item.epoch, secret, digest)
+        weights = np.load(io.BytesIO(base64.b64decode(handover.weights)), allow_pickle=False)
+        round_number = handover.round
+        aggregates = node.activate(identity, tls)
         if round_number > 0:
-            assert runtime.driver is not None
-            on_chain = runtime.driver.fetch_aggregate(round_number, runtime.trainer.param_count)
+            on_chain = aggregates.fetch_aggregate(round_number, node.param_count)
             if weights_digest(on_chain.weights) != weights_digest(weights):
                 raise JoinFailed(f"the weights handed over differ from round {round_number}'s "
                                  "aggregate on chain")
-        runtime.state.save(weights, round_number, weights_digest(weights))
-        runtime.weights = weights
-        log.info("node=%s joined the swarm as %s at round %d", settings.name, identity.address,
+        log.info("node=%s joined the swarm as %s at round %d", node.name, identity.address,
                  round_number)
-        runtime.ready.set()
+        node.adopt(weights, round_number, weights_digest(weights))
 
 
 def _detail(reply: httpx.Response) -> str:

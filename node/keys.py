@@ -7,16 +7,17 @@ and a context is only stored after its public digest matches that record.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
+from apiary.core.errors import ApiaryError
+from apiary.core.files import write_private
 from apiary.core.he import HEContext
 
 SECRET_CONTEXT_FILE = "he-secret.ctx"
 
 
-class KeyMismatch(ValueError):
+class KeyMismatch(ApiaryError, ValueError):
     """A context whose public digest differs from the one on chain."""
 
 
@@ -51,10 +52,7 @@ class KeyRing:
             raise KeyMismatch(f"the context for key epoch {epoch} does not match the chain")
         path = self.path(epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(secret_context)
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        write_private(path, secret_context)
         with self._lock:
             self._cache[epoch] = he
         return he

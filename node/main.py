@@ -7,7 +7,7 @@ import signal
 import sys
 
 from apiary.core.settings import NodeSettings
-from apiary.node.runtime import NodeConfigError, NodeRuntime
+from apiary.node.runtime import NodeRuntime
 
 
 def configure_logging() -> None:
@@ -23,11 +23,7 @@ def configure_logging() -> None:
 def run_node(settings: NodeSettings) -> None:
     configure_logging()
     log = logging.getLogger("apiary.node")
-    try:
-        runtime = NodeRuntime.create(settings)
-    except (NodeConfigError, FileNotFoundError, ValueError) as exc:
-        log.error("node=%s cannot start: %s", settings.name, exc)
-        raise SystemExit(2) from exc
+    runtime = NodeRuntime.create(settings)
     runtime.start_api()
     log.info("node=%s mode=%s admin API http://%s:%d/docs, peer gRPC %s", settings.name,
              settings.mode, settings.api_host, settings.api_port, settings.endpoint)
@@ -43,9 +39,6 @@ def run_node(settings: NodeSettings) -> None:
         runtime.run()
     except KeyboardInterrupt:
         pass
-    except NodeConfigError as exc:
-        log.error("node=%s stops: %s", settings.name, exc)
-        raise SystemExit(2) from exc
     finally:
         runtime.shutdown()
     log.info("node=%s stopped at round %d", settings.name, runtime.state.round)

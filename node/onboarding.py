@@ -1,4 +1,4 @@
-"""The sponsor's side of membership: invites, admitting a newcomer, removing a member.
+"""The sponsor's side of membership: admitting a newcomer, approving, removing a member.
 
 Admission hands the newcomer everything it needs in one answer — the swarm's secret HE
 contexts wrapped to its X25519 key, a TLS certificate from the swarm CA and the current
@@ -12,44 +12,49 @@ import base64
 import io
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Annotated, Literal
 
 import grpc
 import numpy as np
 from eth_utils import is_address, to_checksum_address
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from apiary.chain.binding import ContractRejected
 from apiary.core.he import HEContext
-from apiary.core.keywrap import wrap, wrap_context
+from apiary.core.keywrap import WrappedSecret, wrap, wrap_context
 from apiary.core.tls import CA_CERT, CA_KEY, endpoint_host, issue_certificate
-from apiary.node.invites import InviteRefused
+from apiary.node.invites import InviteBook, Refused
+from apiary.node.keys import KeyRing
+from apiary.node.ports import SwarmLink
 from apiary.wire import apiary_pb2, apiary_pb2_grpc
-
-if TYPE_CHECKING:
-    from apiary.node.runtime import NodeRuntime
 
 log = logging.getLogger("apiary.node.onboarding")
 
 ENDPOINT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
 
 
+def checksum_address(value: str) -> str:
+    """`value` in its EIP-55 form; ValueError if it is not an Ethereum address."""
+    if not is_address(value):
+        raise ValueError("not an Ethereum address")
+    return str(to_checksum_address(value))
+
+
+EthAddress = Annotated[str, AfterValidator(checksum_address)]
+"""An Ethereum address, validated and checksummed wherever pydantic or FastAPI parses it."""
+
+
 class JoinRequest(BaseModel):
     """What a joining node sends its sponsor (`POST /v1/members`)."""
 
     invite: str = Field(min_length=8, max_length=200)
-    address: str = Field(description="the newcomer's Ethereum address")
+    address: EthAddress = Field(description="the newcomer's Ethereum address")
     x25519_public_key: str = Field(description="hex, 32 bytes")
     endpoint: str = Field(description="the newcomer's gRPC endpoint, host:port")
     csr: str = Field(description="PEM certificate request for its TLS key", max_length=8000)
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        if not is_address(value):
-            raise ValueError("not an Ethereum address")
-        return to_checksum_address(value)
 
     @field_validator("x25519_public_key")
     @classmethod
@@ -70,38 +75,91 @@ class JoinRequest(BaseModel):
         return value
 
 
-class Refused(Exception):
-    """A membership request refused with an HTTP status; nothing was changed."""
+class Pending(BaseModel):
+    """Admission proposed on chain; a majority of members has yet to approve it."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    status: Literal["pending"] = "pending"
+    approvals: int
+    needed: int
 
 
-@dataclass
+class WrappedKey(BaseModel):
+    epoch: int
+    wrapped: dict[str, str] = Field(description="the HE secret context, sealed to the "
+                                                "newcomer's X25519 key (base64 fields)")
+
+
+class TlsHandover(BaseModel):
+    ca_cert: str = Field(description="PEM certificate of the swarm CA")
+    cert: str = Field(description="PEM certificate for the newcomer's TLS key")
+
+
+class Handover(BaseModel):
+    """Everything an admitted newcomer needs; it checks each part against the chain."""
+
+    status: Literal["member"] = "member"
+    address: str
+    contract: str
+    rpc_url: str
+    round: int
+    weights: str = Field(description="the global weights, .npy base64-encoded")
+    weights_digest: str | None
+    keys: list[WrappedKey]
+    tls: TlsHandover
+
+
+class Approval(BaseModel):
+    address: str
+    approvals: int
+    member: bool
+
+
+class Removal(BaseModel):
+    removed: str
+    key_epoch: int
+    from_round: int
+    delivered: list[str]
+    failed: list[str]
+
+
+CurrentModel = Callable[[], tuple[int, np.ndarray | None, str | None]]
+"""The round, the global weights it produced and their digest, read together."""
+
+
+@dataclass(frozen=True)
 class Sponsor:
-    runtime: NodeRuntime
+    """Admits, approves and removes members; refusals raise :class:`Refused`."""
 
-    def _contract(self) -> Any:
-        contract = self.runtime.contract
-        if contract is None:
+    node: str
+    """This node's name, for logs."""
+    tls_dir: Path
+    """Where this node's TLS files are; the CA key there makes it able to sponsor."""
+    funding_wei: int
+    """What a newcomer is sent for its gas if it holds less than half of it."""
+    invites: InviteBook
+    keys: KeyRing
+    current_model: CurrentModel
+    link: Callable[[], SwarmLink | None]
+    """The node's link to the swarm: None until it is a member."""
+
+    def _link(self) -> SwarmLink:
+        link = self.link()
+        if link is None:
             raise Refused(409, "this node is not an active swarm member")
-        return contract
+        return link
 
     # ------------------------------------------------------------------ admission
 
-    def admit(self, request: JoinRequest) -> tuple[int, dict[str, Any]]:
-        """200 with the hand-over, 202 while approvals are missing; Refused otherwise."""
-        contract = self._contract()
-        invites = self.runtime.invites
-        try:
-            invite = invites.check(request.invite, request.address)
-        except InviteRefused as exc:
-            raise Refused(exc.status, str(exc)) from exc
+    def admit(self, request: JoinRequest) -> Handover | Pending:
+        """The hand-over, or Pending while approvals are missing; Refused otherwise."""
+        link = self._link()
+        contract = link.contract
+        invites = self.invites
+        invite = invites.check(request.invite, request.address)
         approved_since = invite.reserved_for is not None
-        ca = self._ca()
+        ca_key, ca_cert = self._ca()
         try:
-            cert = issue_certificate(ca[0], ca[1], request.csr.encode(),
+            cert = issue_certificate(ca_key, ca_cert, request.csr.encode(),
                                      [endpoint_host(request.endpoint)])
         except ValueError as exc:
             raise Refused(422, f"csr: {exc}") from exc
@@ -126,32 +184,29 @@ class Sponsor:
             invites.reserve(request.invite, request.address)
             approvals = contract.proposal_approvals(request.address)
             needed = contract.active_member_count() // 2 + 1
-            log.info("node=%s proposed %s: %d of %d approvals", self.runtime.settings.name,
-                     request.address, approvals, needed)
-            return 202, {"status": "pending", "approvals": approvals, "needed": needed}
+            log.info("node=%s proposed %s: %d of %d approvals", self.node, request.address,
+                     approvals, needed)
+            return Pending(approvals=approvals, needed=needed)
         # Reserved first: should the hand-over fail, the newcomer (now a member on chain)
         # can ask again with the same invite; used once it has its hand-over.
         invites.reserve(request.invite, request.address)
-        funding = int(self.runtime.settings.join_funding_eth * 10**18)
-        if funding and contract.w3.eth.get_balance(request.address) < funding // 2:
-            contract.fund(request.address, funding)
-        handover = self._handover(request.address, key, cert, ca[1])
+        if (self.funding_wei
+                and contract.w3.eth.get_balance(request.address) < self.funding_wei // 2):
+            contract.fund(request.address, self.funding_wei)
+        handover = self._handover(link, request.address, key, cert, ca_cert)
         invites.mark_used(request.invite, request.address)
-        log.info("node=%s admitted %s (%s)", self.runtime.settings.name, request.address,
-                 request.endpoint)
-        return 200, handover
+        log.info("node=%s admitted %s (%s)", self.node, request.address, request.endpoint)
+        return handover
 
     def _ca(self) -> tuple[bytes, bytes]:
-        tls_dir = self.runtime.settings.state_dir / "tls"
-        if not (tls_dir / CA_KEY).exists():
+        if not (self.tls_dir / CA_KEY).exists():
             raise Refused(403, "this node holds no swarm CA key and cannot sponsor members")
-        return (tls_dir / CA_KEY).read_bytes(), (tls_dir / CA_CERT).read_bytes()
+        return (self.tls_dir / CA_KEY).read_bytes(), (self.tls_dir / CA_CERT).read_bytes()
 
-    def _handover(self, address: str, x25519_public: bytes, cert: bytes,
-                  ca_cert: bytes) -> dict[str, Any]:
-        runtime = self.runtime
-        contract = self._contract()
-        round_number, weights, digest = runtime.state.current()
+    def _handover(self, link: SwarmLink, address: str, x25519_public: bytes, cert: bytes,
+                  ca_cert: bytes) -> Handover:
+        contract = link.contract
+        round_number, weights, digest = self.current_model()
         if weights is None:
             raise Refused(503, "this node holds no global model yet; try again shortly")
         buffer = io.BytesIO()
@@ -160,52 +215,54 @@ class Sponsor:
         last_epoch, _ = contract.key_epoch_for(contract.current_round())
         wrapped = []
         for epoch in range(first_epoch, last_epoch + 1):
-            he = runtime.keys.get(epoch)
+            he = self.keys.get(epoch)
             if he is None:
                 continue
-            secret = he.secret_bytes()
-            sealed = wrap(secret, x25519_public, wrap_context(contract.address, address, epoch))
-            wrapped.append({"epoch": epoch, "wrapped": sealed.to_json()})
-        return {
-            "status": "member",
-            "address": address,
-            "contract": contract.address,
-            "rpc_url": runtime.rpc_url,
-            "round": round_number,
-            "weights": base64.b64encode(buffer.getvalue()).decode(),
-            "weights_digest": digest,
-            "keys": wrapped,
-            "tls": {"ca_cert": ca_cert.decode(), "cert": cert.decode()},
-        }
+            sealed = wrap(he.secret_bytes(), x25519_public,
+                          wrap_context(contract.address, address, epoch))
+            wrapped.append(WrappedKey(epoch=epoch, wrapped=sealed.to_json()))
+        return Handover(
+            address=address,
+            contract=contract.address,
+            rpc_url=link.rpc_url,
+            round=round_number,
+            weights=base64.b64encode(buffer.getvalue()).decode(),
+            weights_digest=digest,
+            keys=wrapped,
+            tls=TlsHandover(ca_cert=ca_cert.decode(), cert=cert.decode()),
+        )
 
-    def approve(self, address: str) -> dict[str, Any]:
-        contract = self._contract()
+    def approve(self, address: str) -> Approval:
+        """Majority rule: this member approves the proposed newcomer `address`."""
+        contract = self._link().contract
+        address = _checksum(address)
         try:
             contract.approve_member(address)
         except ContractRejected as exc:
             raise Refused(409, str(exc)) from exc
-        return {"address": address, "approvals": contract.proposal_approvals(address),
-                "member": contract.member(address).active}
+        return Approval(address=address, approvals=contract.proposal_approvals(address),
+                        member=contract.member(address).active)
 
     # ------------------------------------------------------------------ removal
 
-    def remove(self, address: str) -> dict[str, Any]:
-        """Deactivate `address`, then hand every remaining member a fresh HE key."""
-        contract = self._contract()
-        if not is_address(address):
-            raise Refused(422, "not an Ethereum address")
-        address = to_checksum_address(address)
+    def remove(self, address: str) -> Removal:
+        """Deactivate `address` and start a fresh HE key epoch in one transaction, then hand
+        the key to every remaining member."""
+        link = self._link()
+        contract = link.contract
+        address = _checksum(address)
         if not contract.member(address).active:
             raise Refused(404, f"{address} is not an active member")
         if contract.admin() != contract.sender:
             raise Refused(403, "only the swarm admin's node removes members")
-        contract.remove_member(address)
-        current = contract.current_round()
-        from_round = current + (1 if contract.round_info(current).contributors else 0)
         fresh = HEContext.create()
-        contract.rotate_key(from_round, fresh.public_digest())
+        try:
+            contract.remove_member(address, fresh.public_digest())
+        except ContractRejected as exc:
+            raise Refused(409, str(exc)) from exc
         epoch = contract.key_epoch_count() - 1
-        self.runtime.keys.put(epoch, fresh.secret_bytes(), fresh.public_digest())
+        from_round, _ = contract.key_epoch(epoch)
+        self.keys.put(epoch, fresh.secret_bytes(), fresh.public_digest())
         delivered, failed = [], []
         for member in contract.members():
             if member.address == contract.sender:
@@ -213,24 +270,33 @@ class Sponsor:
             sealed = wrap(fresh.secret_bytes(), member.x25519_public_key,
                           wrap_context(contract.address, member.address, epoch))
             try:
-                self._deliver(member.endpoint, epoch, sealed)
+                _deliver(link, member.endpoint, epoch, sealed)
                 delivered.append(member.address)
             except grpc.RpcError as exc:
                 log.error("node=%s could not deliver key epoch %d to %s: %s",
-                          self.runtime.settings.name, epoch, member.address, exc.details())
+                          self.node, epoch, member.address, exc.details())
                 failed.append(member.address)
         log.info("node=%s removed %s; key epoch %d from round %d delivered to %d members",
-                 self.runtime.settings.name, address, epoch, from_round, len(delivered))
-        return {"removed": address, "key_epoch": epoch, "from_round": from_round,
-                "delivered": delivered, "failed": failed}
+                 self.node, address, epoch, from_round, len(delivered))
+        return Removal(removed=address, key_epoch=epoch, from_round=from_round,
+                       delivered=delivered, failed=failed)
 
-    def _deliver(self, endpoint: str, epoch: int, sealed: Any) -> None:
-        credentials = self.runtime.tls.channel_credentials() if self.runtime.tls else None
-        channel = (grpc.secure_channel(endpoint, credentials) if credentials
-                   else grpc.insecure_channel(endpoint))
-        with channel:
-            apiary_pb2_grpc.PeerStub(channel).DeliverKey(
-                apiary_pb2.KeyDelivery(epoch=epoch, ephemeral_public=sealed.ephemeral_public,
-                                       nonce=sealed.nonce, ciphertext=sealed.ciphertext),
-                timeout=30,
-            )
+
+def _checksum(address: str) -> str:
+    try:
+        return checksum_address(address)
+    except ValueError as exc:
+        raise Refused(422, str(exc)) from exc
+
+
+def _deliver(link: SwarmLink, endpoint: str, epoch: int, sealed: WrappedSecret) -> None:
+    credentials = link.tls.channel_credentials() if link.tls else None
+    channel = (grpc.secure_channel(endpoint, credentials) if credentials
+               else grpc.insecure_channel(endpoint))
+    with channel:
+        apiary_pb2_grpc.PeerStub(channel).DeliverKey(
+            apiary_pb2.KeyDelivery(epoch=epoch, ephemeral_public=sealed.ephemeral_public,
+                                   nonce=sealed.nonce, ciphertext=sealed.ciphertext),
+            timeout=30,
+        )
+

@@ -11,26 +11,31 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import numpy as np
 import torch
 import uvicorn
+from fastapi import FastAPI
 from web3 import Web3
+from web3.exceptions import Web3Exception
 
 from apiary.chain.binding import SwarmContract
+from apiary.core.errors import ConfigError
 from apiary.core.he import HEContext
 from apiary.core.settings import NodeSettings
 from apiary.core.tls import TlsFiles
+from apiary.node.api import create_app
 from apiary.node.federated import FederatedRound
 from apiary.node.founding import IDENTITY_FILE, Identity, read_swarm_file
 from apiary.node.invites import InviteBook
-from apiary.node.joining import Joiner
+from apiary.node.joining import Joiner, JoiningNode
 from apiary.node.keys import KeyRing
+from apiary.node.onboarding import Sponsor
 from apiary.node.peer import Inbox, PeerService, start_peer_server
+from apiary.node.ports import ReadinessFacts, RoundDriver, SwarmLink, Train
 from apiary.node.rounds import NotAMember, RoundFailed, RoundOutcome
 from apiary.node.state import NodeState, RoundRecord
 from apiary.node.swarm import SwarmRound
@@ -39,16 +44,11 @@ from apiary.node.trainer import LocalTrainer
 log = logging.getLogger("apiary.node")
 
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
+PROBE_TIMEOUT_S = 2.0
+"""How long a readiness probe waits for the chain or the coordinator."""
 
 
-class RoundDriver(Protocol):
-    def current_round(self) -> int: ...
-    def last_finalized_round(self) -> int: ...
-    def run(self, round_number: int, train: Any, param_count: int) -> RoundOutcome: ...
-    def fetch_aggregate(self, round_number: int, param_count: int) -> RoundOutcome: ...
-
-
-class NodeConfigError(ValueError):
+class NodeConfigError(ConfigError, ValueError):
     """The node's settings are incomplete or inconsistent."""
 
 
@@ -62,8 +62,8 @@ class NodeRuntime:
     identity: Identity | None = None
     tls: TlsFiles | None = None
     driver: RoundDriver | None = None
-    contract: SwarmContract | None = None
-    rpc_url: str = DEFAULT_RPC_URL
+    link: SwarmLink | None = None
+    """Set once the node is an activated swarm member."""
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
     phase: str = "starting"
     stop_event: threading.Event = field(default_factory=threading.Event)
@@ -84,7 +84,6 @@ class NodeRuntime:
         runtime = cls(settings, trainer, NodeState.open(settings.state_dir), keys,
                       InviteBook(settings.state_dir), identity=_stored_identity(settings),
                       tls=TlsFiles.load(settings.state_dir / "tls"))
-        runtime.joiner = Joiner(runtime)
         if settings.mode == "federated":
             if not settings.coordinator:
                 raise NodeConfigError("federated mode needs --coordinator host:port")
@@ -93,6 +92,7 @@ class NodeRuntime:
                                             settings.round_timeout_s)
             runtime.ready.set()
         elif settings.mode == "swarm":
+            runtime.joiner = Joiner(runtime._joining_node(), identity=runtime.identity)
             if runtime._membership_known():
                 runtime.activate()
                 runtime.ready.set()
@@ -117,14 +117,30 @@ class NodeRuntime:
         stored = read_swarm_file(self.settings.state_dir) or {}
         has_contract = bool(self.settings.contract or stored.get("contract"))
         has_key = bool(self.settings.private_key or self.identity)
-        rotated = (self.settings.state_dir / "keys").glob("epoch-*.ctx")
-        has_he = self.keys.has(0) or any(True for _ in rotated)
-        return has_contract and has_key and has_he
+        return has_contract and has_key and self._holds_any_key()
 
-    def connect(self, address: str, rpc_url: str, private_key: str) -> SwarmContract:
-        self.rpc_url = rpc_url
-        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 120}))
-        return SwarmContract.at(w3, address, private_key)
+    def _holds_any_key(self) -> bool:
+        rotated = (self.settings.state_dir / "keys").glob("epoch-*.ctx")
+        return self.keys.has(0) or any(True for _ in rotated)
+
+    def _joining_node(self) -> JoiningNode:
+        return JoiningNode(
+            name=self.settings.name, state_dir=self.settings.state_dir,
+            endpoint=self.settings.endpoint, param_count=self.trainer.param_count,
+            keys=self.keys, connect=connect, activate=self._become_member,
+            adopt=self._adopt_handover,
+        )
+
+    def _become_member(self, identity: Identity, tls: TlsFiles) -> RoundDriver:
+        self.identity, self.tls = identity, tls
+        self.activate()
+        assert self.driver is not None
+        return self.driver
+
+    def _adopt_handover(self, weights: np.ndarray, round_number: int, digest: str) -> None:
+        self.state.save(weights, round_number, digest)
+        self.weights = weights
+        self.ready.set()
 
     def activate(self) -> None:
         """Connect to the contract, check it fits this node, start the peer server."""
@@ -135,7 +151,7 @@ class NodeRuntime:
         private_key = settings.private_key or (self.identity.private_key if self.identity else None)
         if not address or not private_key:
             raise NodeConfigError("swarm mode needs a contract address and a private key")
-        contract = self.connect(address, rpc_url, private_key)
+        contract = connect(address, rpc_url, private_key)
         params = contract.he_parameters()
         if params.param_count != self.trainer.param_count:
             raise NodeConfigError(
@@ -151,14 +167,15 @@ class NodeRuntime:
         if params.modulus != he.modulus:
             raise NodeConfigError("the HE context's modulus differs from the contract's")
         inbox = Inbox()
+        x25519 = bytes.fromhex(self.identity.x25519_private) if self.identity else None
         self.driver = SwarmRound(
             contract, he, inbox, private_key, settings.name, settings.round_deadline_s,
             settings.relay_takeover_s, settings.round_timeout_s, keys=self.keys,
             credentials=self.tls.channel_credentials() if self.tls else None,
+            x25519_private=x25519,
         )
-        self.contract = contract
-        peer_contract = self.connect(address, rpc_url, private_key)
-        x25519 = bytes.fromhex(self.identity.x25519_private) if self.identity else None
+        self.link = SwarmLink(contract, rpc_url, self.tls)
+        peer_contract = connect(address, rpc_url, private_key)
         self._servers.append(start_peer_server(
             PeerService(peer_contract, inbox, settings.name, self.keys, x25519),
             settings.grpc_host, settings.grpc_port, self.tls,
@@ -226,7 +243,7 @@ class NodeRuntime:
             self._adopt(outcome)
         self.phase = "stopped"
 
-    def _train_for(self, round_number: int) -> Callable[[], tuple[np.ndarray, float, int]]:
+    def _train_for(self, round_number: int) -> Train:
         def train() -> tuple[np.ndarray, float, int]:
             self.phase = f"round {round_number}: training"
             weights, loss = self.trainer.train(self.weights, round_number)
@@ -264,10 +281,18 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ services
 
-    def start_api(self) -> uvicorn.Server:
-        from apiary.node.api import create_app
+    def create_api(self) -> FastAPI:
+        settings = self.settings
+        sponsor = Sponsor(
+            node=settings.name, tls_dir=settings.state_dir / "tls",
+            funding_wei=int(settings.join_funding_eth * 10**18), invites=self.invites,
+            keys=self.keys, current_model=self.state.current, link=lambda: self.link,
+        )
+        return create_app(settings, node=self, history=self.state, invites=self.invites,
+                          sponsor=sponsor, joiner=self.joiner)
 
-        config = uvicorn.Config(create_app(self), host=self.settings.api_host,
+    def start_api(self) -> uvicorn.Server:
+        config = uvicorn.Config(self.create_api(), host=self.settings.api_host,
                                 port=self.settings.api_port, log_level="warning")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="admin-api", daemon=True)
@@ -289,25 +314,60 @@ class NodeRuntime:
             else:
                 server.should_exit = True
 
-    def status(self) -> dict[str, Any]:
-        snapshot = self.state.snapshot()
-        last = snapshot["history"][-1] if snapshot["history"] else None
-        members: list[dict[str, Any]] = []
-        if self.contract is not None:
-            members = [{"address": m.address, "endpoint": m.endpoint}
-                       for m in self.contract.members()]
-        return {
-            "node": self.settings.name,
-            "mode": self.settings.mode,
-            "address": self.contract.sender if self.contract else None,
-            "contract": self.contract.address if self.contract else None,
-            "phase": self.phase,
-            "round": snapshot["round"],
-            "params": self.trainer.param_count,
-            "samples": self.trainer.sample_count,
-            "members": members,
-            "last_metrics": last,
-        }
+    # ------------------------------------------------------------------ what the API reads
+
+    @property
+    def param_count(self) -> int:
+        return self.trainer.param_count
+
+    @property
+    def sample_count(self) -> int:
+        return self.trainer.sample_count
+
+    def readiness(self) -> ReadinessFacts:
+        """Membership, whether the chain (or coordinator) answers, whether the HE key of the
+        next round is here; each probe waits at most PROBE_TIMEOUT_S."""
+        activated = self.ready.is_set() and self.phase != "removed"
+        if self.settings.mode == "federated":
+            coordinator = self.settings.coordinator
+            reachable = coordinator is not None and _answers_grpc(coordinator)
+            return ReadinessFacts(member=activated and self.driver is not None,
+                                  upstream="coordinator", upstream_reachable=reachable,
+                                  he_key=self.keys.has(0))
+        link = self.link
+        stored = read_swarm_file(self.settings.state_dir) or {}
+        rpc_url = (link.rpc_url if link else
+                   self.settings.rpc_url or stored.get("rpc_url") or DEFAULT_RPC_URL)
+        reachable = _answers_rpc(rpc_url)
+        he_key = self._holds_any_key()
+        if link is not None and reachable:
+            try:
+                epoch, _ = link.contract.key_epoch_for(link.contract.current_round())
+                he_key = self.keys.has(epoch)
+            except (OSError, Web3Exception):
+                reachable = False
+        return ReadinessFacts(member=activated and link is not None, upstream="chain",
+                              upstream_reachable=reachable, he_key=he_key)
+
+
+def connect(address: str, rpc_url: str, private_key: str) -> SwarmContract:
+    """The swarm contract at `address`, sending as `private_key`."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 120}))
+    return SwarmContract.at(w3, address, private_key)
+
+
+def _answers_rpc(rpc_url: str) -> bool:
+    probe = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": PROBE_TIMEOUT_S}))
+    return bool(probe.is_connected())
+
+
+def _answers_grpc(endpoint: str) -> bool:
+    with grpc.insecure_channel(endpoint) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=PROBE_TIMEOUT_S)
+        except grpc.FutureTimeoutError:
+            return False
+    return True
 
 
 def _stored_identity(settings: NodeSettings) -> Identity | None:

@@ -8,13 +8,14 @@ temporary file and a rename, so a crash never leaves half a file behind.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from apiary.core.files import replacing, write_json
 
 STATE_FILE = "state.json"
 
@@ -86,9 +87,8 @@ class NodeState:
              record: RoundRecord | None = None) -> None:
         with self._lock:
             self._weights = weights
-            tmp = self.weights_path.with_suffix(".tmp.npy")
-            np.save(tmp, weights)
-            os.replace(tmp, self.weights_path)
+            with replacing(self.weights_path) as fh:
+                np.save(fh, weights)
             self.round = round_number
             self.weights_digest = digest
             if record is not None:
@@ -102,9 +102,7 @@ class NodeState:
             "weights_digest": self.weights_digest,
             "history": [asdict(r) for r in self.history],
         }
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, payload)
 
     def current(self) -> tuple[int, np.ndarray | None, str | None]:
         """The round, the global weights it produced and their digest, read together."""

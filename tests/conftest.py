@@ -14,7 +14,6 @@ from web3 import Web3
 from apiary.chain.devnet import Devnet, dev_private_keys, running_devnet
 from apiary.core.he import HEContext
 
-
 CHAIN_FIXTURES = {"devnet", "w3"}
 
 

@@ -23,7 +23,8 @@ from apiary.core.coefficients import (
     weighted_sum,
     weights_from_sample_counts,
 )
-from apiary.core.he import MAX_ABS_VALUE, HEContext, SecretKeyRequired
+from apiary.core.he import GLOBAL_SCALE, MAX_ABS_VALUE, HEContext, SecretKeyRequired
+from apiary.wire.tenseal_pb2 import CKKSVectorProto
 
 
 @pytest.fixture(scope="module")
@@ -105,18 +106,48 @@ def test_zlib_compressed_ciphertext_parses_as_seal_loads_it(ctx: HEContext) -> N
     header[5] = 1
     header[8:16] = struct.pack("<Q", 16 + len(packed))
     zlib_blob = bytes(header) + packed
-    proto = (
-        b"\x0a\x01"
-        + bytes([100])
-        + b"\x12"
-        + he._varint(len(zlib_blob))
-        + zlib_blob
-        + b"\x19"
-        + struct.pack("<d", 2.0**40)
-    )
+    proto = CKKSVectorProto(
+        sizes=[100], ciphertexts=[zlib_blob], scale=GLOBAL_SCALE
+    ).SerializeToString()
     assert np.array_equal(he._parse_vector(proto).coeffs, parsed.coeffs)
     loaded = ts.ckks_vector_from(ctx.tenseal_context, proto)
     assert loaded.decrypt() == vec.decrypt()
+
+
+def test_tenseal_serialisation_is_the_generated_message(ctx: HEContext) -> None:
+    """The copied .proto describes TenSEAL's bytes exactly: parse and re-serialise is the
+    identity."""
+    serialized = ts.ckks_vector(ctx.tenseal_context, [0.5] * SLOTS_PER_BLOCK).serialize()
+    message = CKKSVectorProto.FromString(serialized)
+    assert list(message.sizes) == [SLOTS_PER_BLOCK]
+    assert len(message.ciphertexts) == 1
+    assert message.scale == GLOBAL_SCALE
+    assert message.SerializeToString() == serialized
+
+
+def test_hand_written_container_matches_the_generated_stub(ctx: HEContext) -> None:
+    coeffs = ctx.to_coefficients(ts.ckks_vector(ctx.tenseal_context, [1.0, -2.0]))
+    written = ctx.from_coefficients(coeffs).serialize()
+    blob = CKKSVectorProto.FromString(written).ciphertexts[0]
+    stub = CKKSVectorProto(sizes=[SLOTS_PER_BLOCK], ciphertexts=[blob], scale=GLOBAL_SCALE)
+    assert he._vector_bytes(blob) == stub.SerializeToString()
+    big = bytes(range(256)) * 600
+    assert CKKSVectorProto.FromString(he._vector_bytes(big)).ciphertexts[0] == big
+
+
+def test_parse_vector_rejects_malformed_containers(ctx: HEContext) -> None:
+    one = ts.ckks_vector(ctx.tenseal_context, [1.0]).serialize()
+    blob = CKKSVectorProto.FromString(one).ciphertexts[0]
+    with pytest.raises(MalformedCiphertext, match="not a CKKSVector protobuf"):
+        he._parse_vector(one[: len(one) // 2])
+    with pytest.raises(MalformedCiphertext, match="not a CKKSVector protobuf"):
+        he._parse_vector(b"\xff\xff\xff")
+    for ciphertexts in ([], [blob, blob]):
+        data = CKKSVectorProto(sizes=[1], ciphertexts=ciphertexts).SerializeToString()
+        with pytest.raises(MalformedCiphertext, match=f"holds {len(ciphertexts)} ciphertexts"):
+            he._parse_vector(data)
+    with pytest.raises(MalformedCiphertext, match="header is invalid"):
+        he._parse_vector(CKKSVectorProto(ciphertexts=[b"\x00" * 64]).SerializeToString())
 
 
 def test_encrypt_decrypt_round_trip_ragged(ctx: HEContext) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from eth_abi import decode as abi_decode
 from web3 import Web3
 
 from apiary.chain.binding import SwarmContract
@@ -30,7 +29,7 @@ from apiary.node.swarm import SwarmRound
 pytestmark = pytest.mark.chain
 
 PARAMS = 2 * SLOTS_PER_BLOCK + 321
-COMMIT_WINDOW_S = 3
+COMMIT_WINDOW_S = 6
 MAX_CORRELATION = 0.05
 
 

@@ -11,7 +11,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from eth_utils import keccak
 from web3 import Web3
 
 from apiary.chain.binding import ContractRejected, SwarmContract
@@ -157,7 +156,7 @@ def test_a_fourth_hospital_joins_through_the_api_and_trains_with_the_swarm(swarm
 
     local.wait_until(took_part, 180, "the newcomer's first round")
     round_number = committed_rounds(local, NEWCOMER)[0]
-    assert address in contract.committers(round_number)
+    assert address in contract.participants(round_number)
     assert len(round_digests(local, (*FOUNDERS, NEWCOMER), round_number)) == 1
 
     reused = httpx.post(f"{url}/v1/members", timeout=30, json={
@@ -222,9 +221,8 @@ def test_removed_member_cannot_read_later_aggregates_or_commit(swarm) -> None:
     assert np.median(np.abs(garbage - model)) > 1.0
 
     va_contract = contract.as_account(gone.private_key)
-    digests = [keccak(b"x")] * params.block_count
     with pytest.raises(ContractRejected, match="NotMember"):
-        va_contract.commit(contract.current_round(), digests, 10)
+        va_contract.enrol(contract.current_round(), epoch, 10)
 
 
 def test_the_secret_key_never_appears_in_logs_api_or_chain(swarm) -> None:

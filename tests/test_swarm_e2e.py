@@ -70,7 +70,7 @@ def test_three_rounds_give_identical_weights_equal_to_the_onchain_aggregate(swar
         expected = weights_digest(decrypted)
         digests = {record(swarm, n, round_number)["weights_digest"] for n in THREE}
         assert digests == {expected}, f"round {round_number}"
-        assert set(contract.committers(round_number)) == {
+        assert set(contract.participants(round_number)) == {
             swarm.identities[n].address for n in THREE
         }
     finals = [np.load(swarm.state_dir(n) / "global.npy") for n in THREE]
@@ -116,7 +116,7 @@ def test_killed_node_is_left_out_then_catches_up_and_rejoins(tmp_path: Path):
         w3 = Web3(Web3.HTTPProvider(swarm.rpc_url))
         assert swarm.contract_address is not None
         contract = SwarmContract.at(w3, swarm.contract_address, dev_private_keys(1)[0])
-        assert len(contract.committers(2)) >= 2
+        assert len(contract.participants(2)) >= 2
         check_admin_api(swarm, "cleveland")
 
         swarm.start("va")
@@ -128,7 +128,7 @@ def test_killed_node_is_left_out_then_catches_up_and_rejoins(tmp_path: Path):
         swarm.wait_until(rejoined, 180, "va to rejoin")
         joined = next(r for r in swarm.history("va") if r["committed"] and r["round"] >= 3)
         round_number = joined["round"]
-        assert swarm.identities["va"].address in contract.committers(round_number)
+        assert swarm.identities["va"].address in contract.participants(round_number)
         digests = {record(swarm, n, round_number)["weights_digest"] for n in THREE}
         assert len(digests) == 1
         caught_up = [r["round"] for r in swarm.history("va") if not r["committed"]]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,17 @@ from torch import nn
 from apiary.core.data import HOSPITALS, load_heart_shards
 from apiary.core.flat import flatten, load_flat, param_count, weights_digest
 from apiary.core.models import MODEL_NAMES, build_mlp_with_params, build_model
-from apiary.core.training import Metrics, evaluate, predict_proba, roc_auc, train_local
+from apiary.core.training import (
+    DEFAULT_TRAINING,
+    Metrics,
+    TrainingConfig,
+    evaluate,
+    predict_proba,
+    roc_auc,
+    train_local,
+)
 
-LR, BATCH = 3e-3, 16
+LR, BATCH = DEFAULT_TRAINING.lr, DEFAULT_TRAINING.batch_size
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +193,25 @@ def test_train_local_rejects_bad_arguments() -> None:
         train_local(model, x, y, epochs=1, lr=0.01, batch_size=0, seed=0)
     with pytest.raises(ValueError, match="samples"):
         train_local(model, x, y[:3], epochs=1, lr=0.01, batch_size=2, seed=0)
+
+
+def test_every_place_takes_its_training_defaults_from_one_config() -> None:
+    from apiary.cli import app
+    from apiary.core.settings import NodeSettings
+    from apiary.tools.compare import CompareOptions
+    from apiary.tools.demo import DemoOptions
+
+    values = {"model": "mlp", "rounds": 10, "epochs": 2, "lr": 3e-3, "batch_size": 16, "seed": 0}
+    assert asdict(DEFAULT_TRAINING) == values
+    node = {name: NodeSettings.model_fields[name].default
+            for name in ("model", "epochs", "lr", "batch_size", "seed")}
+    assert node == {"model": "mlp", "epochs": 2, "lr": 3e-3, "batch_size": 16, "seed": 0}
+    assert DemoOptions().training == DEFAULT_TRAINING
+    assert CompareOptions().train_config(DEFAULT_TRAINING.seed) == DEFAULT_TRAINING
+    demo = DemoOptions.training_with(TrainingConfig(rounds=3, seed=7), out_dir=Path("x"))
+    assert (demo.rounds, demo.seed, demo.epochs) == (3, 7, DEFAULT_TRAINING.epochs)
+    for command in ("demo", "compare"):
+        defaults = {p.name: p.default for p in app.commands[command].params}
+        for name in ("rounds", "epochs", "lr", "seed", "batch_size"):
+            if name in defaults:
+                assert defaults[name] == getattr(DEFAULT_TRAINING, name), (command, name)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from apiary.cli.boundary import ErrorBoundaryGroup
 from apiary.cli.settings_options import settings_command
 from apiary.core.settings import (
     ChainSettings,
@@ -17,6 +18,7 @@ from apiary.core.settings import (
     NodeSettings,
     SampleDataSettings,
 )
+from apiary.core.training import DEFAULT_TRAINING
 
 
 def _progress(message: str) -> None:
@@ -29,9 +31,11 @@ json_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorBoundaryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="apiary")
-def app() -> None:
+@click.option("--debug", is_flag=True, envvar="APIARY_DEBUG",
+              help="show the traceback of an error [env APIARY_DEBUG]")
+def app(debug: bool) -> None:
     """Apiary: swarm learning for hospitals with CKKS-encrypted updates averaged on chain."""
 
 
@@ -42,9 +46,9 @@ def app() -> None:
               help="block gas limit [env APIARY_BLOCK_GAS_LIMIT]")
 def devnet(host: str | None, port: int | None, gas_limit: int | None) -> None:
     """Run a local anvil devnet in the foreground (Ctrl-C stops it)."""
+    settings = ChainSettings.load(devnet_host=host, devnet_port=port, block_gas_limit=gas_limit)
     from apiary.chain.devnet import DEV_MNEMONIC, Devnet
 
-    settings = ChainSettings.load(devnet_host=host, devnet_port=port, block_gas_limit=gas_limit)
     with Devnet(settings) as chain:
         click.echo(f"anvil devnet on {chain.rpc_url} (chain id 31337)")
         click.echo(f"dev accounts from the mnemonic: {DEV_MNEMONIC}")
@@ -83,12 +87,9 @@ app.add_command(settings_command(
 
 
 def _run_found(settings: Any) -> None:
-    from apiary.node.founder import FoundingError, found
+    from apiary.node.founder import found
 
-    try:
-        found(settings, click.echo)
-    except FoundingError as exc:
-        raise click.ClickException(str(exc)) from exc
+    found(settings, click.echo)
 
 
 app.add_command(settings_command(
@@ -102,10 +103,7 @@ app.add_command(settings_command(
 def _run_sample_data(settings: Any) -> None:
     from apiary.core.data.sample import write_sample_shard
 
-    try:
-        shard = write_sample_shard(settings.hospital, settings.data, settings.seed)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    shard = write_sample_shard(settings.hospital, settings.data, settings.seed)
     click.echo(f"wrote {settings.data}: {settings.hospital}, {len(shard.y_train)} training "
                f"and {len(shard.y_test)} test patients")
 
@@ -121,10 +119,14 @@ app.add_command(settings_command(
 @app.command()
 @click.option("--mode", type=click.Choice(["swarm", "federated"]), default="swarm",
               show_default=True, help="average on chain, or through a coordinator")
-@click.option("--rounds", type=int, default=10, show_default=True, help="rounds to run")
-@click.option("--epochs", type=int, default=2, show_default=True, help="local epochs a round")
-@click.option("--lr", type=float, default=0.003, show_default=True, help="learning rate")
-@click.option("--seed", type=int, default=0, show_default=True, help="data split and model seed")
+@click.option("--rounds", type=int, default=DEFAULT_TRAINING.rounds, show_default=True,
+              help="rounds to run")
+@click.option("--epochs", type=int, default=DEFAULT_TRAINING.epochs, show_default=True,
+              help="local epochs a round")
+@click.option("--lr", type=float, default=DEFAULT_TRAINING.lr, show_default=True,
+              help="learning rate")
+@click.option("--seed", type=int, default=DEFAULT_TRAINING.seed, show_default=True,
+              help="data split and model seed")
 @click.option("--min-peers", type=int, default=2, show_default=True,
               help="fewest hospitals a round may close with")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"),
@@ -145,16 +147,13 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
     if compose_file is not None:
         _compose_demo(compose_file, profiles, rounds, out_dir / "compose", json_path)
         return
-    from apiary.tools.demo import DemoFailed, DemoOptions, run_demo, summary_lines
+    from apiary.tools.demo import DemoOptions, run_demo, summary_lines
 
     if onboard and mode != "swarm":
         raise click.UsageError("--onboard needs --mode swarm (members join on chain)")
     options = DemoOptions(mode=mode, rounds=rounds, epochs=epochs, lr=lr, seed=seed,
                           min_peers=min_peers, out_dir=out_dir, onboard=onboard)
-    try:
-        result = run_demo(options, click.echo)
-    except DemoFailed as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = run_demo(options, click.echo)
     _report_run(summary_lines(result), result, json_path)
 
 
@@ -172,13 +171,8 @@ def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | No
 def _compose_demo(compose_file: Path, profiles: tuple[str, ...], rounds: int, run_dir: Path,
                   json_path: Path | None) -> None:
     from apiary.tools.compose.demo import compose_summary, run_compose_demo
-    from apiary.tools.compose.spec import ComposeError
-    from apiary.tools.demo import DemoFailed
 
-    try:
-        result = run_compose_demo(compose_file, rounds, profiles, run_dir, click.echo, app)
-    except (ComposeError, DemoFailed) as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = run_compose_demo(compose_file, rounds, profiles, run_dir, click.echo, app)
     _report_run(compose_summary(result), result, json_path)
 
 
@@ -189,11 +183,14 @@ def _compose_demo(compose_file: Path, profiles: tuple[str, ...], rounds: int, ru
                    "5 sites with Dirichlet label skew (CNN)")
 @click.option("--seeds", type=int, default=3, show_default=True,
               help="seeds 0..N-1: data split, initial model and shuffling")
-@click.option("--rounds", type=int, default=10, show_default=True,
+@click.option("--rounds", type=int, default=DEFAULT_TRAINING.rounds, show_default=True,
               help="rounds; central and local train rounds × epochs epochs")
-@click.option("--epochs", type=int, default=2, show_default=True, help="local epochs a round")
-@click.option("--lr", type=float, default=0.003, show_default=True, help="Adam learning rate")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="mini-batch size")
+@click.option("--epochs", type=int, default=DEFAULT_TRAINING.epochs, show_default=True,
+              help="local epochs a round")
+@click.option("--lr", type=float, default=DEFAULT_TRAINING.lr, show_default=True,
+              help="Adam learning rate")
+@click.option("--batch-size", type=int, default=DEFAULT_TRAINING.batch_size, show_default=True,
+              help="mini-batch size")
 @click.option("--methods", default="central,local,fedavg,swarm,federated", show_default=True,
               help="comma-separated subset of the methods to run")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
@@ -217,19 +214,16 @@ def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch
     hospital's test split and on their union. Prints tables; writes JSON and a PNG."""
     from apiary.core.data.datasets import DatasetSpec
     from apiary.tools.bench.report import write_json
-    from apiary.tools.compare import CompareFailed, CompareOptions, run_compare
+    from apiary.tools.compare import CompareOptions, run_compare
     from apiary.tools.compare_table import format_tables
     from apiary.tools.plot import plot_comparison
 
-    try:
-        options = CompareOptions(
-            dataset=DatasetSpec(dataset, alpha=alpha, images=images), seeds=seeds,
-            rounds=rounds, epochs=epochs, lr=lr, batch_size=batch_size,
-            methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-            out_dir=out_dir, workers=workers)
-        result = run_compare(options, _progress)
-    except (ValueError, FileNotFoundError, CompareFailed) as exc:
-        raise click.ClickException(str(exc)) from exc
+    options = CompareOptions(
+        dataset=DatasetSpec(dataset, alpha=alpha, images=images), seeds=seeds,
+        rounds=rounds, epochs=epochs, lr=lr, batch_size=batch_size,
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        out_dir=out_dir, workers=workers)
+    result = run_compare(options, _progress)
     click.echo(format_tables(result))
     json_path = json_path or out_dir / f"{dataset}.json"
     write_json(json_path, result)
@@ -310,6 +304,7 @@ app.add_command(settings_command(
 
 
 def main() -> None:
+    """The `apiary` command; `apiary.cli.boundary` turns its errors into one line each."""
     app()
 
 

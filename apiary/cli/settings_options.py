@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic_settings import BaseSettings
+
+from apiary.core.settings import ApiarySettings
 
 
 def _click_type(annotation: Any) -> Any:
@@ -33,7 +34,7 @@ def _click_type(annotation: Any) -> Any:
 
 def settings_command(
     name: str,
-    settings_cls: type[BaseSettings],
+    settings_cls: type[ApiarySettings],
     run: Callable[[Any], None],
     help_text: str,
 ) -> click.Command:
@@ -53,8 +54,6 @@ def settings_command(
         )
 
     def invoke(**flags: Any) -> None:
-        overrides = {k: v for k, v in flags.items() if v is not None}
-        settings = settings_cls(**overrides)
-        run(settings)
+        run(settings_cls.load(**flags))
 
     return click.Command(name, params=params, callback=invoke, help=help_text)

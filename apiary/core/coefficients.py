@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from eth_utils import keccak
 
+from apiary.core.errors import ApiaryError
+
 POLY_DEGREE = 8192
 SLOTS_PER_BLOCK = 4096
 COEFFS_PER_BLOCK = 2 * POLY_DEGREE
@@ -34,7 +36,7 @@ _LOW_32 = np.uint64(0xFFFF_FFFF)
 _SHIFT_32 = np.uint64(32)
 
 
-class MalformedCiphertext(ValueError):
+class MalformedCiphertext(ApiaryError, ValueError):
     """A ciphertext block does not have the shape or value range of a data-level block."""
 
 

@@ -24,3 +24,8 @@ class ConfigError(ApiaryError):
 
     exit_code = 2
     http_status = 400
+
+
+class InvalidInput(ConfigError, ValueError):
+    """A value or file the user gave is malformed (a bad shard file, an unknown hospital or
+    model). Also a ``ValueError``, which is what the code raising it always raised."""

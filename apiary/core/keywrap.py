@@ -1,25 +1,35 @@
-"""Hand a secret to one member: X25519 ECDH + HKDF-SHA256 + ChaCha20-Poly1305.
+"""Hand a secret to one member: HPKE (RFC 9180) in base mode.
 
-The sender uses a fresh ephemeral key for every wrap, so only the holder of the
-recipient's X25519 private key can unwrap; `context` (the swarm contract, the
-recipient's address, the key epoch) is bound as associated data, so a wrapped key
-cannot be replayed for another member, swarm or epoch.
+Suite: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305. Every wrap
+encapsulates to the recipient's X25519 public key with a fresh ephemeral key, so only
+the holder of the matching private key can unwrap. `context` (the swarm contract, the
+recipient's address, the key epoch) goes into HPKE's ``info``, which enters the key
+schedule: a wrapped key opened for another member, swarm or epoch fails authentication,
+so it cannot be replayed there.
+
+Wire format (`WrappedSecret`, unchanged field names): ``ephemeral_public`` holds HPKE's
+encapsulated key ``enc`` (for DHKEM(X25519) that is the sender's ephemeral X25519 public
+key, 32 bytes), ``ciphertext`` the AEAD output (secret plus 16-byte tag), and ``nonce``
+is empty, as HPKE derives the nonce from the key schedule.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.hpke import AEAD, KDF, KEM, Suite
 
-INFO = b"apiary/v1/key-wrap"
+INFO = b"apiary/v2/key-wrap/hpke|"
+"""Prefix of HPKE's ``info``; the wrap context follows it."""
+
+SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.CHACHA20_POLY1305)
+ENC_BYTES = KEM.X25519.enc_length()
+TAG_BYTES = 16
 
 
 class UnwrapError(ValueError):
@@ -29,8 +39,14 @@ class UnwrapError(ValueError):
 @dataclass(frozen=True)
 class WrappedSecret:
     ephemeral_public: bytes
+    """HPKE's encapsulated key ``enc``."""
     nonce: bytes
+    """Empty: HPKE derives the nonce. A non-empty one marks the retired pre-HPKE format."""
     ciphertext: bytes
+
+    @property
+    def enc(self) -> bytes:
+        return self.ephemeral_public
 
     def to_json(self) -> dict[str, str]:
         return {k: base64.b64encode(v).decode() for k, v in self.__dict__.items()}
@@ -49,33 +65,33 @@ def public_bytes(key: X25519PrivateKey) -> bytes:
                                          serialization.PublicFormat.Raw)
 
 
-def _key(shared: bytes, ephemeral_public: bytes, recipient_public: bytes, context: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=ephemeral_public + recipient_public,
-        info=INFO + context,
-    ).derive(shared)
-
-
 def wrap(secret: bytes, recipient_public: bytes, context: bytes) -> WrappedSecret:
-    ephemeral = X25519PrivateKey.generate()
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient_public))
-    ephemeral_public = public_bytes(ephemeral)
-    key = _key(shared, ephemeral_public, recipient_public, context)
-    nonce = os.urandom(12)
-    return WrappedSecret(ephemeral_public, nonce, ChaCha20Poly1305(key).encrypt(nonce, secret,
-                                                                                context))
+    sealed = SUITE.encrypt(secret, X25519PublicKey.from_public_bytes(recipient_public),
+                           info=INFO + context)
+    return WrappedSecret(sealed[:ENC_BYTES], b"", sealed[ENC_BYTES:])
 
 
 def unwrap(wrapped: WrappedSecret, recipient_private: bytes, context: bytes) -> bytes:
     private = X25519PrivateKey.from_private_bytes(recipient_private)
+    if wrapped.nonce:
+        raise UnwrapError("the wrapped secret carries a nonce: it is in the retired pre-HPKE "
+                          "format, which this node no longer opens")
+    if len(wrapped.ephemeral_public) != ENC_BYTES:
+        raise UnwrapError(f"the encapsulated key is {len(wrapped.ephemeral_public)} bytes; "
+                          f"expected {ENC_BYTES}")
+    if len(wrapped.ciphertext) < TAG_BYTES:
+        raise UnwrapError(f"the wrapped ciphertext is {len(wrapped.ciphertext)} bytes, shorter "
+                          f"than its {TAG_BYTES}-byte tag")
     try:
-        shared = private.exchange(X25519PublicKey.from_public_bytes(wrapped.ephemeral_public))
-        key = _key(shared, wrapped.ephemeral_public, public_bytes(private), context)
-        return ChaCha20Poly1305(key).decrypt(wrapped.nonce, wrapped.ciphertext, context)
+        return SUITE.decrypt(wrapped.ephemeral_public + wrapped.ciphertext, private,
+                             info=INFO + context)
     except (InvalidTag, ValueError) as exc:
-        raise UnwrapError("the wrapped secret does not open with this key and context") from exc
+        raise UnwrapError(
+            "the wrapped secret does not open with this key and context: it was wrapped to "
+            "another key, bound to another contract, member or epoch, or altered"
+        ) from exc
 
 
 def wrap_context(swarm: str, member: str, epoch: int) -> bytes:
-    """The associated data every hand-over binds: contract, recipient, key epoch."""
+    """The binding every hand-over carries in HPKE's info: contract, recipient, key epoch."""
     return f"{swarm.lower()}|{member.lower()}|{epoch}".encode()

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from apiary.core.errors import InvalidInput
+
 __all__ = ["MODEL_NAMES", "build_mlp_with_params", "build_model", "mlp_param_count"]
 
 MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn")
@@ -27,7 +29,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
     1×28×28 and 10 classes).
     """
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+        raise InvalidInput(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
     input_shape = tuple(int(s) for s in input_shape)
     if not input_shape or any(s <= 0 for s in input_shape):
         raise ValueError(f"input_shape must be non-empty and positive, got {input_shape}")
@@ -52,10 +54,10 @@ def _mlp(input_dim: int, hidden: tuple[int, ...], num_classes: int) -> nn.Sequen
 
 def _cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     if len(input_shape) != 3:
-        raise ValueError(f"cnn needs (channels, height, width) input, got {input_shape}")
+        raise InvalidInput(f"cnn needs (channels, height, width) input, got {input_shape}")
     channels, height, width = input_shape
     if height < 4 or width < 4:
-        raise ValueError(f"cnn needs images of at least 4×4 pixels, got {height}×{width}")
+        raise InvalidInput(f"cnn needs images of at least 4×4 pixels, got {height}×{width}")
     flat = 16 * (height // 4) * (width // 4)
     return nn.Sequential(
         nn.Conv2d(channels, 8, kernel_size=3, padding=1),

@@ -3,48 +3,70 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from apiary.core.errors import ConfigError
+from apiary.core.training import DEFAULT_TRAINING
+
+ENV_PREFIX = "APIARY_"
 
 
-class ChainSettings(BaseSettings):
+class ApiarySettings(BaseSettings):
+    """Settings read from ``APIARY_*`` variables; unknown variables are ignored."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Self:
+        """Environment first, then every override that is not None (CLI flags). A value
+        that does not validate is a :class:`ConfigError` naming the setting and its variable."""
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError("; ".join(_describe(error) for error in exc.errors())) from None
+        except SettingsError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _describe(error: Any) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "settings"
+    variable = f"{ENV_PREFIX}{field}".upper()
+    message = str(error["msg"])
+    return (f"invalid setting {field}={error['input']!r} (from a flag or {variable}): "
+            f"{message[:1].lower()}{message[1:]}")
+
+
+class ChainSettings(ApiarySettings):
     """How to reach (or start) the Ethereum devnet."""
-
-    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
 
     rpc_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC endpoint of the chain")
     devnet_host: str = Field("127.0.0.1", description="address anvil listens on")
-    devnet_port: int = Field(8545, description="port anvil listens on")
+    devnet_port: int = Field(8545, ge=1, le=65535, description="port anvil listens on")
     devnet_accounts: int = Field(20, description="funded accounts anvil creates")
     block_gas_limit: int = Field(
         1_000_000_000, description="block gas limit; one aggregate of 10 nodes needs ~55M"
     )
     anvil_bin: Path | None = Field(None, description="anvil executable (default: node_modules)")
 
-    @classmethod
-    def load(cls, **overrides: Any) -> ChainSettings:
-        """Environment first, then every override that is not None (CLI flags)."""
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
 
-
-class NodeSettings(BaseSettings):
+class NodeSettings(ApiarySettings):
     """One hospital node: its data, identity, ports, swarm and training parameters."""
-
-    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
 
     name: str = Field("hospital", description="this hospital's name in logs and tables")
     data: Path = Field(Path("data/hospital.npz"), description="private shard (.npz or .csv)")
     heldout: Path | None = Field(None, description="optional shared held-out test set")
-    model: str = Field("mlp", description="model from the registry: mlp or cnn")
+    model: str = Field(DEFAULT_TRAINING.model, description="model from the registry: mlp or cnn")
     state_dir: Path = Field(Path("state"), description="keys, global weights, round history")
     mode: str = Field("swarm", description="swarm (on chain) or federated (coordinator)")
     api_host: str = Field("127.0.0.1", description="admin API listen address")
-    api_port: int = Field(8000, description="admin API port")
+    api_port: int = Field(8000, ge=0, le=65535, description="admin API port")
     admin_token: str = Field("change-me", description="bearer token for admin API calls")
     grpc_host: str = Field("127.0.0.1", description="peer gRPC listen address")
-    grpc_port: int = Field(50051, description="peer gRPC port")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="peer gRPC port")
     advertise: str | None = Field(None, description="gRPC endpoint peers use (host:port)")
     rpc_url: str | None = Field(
         None, description="chain JSON-RPC endpoint (default: from the state dir, else :8545)"
@@ -62,11 +84,13 @@ class NodeSettings(BaseSettings):
     join_funding_eth: float = Field(
         1.0, description="ETH a sponsor sends a newcomer for its gas (devnets)"
     )
-    rounds: int = Field(0, description="rounds to take part in, then exit (0: forever)")
-    epochs: int = Field(2, description="local epochs per round")
-    lr: float = Field(0.003, description="learning rate (Adam)")
-    batch_size: int = Field(16, description="mini-batch size")
-    seed: int = Field(0, description="swarm seed: initial model and per-round shuffling")
+    rounds: int = Field(0, ge=0, description="rounds to take part in, then exit (0: forever)")
+    epochs: int = Field(DEFAULT_TRAINING.epochs, ge=1, description="local epochs per round")
+    lr: float = Field(DEFAULT_TRAINING.lr, gt=0, description="learning rate (Adam)")
+    batch_size: int = Field(DEFAULT_TRAINING.batch_size, ge=1, description="mini-batch size")
+    seed: int = Field(
+        DEFAULT_TRAINING.seed, description="swarm seed: initial model and per-round shuffling"
+    )
     round_deadline_s: float = Field(
         30.0, description="seconds after its own commit a relay waits for missing members"
     )
@@ -79,15 +103,9 @@ class NodeSettings(BaseSettings):
     def endpoint(self) -> str:
         return self.advertise or f"{self.grpc_host}:{self.grpc_port}"
 
-    @classmethod
-    def load(cls, **overrides: Any) -> NodeSettings:
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
 
-
-class CoordinatorSettings(BaseSettings):
+class CoordinatorSettings(ApiarySettings):
     """The federated-mode coordinator: where it listens, what it aggregates, for whom."""
-
-    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
 
     coordinator_host: str = Field("127.0.0.1", description="address the coordinator listens on")
     coordinator_port: int = Field(50060, ge=0, le=65535, description="gRPC port of the coordinator")
@@ -108,16 +126,9 @@ class CoordinatorSettings(BaseSettings):
     def member_names(self) -> list[str]:
         return [name.strip() for name in self.coordinator_members.split(",") if name.strip()]
 
-    @classmethod
-    def load(cls, **overrides: Any) -> CoordinatorSettings:
-        """Environment first, then every override that is not None (CLI flags)."""
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
 
-
-class FoundingSettings(BaseSettings):
+class FoundingSettings(ApiarySettings):
     """`apiary found`: deploy the contract and set up every founding member's state directory."""
-
-    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
 
     rpc_url: str = Field("http://127.0.0.1:8545", description="chain JSON-RPC endpoint")
     funding_key: str | None = Field(
@@ -133,11 +144,20 @@ class FoundingSettings(BaseSettings):
         Path("swarm"), description="where swarm.json and the public HE context are written"
     )
     swarm_name: str = Field("apiary", description="the swarm's name (its TLS CA's common name)")
-    model: str = Field("mlp", description="model from the registry: mlp or cnn")
+    model: str = Field(DEFAULT_TRAINING.model, description="model from the registry: mlp or cnn")
     dataset: str = Field(
         "heart", description="'heart' (bundled data) or a shard file: sizes the contract"
     )
     min_peers: int = Field(2, ge=1, description="fewest members a round may close with")
+    enrol_window_s: int = Field(
+        20, ge=1, le=86400,
+        description="seconds after a round opens that every member has to enrol (on chain)",
+    )
+    commit_window_s: int = Field(
+        30, ge=1, le=86400,
+        description="seconds the round's participants have to commit before the absent ones "
+        "are dropped (on chain)",
+    )
     membership: str = Field("admin", description="who admits members: admin or majority")
     member_funding_eth: float = Field(
         10.0, ge=0, description="ETH the funding key sends each member's fresh account for gas"
@@ -158,10 +178,8 @@ class FoundingSettings(BaseSettings):
         return members
 
 
-class SampleDataSettings(BaseSettings):
+class SampleDataSettings(ApiarySettings):
     """`apiary sample-data`: one hospital's shard of the bundled UCI Heart Disease data."""
-
-    model_config = SettingsConfigDict(env_prefix="APIARY_", extra="ignore")
 
     hospital: str = Field("cleveland", description="cleveland, hungary, switzerland or va")
     data: Path = Field(Path("data/hospital.npz"), description="shard file to write (.npz or .csv)")

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from apiary.core.files import write_atomic, write_private
+
 VALIDITY = datetime.timedelta(days=825)
 CA_CERT, CA_KEY, NODE_CERT, NODE_KEY = "ca.pem", "ca.key", "node.pem", "node.key"
 
@@ -40,11 +42,9 @@ class TlsFiles:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CA_CERT).write_bytes(self.ca_cert)
-        (directory / NODE_CERT).write_bytes(self.cert)
-        key_path = directory / NODE_KEY
-        key_path.write_bytes(self.key)
-        key_path.chmod(0o600)
+        write_private(directory / NODE_KEY, self.key)
+        write_atomic(directory / NODE_CERT, self.cert)
+        write_atomic(directory / CA_CERT, self.ca_cert)
 
     def server_credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca_cert,

@@ -4,21 +4,44 @@ Optimiser: Adam, created afresh at each :func:`train_local` call — it converge
 on a few hundred tabular rows across a wide range of learning rates, and its moment estimates
 stay local (only weights are shared, so nothing else needs encrypting or averaging).
 Loss: cross-entropy on logits.
+
+:class:`TrainingConfig` holds the one set of training defaults that the node's settings, the
+demo, the comparison and the benchmarks start from. The settings and the command line read
+it at import, so torch is imported by the functions that train, not by this module.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["Metrics", "evaluate", "predict_proba", "roc_auc", "train_local"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["DEFAULT_TRAINING", "Metrics", "TrainingConfig", "evaluate", "predict_proba",
+           "roc_auc", "train_local"]
 
 _EVAL_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How each hospital trains: ``rounds`` of ``epochs`` local epochs of Adam at ``lr`` on
+    mini-batches of ``batch_size``; ``seed`` fixes the initial model and the shuffling."""
+
+    model: str = "mlp"
+    rounds: int = 10
+    epochs: int = 2
+    lr: float = 3e-3
+    batch_size: int = 16
+    seed: int = 0
+
+
+DEFAULT_TRAINING = TrainingConfig()
 
 
 @dataclass(frozen=True)
@@ -59,6 +82,9 @@ def train_local(
     same model, data and seed give bitwise identical weights (same machine and thread count).
     The model is left in eval mode.
     """
+    import torch
+    import torch.nn.functional as F
+
     _check_xy(x, y)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -89,6 +115,8 @@ def train_local(
 
 
 def _logits(model: nn.Module, x: np.ndarray) -> torch.Tensor:
+    import torch
+
     _check_xy(x)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     model.eval()
@@ -98,11 +126,16 @@ def _logits(model: nn.Module, x: np.ndarray) -> torch.Tensor:
 
 def predict_proba(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Class probabilities, float64 ``(n, num_classes)``."""
+    import torch
+
     return torch.softmax(_logits(model, x).double(), dim=1).numpy()
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> Metrics:
     """Accuracy, ROC AUC (binary; macro one-vs-rest for more classes), mean cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
     _check_xy(x, y)
     logits = _logits(model, x).double()
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))

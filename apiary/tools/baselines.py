@@ -21,21 +21,10 @@ from apiary.core.coefficients import weights_from_sample_counts
 from apiary.core.data.shards import Shard
 from apiary.core.flat import load_flat
 from apiary.core.models import build_model
-from apiary.core.training import evaluate
+from apiary.core.training import TrainingConfig, evaluate
 from apiary.node.trainer import LocalTrainer
 
-__all__ = ["MethodRun", "TrainConfig", "pooled", "run_central", "run_fedavg", "run_local",
-           "union_test"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str
-    rounds: int
-    epochs: int
-    lr: float
-    batch_size: int
-    seed: int
+__all__ = ["MethodRun", "pooled", "run_central", "run_fedavg", "run_local", "union_test"]
 
 
 @dataclass
@@ -68,29 +57,29 @@ def pooled(shards: dict[str, Shard]) -> Shard:
                  first.feature_names, first.num_classes)
 
 
-def _trainer(name: str, shard: Shard, cfg: TrainConfig, epochs: int) -> LocalTrainer:
+def _trainer(name: str, shard: Shard, cfg: TrainingConfig, epochs: int) -> LocalTrainer:
     return LocalTrainer(name, shard, None, cfg.model, cfg.seed, epochs, cfg.lr, cfg.batch_size)
 
 
-def _alone(name: str, shard: Shard, cfg: TrainConfig) -> np.ndarray:
+def _alone(name: str, shard: Shard, cfg: TrainingConfig) -> np.ndarray:
     trainer = _trainer(name, shard, cfg, cfg.rounds * cfg.epochs)
     weights, _ = trainer.train(trainer.initial_weights(), 1)
     return weights
 
 
-def run_central(shards: dict[str, Shard], cfg: TrainConfig) -> MethodRun:
+def run_central(shards: dict[str, Shard], cfg: TrainingConfig) -> MethodRun:
     started = time.perf_counter()
     weights = _alone("central", pooled(shards), cfg)
     return MethodRun({"global": weights}, seconds=time.perf_counter() - started)
 
 
-def run_local(shards: dict[str, Shard], cfg: TrainConfig) -> MethodRun:
+def run_local(shards: dict[str, Shard], cfg: TrainingConfig) -> MethodRun:
     started = time.perf_counter()
     weights = {name: _alone(name, shard, cfg) for name, shard in shards.items()}
     return MethodRun(weights, seconds=time.perf_counter() - started)
 
 
-def run_fedavg(shards: dict[str, Shard], cfg: TrainConfig,
+def run_fedavg(shards: dict[str, Shard], cfg: TrainingConfig,
                on_round: Callable[[int, float], None] | None = None) -> MethodRun:
     started = time.perf_counter()
     trainers = [_trainer(name, shard, cfg, cfg.epochs) for name, shard in shards.items()]

@@ -26,12 +26,12 @@ import torch
 
 from apiary.core.data.datasets import DatasetSpec
 from apiary.core.data.shards import Shard
+from apiary.core.errors import ApiaryError, InvalidInput
 from apiary.core.flat import load_flat
 from apiary.core.models import build_model
-from apiary.core.training import Metrics, evaluate
+from apiary.core.training import DEFAULT_TRAINING, Metrics, TrainingConfig, evaluate
 from apiary.tools.baselines import (
     MethodRun,
-    TrainConfig,
     run_central,
     run_fedavg,
     run_local,
@@ -55,7 +55,7 @@ LABELS: dict[str, str] = {
 Emit = Callable[[str], None]
 
 
-class CompareFailed(RuntimeError):
+class CompareFailed(ApiaryError, RuntimeError):
     """A real run did not complete: a node died, or rounds timed out."""
 
 
@@ -63,10 +63,10 @@ class CompareFailed(RuntimeError):
 class CompareOptions:
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     seeds: int = 3
-    rounds: int = 10
-    epochs: int = 2
-    lr: float = 0.003
-    batch_size: int = 16
+    rounds: int = DEFAULT_TRAINING.rounds
+    epochs: int = DEFAULT_TRAINING.epochs
+    lr: float = DEFAULT_TRAINING.lr
+    batch_size: int = DEFAULT_TRAINING.batch_size
     methods: tuple[str, ...] = METHODS
     out_dir: Path = Path("runs/compare")
     workers: int = 2
@@ -75,13 +75,15 @@ class CompareOptions:
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
-            raise ValueError(f"unknown method(s) {sorted(unknown)}; known: {', '.join(METHODS)}")
+            raise InvalidInput(f"unknown method(s) {sorted(unknown)}; known: "
+                               f"{', '.join(METHODS)}")
         if self.seeds < 1 or self.rounds < 1 or self.epochs < 1:
-            raise ValueError("seeds, rounds and epochs must be at least 1")
+            raise InvalidInput("seeds, rounds and epochs must be at least 1")
 
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(self.dataset.model, self.rounds, self.epochs, self.lr,
-                           self.batch_size, seed)
+    def train_config(self, seed: int) -> TrainingConfig:
+        """How every method trains for one seed; the real runs' nodes get the same."""
+        return TrainingConfig(model=self.dataset.model, rounds=self.rounds, epochs=self.epochs,
+                              lr=self.lr, batch_size=self.batch_size, seed=seed)
 
 
 # ---------------------------------------------------------------------- in-process methods
@@ -95,7 +97,7 @@ def _say(message: str) -> None:
     print(f"  … {message}", file=sys.stderr, flush=True)
 
 
-def train_in_process(method: str, dataset: DatasetSpec, cfg: TrainConfig,
+def train_in_process(method: str, dataset: DatasetSpec, cfg: TrainingConfig,
                      verbose: bool = True) -> MethodRun:
     """One in-process method for one seed (a worker-process entry point: one torch thread,
     as the nodes use, so weights match theirs bit for bit)."""
@@ -147,10 +149,10 @@ def run_real(mode: str, options: CompareOptions, seed: int, emit: Emit) -> tuple
     names = options.dataset.hospital_names
     out = options.out_dir / options.dataset.name / f"seed{seed}" / mode
     shutil.rmtree(out, ignore_errors=True)
-    demo = DemoOptions(mode=mode, rounds=options.rounds, epochs=options.epochs, lr=options.lr,
-                       batch_size=options.batch_size, seed=seed, min_peers=len(names),
-                       model=options.dataset.model, out_dir=out,
-                       round_deadline_s=options.round_timeout_s, dataset=options.dataset)
+    demo = DemoOptions.training_with(options.train_config(seed), mode=mode,
+                                     min_peers=len(names), out_dir=out,
+                                     round_deadline_s=options.round_timeout_s,
+                                     dataset=options.dataset)
     label = f"{mode} seed {seed}"
     started = time.perf_counter()
     with LocalSwarm(demo) as swarm:

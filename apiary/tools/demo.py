@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,13 @@ from apiary.chain.devnet import dev_private_keys, free_port, running_devnet
 from apiary.core.data.datasets import DatasetSpec
 from apiary.core.data.heart import HOSPITALS
 from apiary.core.data.shards import Shard
+from apiary.core.errors import ApiaryError
 from apiary.core.flat import param_count as count_params
 from apiary.core.he import HEContext
 from apiary.core.models import build_model
+from apiary.core.processes import stop_processes
 from apiary.core.tls import create_ca
+from apiary.core.training import DEFAULT_TRAINING, TrainingConfig
 from apiary.node.founding import (
     FoundingMember,
     Identity,
@@ -40,22 +43,25 @@ from apiary.node.founding import (
 from apiary.node.state import saved_history
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
+STOP_GRACE_S = 15.0
 
 
-class DemoFailed(RuntimeError):
+class DemoFailed(ApiaryError, RuntimeError):
     """A node process died or the rounds did not complete in time."""
 
 
 @dataclass
 class DemoOptions:
+    """A local swarm run; the training fields default to :data:`DEFAULT_TRAINING`'s."""
+
     mode: str = "swarm"
-    rounds: int = 10
-    epochs: int = 2
-    lr: float = 0.003
-    batch_size: int = 16
-    seed: int = 0
+    rounds: int = DEFAULT_TRAINING.rounds
+    epochs: int = DEFAULT_TRAINING.epochs
+    lr: float = DEFAULT_TRAINING.lr
+    batch_size: int = DEFAULT_TRAINING.batch_size
+    seed: int = DEFAULT_TRAINING.seed
     min_peers: int = 2
-    model: str = "mlp"
+    model: str = DEFAULT_TRAINING.model
     out_dir: Path = Path("runs/demo")
     round_deadline_s: float = 20.0
     timeout_s: float = 280.0
@@ -65,6 +71,16 @@ class DemoOptions:
     onboard_after: int = 2
     membership: str = "admin"
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
+
+    @classmethod
+    def training_with(cls, training: TrainingConfig, **options: Any) -> DemoOptions:
+        """Options whose nodes train as ``training`` says."""
+        return cls(**asdict(training), **options)
+
+    @property
+    def training(self) -> TrainingConfig:
+        return TrainingConfig(model=self.model, rounds=self.rounds, epochs=self.epochs,
+                              lr=self.lr, batch_size=self.batch_size, seed=self.seed)
 
 
 @dataclass
@@ -97,14 +113,15 @@ def write_data(out_dir: Path, seed: int, dataset: DatasetSpec | None = None,
 
 def _node_command(name: str, options: DemoOptions, data: Path, heldout: Path, state: Path,
                   api_port: int, grpc_port: int, extra: list[str]) -> list[str]:
+    training = options.training
     return [
         sys.executable, "-m", "apiary.cli", "node",
-        "--name", name, "--mode", options.mode, "--model", options.model,
+        "--name", name, "--mode", options.mode, "--model", training.model,
         "--data", str(data), "--heldout", str(heldout), "--state-dir", str(state),
         "--api-port", str(api_port), "--grpc-port", str(grpc_port),
-        "--rounds", str(options.rounds), "--epochs", str(options.epochs),
-        "--lr", str(options.lr), "--batch-size", str(options.batch_size),
-        "--seed", str(options.seed), "--round-deadline-s", str(options.round_deadline_s),
+        "--rounds", str(training.rounds), "--epochs", str(training.epochs),
+        "--lr", str(training.lr), "--batch-size", str(training.batch_size),
+        "--seed", str(training.seed), "--round-deadline-s", str(options.round_deadline_s),
         "--relay-takeover-s", "3",
         *extra,
     ]  # fmt: skip
@@ -237,14 +254,7 @@ class LocalSwarm:
         self.close()
 
     def close(self) -> None:
-        for node in self._children:
-            if node.process.poll() is None:
-                node.process.terminate()
-        for node in self._children:
-            try:
-                node.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                node.process.kill()
+        stop_processes([node.process for node in self._children], STOP_GRACE_S)
         self._stack.close()
 
     def found(self) -> None:
@@ -272,9 +282,11 @@ class LocalSwarm:
             self.emit(f"anvil devnet on {chain.rpc_url}; {founders[0]} deploys SwarmLearning "
                       f"for {self.params} parameters and admits {len(founders)} founders")
             members = [FoundingMember(self.identities[n], self.endpoint(n)) for n in founders]
+            window = max(1, round(options.round_deadline_s))
             contract = found_swarm(chain.web3(), self.identities[founders[0]].private_key,
                                    self.he, self.params, members, options.min_peers,
-                                   membership=options.membership)
+                                   membership=options.membership, enrol_window_s=window,
+                                   commit_window_s=window)
             self.rpc_url, self.contract_address = chain.rpc_url, contract.address
             for name in founders:
                 write_swarm_file(self.state_dir(name), contract.address, chain.rpc_url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apiary.core.data.shards import Shard
+from apiary.core.errors import InvalidInput
 
 __all__ = ["DATASET_NAMES", "DatasetSpec"]
 
@@ -28,7 +29,7 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         if self.name not in DATASET_NAMES:
-            raise ValueError(f"unknown dataset {self.name!r}; known: {', '.join(DATASET_NAMES)}")
+            raise InvalidInput(f"unknown dataset {self.name!r}; known: {', '.join(DATASET_NAMES)}")
 
     @property
     def hospital_names(self) -> tuple[str, ...]:

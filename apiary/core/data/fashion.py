@@ -33,6 +33,7 @@ import numpy as np
 
 from apiary.core.data.heart import stratified_split
 from apiary.core.data.shards import Shard
+from apiary.core.errors import InvalidInput
 
 __all__ = [
     "CLASSES",
@@ -56,7 +57,7 @@ _IDX_DTYPES = {0x08: np.uint8}
 def fashion_hospitals(count: int = 5) -> tuple[str, ...]:
     """Hospital names ``site1 … siteN``."""
     if count < 2:
-        raise ValueError(f"need at least 2 hospitals, got {count}")
+        raise InvalidInput(f"need at least 2 hospitals, got {count}")
     return tuple(f"site{i}" for i in range(1, count + 1))
 
 
@@ -66,12 +67,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as handle:
         data = handle.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+        raise InvalidInput(f"{path}: not an unsigned-byte IDX file")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims}, body has {body.size} values")
+        raise InvalidInput(f"{path}: header says {dims}, body has {body.size} values")
     return body.reshape(dims)
 
 
@@ -93,7 +94,7 @@ def _pooled(root: Path) -> tuple[np.ndarray, np.ndarray]:
         labels.append(read_idx(_find(root, label_stem)))
     x, y = np.concatenate(images), np.concatenate(labels).astype(np.int64)
     if x.shape[1:] != (28, 28) or len(x) != len(y):
-        raise ValueError(f"{root}: unexpected Fashion-MNIST shapes {x.shape}, {y.shape}")
+        raise InvalidInput(f"{root}: unexpected Fashion-MNIST shapes {x.shape}, {y.shape}")
     return x, y
 
 
@@ -102,10 +103,10 @@ def dirichlet_split(labels: np.ndarray, hospitals: int, alpha: float,
                     attempts: int = 1000) -> list[np.ndarray]:
     """Indices of ``labels`` for each hospital: per class, shares ~ Dirichlet(α·1)."""
     if alpha <= 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+        raise InvalidInput(f"alpha must be > 0, got {alpha}")
     if hospitals * min_per_hospital > len(labels):
-        raise ValueError(f"{len(labels)} samples cannot give {hospitals} hospitals "
-                         f"{min_per_hospital} each")
+        raise InvalidInput(f"{len(labels)} samples cannot give {hospitals} hospitals "
+                           f"{min_per_hospital} each")
     for _ in range(attempts):
         parts: list[list[np.ndarray]] = [[] for _ in range(hospitals)]
         for cls in np.unique(labels):
@@ -117,8 +118,8 @@ def dirichlet_split(labels: np.ndarray, hospitals: int, alpha: float,
         split = [rng.permutation(np.concatenate(p)) for p in parts]
         if min(len(s) for s in split) >= min_per_hospital:
             return split
-    raise ValueError(f"no Dirichlet({alpha}) draw gave every hospital {min_per_hospital} samples "
-                     f"in {attempts} attempts; raise alpha or the number of samples")
+    raise InvalidInput(f"no Dirichlet({alpha}) draw gave every hospital {min_per_hospital} samples "
+                       f"in {attempts} attempts; raise alpha or the number of samples")
 
 
 def label_skew(labels: np.ndarray, parts: list[np.ndarray], classes: int) -> float:
@@ -157,7 +158,7 @@ def load_fashion_shards(seed: int = 0, alpha: float = 0.5, images: int = 12_500,
     """
     x_all, y_all = _pooled(Path(root))
     if not 0 < images <= len(y_all):
-        raise ValueError(f"images must be in [1, {len(y_all)}], got {images}")
+        raise InvalidInput(f"images must be in [1, {len(y_all)}], got {images}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xFA5]))
     pool = _balanced_subsample(y_all, images, rng)
     names = fashion_hospitals(hospitals)

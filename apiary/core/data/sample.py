@@ -10,12 +10,13 @@ from pathlib import Path
 
 from apiary.core.data.heart import HOSPITALS, load_heart_shards
 from apiary.core.data.shards import Shard
+from apiary.core.errors import InvalidInput
 
 
 def write_sample_shard(hospital: str, path: Path, seed: int = 0) -> Shard:
     if hospital not in HOSPITALS:
-        raise ValueError(f"unknown hospital {hospital!r}; the bundled data has "
-                         f"{', '.join(HOSPITALS)}")
+        raise InvalidInput(f"unknown hospital {hospital!r}; the bundled data has "
+                           f"{', '.join(HOSPITALS)}")
     shard = load_heart_shards(seed=seed)[hospital]
     shard.save(path)
     return shard

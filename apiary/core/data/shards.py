@@ -15,7 +15,8 @@ File formats (chosen by the suffix of the path):
     (say, exported by a hospital's own tools) is accepted too, and then the name is the file's
     stem and ``num_classes`` is ``max(2, largest label + 1)``.
 
-Anything malformed gives a ``ValueError`` that names the file and says what is missing or wrong.
+Anything malformed gives an :class:`~apiary.core.errors.InvalidInput` (a ``ValueError``)
+that names the file and says what is missing or wrong.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from apiary.core.errors import InvalidInput
 
 __all__ = ["CSV_LABEL_COLUMN", "CSV_SPLIT_COLUMN", "Shard"]
 
@@ -58,7 +61,7 @@ class Shard:
     def __post_init__(self) -> None:
         problems = _validate(self)
         if problems:
-            raise ValueError(f"invalid shard {self.name!r}: " + "; ".join(problems))
+            raise InvalidInput(f"invalid shard {self.name!r}: " + "; ".join(problems))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -101,7 +104,7 @@ class Shard:
         elif suffix == ".csv":
             self._save_csv(path)
         else:
-            raise ValueError(_bad_suffix(path))
+            raise InvalidInput(_bad_suffix(path))
 
     def _save_npz(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +123,7 @@ class Shard:
 
     def _save_csv(self, path: Path) -> None:
         if self.x_train.ndim != 2:
-            raise ValueError(
+            raise InvalidInput(
                 f"{path}: CSV holds tabular shards only; shard {self.name!r} has samples of "
                 f"shape {self.input_shape} — save it as .npz"
             )
@@ -153,7 +156,7 @@ class Shard:
             return _load_npz(path)
         if suffix == ".csv":
             return _load_csv(path)
-        raise ValueError(_bad_suffix(path))
+        raise InvalidInput(_bad_suffix(path))
 
 
 # ---------------------------------------------------------------------- helpers
@@ -231,10 +234,10 @@ def _load_npz(path: Path) -> Shard:
             arrays = {k: data[k] for k in _NPZ_ARRAYS if k in data.files}
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
         # ValueError: object arrays (allow_pickle=False), bad array headers, ...
-        raise ValueError(f"{path}: not a readable .npz shard file ({exc})") from exc
+        raise InvalidInput(f"{path}: not a readable .npz shard file ({exc})") from exc
     missing = [k for k in _NPZ_ARRAYS if k not in arrays]
     if missing:
-        raise ValueError(
+        raise InvalidInput(
             f"{path}: shard file is missing array(s) {', '.join(missing)} "
             f"(expected {', '.join(_NPZ_ARRAYS)})"
         )
@@ -249,7 +252,7 @@ def _load_npz(path: Path) -> Shard:
             num_classes=int(arrays["num_classes"].item()),
         )
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise InvalidInput(f"{path}: {exc}") from exc
 
 
 def _load_csv(path: Path) -> Shard:
@@ -260,49 +263,49 @@ def _load_csv(path: Path) -> Shard:
         with path.open("r", encoding="utf-8") as fh:
             first = fh.readline()
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a UTF-8 text CSV shard file ({exc})") from exc
+        raise InvalidInput(f"{path}: not a UTF-8 text CSV shard file ({exc})") from exc
     has_meta_line = first.startswith(_CSV_MAGIC)
     if has_meta_line:
         try:
             loaded = json.loads(first[len(_CSV_MAGIC) :])
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: malformed '{_CSV_MAGIC.strip()}' header ({exc})") from exc
+            raise InvalidInput(f"{path}: malformed '{_CSV_MAGIC.strip()}' header ({exc})") from exc
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: '{_CSV_MAGIC.strip()}' header must be a JSON object")
+            raise InvalidInput(f"{path}: '{_CSV_MAGIC.strip()}' header must be a JSON object")
         meta = loaded
     try:
         table = pd.read_csv(path, skiprows=1 if has_meta_line else 0, skip_blank_lines=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable CSV shard file ({exc})") from exc
+        raise InvalidInput(f"{path}: not a readable CSV shard file ({exc})") from exc
 
     missing = [c for c in (CSV_LABEL_COLUMN, CSV_SPLIT_COLUMN) if c not in table.columns]
     if missing:
-        raise ValueError(
+        raise InvalidInput(
             f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; a CSV shard has the "
             f"feature columns, then {CSV_LABEL_COLUMN!r} and {CSV_SPLIT_COLUMN!r}"
         )
     features = [c for c in table.columns if c not in (CSV_LABEL_COLUMN, CSV_SPLIT_COLUMN)]
     if not features:
-        raise ValueError(f"{path}: no feature columns")
+        raise InvalidInput(f"{path}: no feature columns")
     unnamed = [c for c in features if str(c).startswith("Unnamed:")]
     if unnamed:
-        raise ValueError(f"{path}: column(s) without a header name: {', '.join(unnamed)}")
+        raise InvalidInput(f"{path}: column(s) without a header name: {', '.join(unnamed)}")
 
     split = table[CSV_SPLIT_COLUMN].astype(str).str.strip().str.lower()
     bad_split = sorted(set(split) - set(_SPLITS))
     if bad_split:
-        raise ValueError(
+        raise InvalidInput(
             f"{path}: column {CSV_SPLIT_COLUMN!r} must be 'train' or 'test', found {bad_split[:5]}"
         )
     numeric = table[features].apply(pd.to_numeric, errors="coerce")
     bad_cols = [c for c in features if numeric[c].isna().any()]
     if bad_cols:
-        raise ValueError(
+        raise InvalidInput(
             f"{path}: missing or non-numeric values in feature column(s) {', '.join(bad_cols)}"
         )
     labels = pd.to_numeric(table[CSV_LABEL_COLUMN], errors="coerce")
     if labels.isna().any() or not np.all(np.mod(labels.to_numpy(), 1) == 0):
-        raise ValueError(f"{path}: column {CSV_LABEL_COLUMN!r} must hold integer class labels")
+        raise InvalidInput(f"{path}: column {CSV_LABEL_COLUMN!r} must hold integer class labels")
 
     x = numeric.to_numpy(dtype=np.float32)
     y = labels.to_numpy().astype(np.int64)
@@ -314,7 +317,7 @@ def _load_csv(path: Path) -> Shard:
     elif isinstance(raw_classes, int):
         num_classes = raw_classes
     else:
-        raise ValueError(f"{path}: header num_classes must be an integer, got {raw_classes!r}")
+        raise InvalidInput(f"{path}: header num_classes must be an integer, got {raw_classes!r}")
     try:
         return Shard(
             name=name,
@@ -326,4 +329,4 @@ def _load_csv(path: Path) -> Shard:
             num_classes=num_classes,
         )
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise InvalidInput(f"{path}: {exc}") from exc

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from apiary.core import files
 
 
 def machine() -> dict[str, Any]:
@@ -43,6 +44,7 @@ def _cell(value: Any) -> str:
 
 
 def write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """A run's figures as a report anyone may read (nothing, without a path)."""
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        files.write_json(path, result, indent=2)

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from apiary.core.errors import ConfigError
+
 UNSUPPORTED = ("entrypoint", "env_file", "working_dir", "extends")
 CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 
@@ -28,7 +30,7 @@ _VARIABLE = re.compile(
 )
 
 
-class ComposeError(ValueError):
+class ComposeError(ConfigError, ValueError):
     """The compose file cannot be read or run as written."""
 
 

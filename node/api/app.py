@@ -1,0 +1,70 @@
+"""The admin API's application: its routers, its collaborators and its error answers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from apiary.core.errors import ApiaryError
+from apiary.core.settings import NodeSettings
+from apiary.node.api import health, membership, metrics, rounds
+from apiary.node.api.deps import History, InviteIssuer, JoinControl, Sponsoring
+from apiary.node.ports import NodeView
+
+
+def create_app(
+    settings: NodeSettings,
+    *,
+    node: NodeView,
+    history: History,
+    invites: InviteIssuer,
+    sponsor: Sponsoring,
+    joiner: JoinControl | None,
+) -> FastAPI:
+    """The admin API of one node; `joiner` is None on a node that does not join."""
+    app = FastAPI(
+        title=f"Apiary node {settings.name}",
+        version="1",
+        description="Admin API of one hospital node of an Apiary swarm.",
+    )
+    app.state.settings = settings
+    app.state.node = node
+    app.state.history = history
+    app.state.invites = invites
+    app.state.sponsor = sponsor
+    app.state.joiner = joiner
+    app.state.metrics = metrics.NodeMetrics()
+    app.add_exception_handler(ApiaryError, apiary_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    for router in (health.router, rounds.router, membership.router,
+                   membership.invitee_router, metrics.router):
+        app.include_router(router)
+    return app
+
+
+def apiary_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Any of the project's own errors, as ``{"detail": message}`` with its HTTP status."""
+    status = exc.http_status if isinstance(exc, ApiaryError) else 500
+    return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
+def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 answer, with non-finite numbers in the echoed input as strings
+    (JSON has no NaN, so the default answer would fail to render)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": _finite(jsonable_encoder(errors))}, status_code=422)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,111 @@
+"""Membership: invites, admitting, approving and removing members, and this node's own
+join through a sponsor.
+
+``POST /v1/members`` is called by a joining node and authorised by its invite; every other
+route here needs the admin token.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Response
+from pydantic import BaseModel, Field
+
+from apiary.node.api.deps import (
+    InvitesDep,
+    JoinerDep,
+    NodeDep,
+    SettingsDep,
+    SponsorDep,
+    require_admin,
+)
+from apiary.node.invites import Refused
+from apiary.node.joining import JoinProgress
+from apiary.node.onboarding import Approval, EthAddress, Handover, JoinRequest, Pending, Removal
+
+MAX_INVITE_TTL_S = 30 * 86400
+
+router = APIRouter(dependencies=[Depends(require_admin)], tags=["membership"])
+invitee_router = APIRouter(tags=["membership"])
+
+AddressPath = Annotated[EthAddress, Path(description="a member's Ethereum address")]
+
+
+class InviteRequest(BaseModel):
+    ttl_s: float = Field(3600.0, gt=0, le=MAX_INVITE_TTL_S, allow_inf_nan=False,
+                         description="lifetime in seconds")
+
+
+class InviteCreated(BaseModel):
+    invite: str = Field(description="the token; shown only in this answer")
+    expires_at: float
+    sponsor: str
+
+
+class JoinStart(BaseModel):
+    sponsor_url: str = Field(pattern=r"^https?://", max_length=2000,
+                             description="the sponsor node's admin API URL")
+    invite: str = Field(min_length=1, max_length=200)
+
+
+@router.post("/v1/invites", status_code=201, response_model=InviteCreated)
+def create_invite(request: InviteRequest, settings: SettingsDep,
+                  invites: InvitesDep) -> InviteCreated:
+    """A single-use invite for a new hospital; the token is shown only in this answer."""
+    token, expires_at = invites.create(request.ttl_s)
+    return InviteCreated(invite=token, expires_at=expires_at, sponsor=settings.name)
+
+
+@invitee_router.post(
+    "/v1/members", response_model=Handover | Pending,
+    responses={202: {"model": Pending, "description": "awaiting approval by a majority"},
+               403: {"description": "invalid invite"},
+               409: {"description": "invite used, or already a member"},
+               410: {"description": "invite expired"}},
+)
+def admit_member(request: JoinRequest, response: Response,
+                 sponsor: SponsorDep) -> Handover | Pending:
+    """Called by a joining node with its invite: registers it on chain, then hands over
+    the swarm key wrapped to its X25519 key, its TLS certificate and the global model."""
+    answer = sponsor.admit(request)
+    if isinstance(answer, Pending):
+        response.status_code = 202
+    return answer
+
+
+@router.post("/v1/members/{address}/approval", response_model=Approval)
+def approve_member(address: AddressPath, sponsor: SponsorDep) -> Approval:
+    """Majority rule: this member approves a proposed newcomer."""
+    return sponsor.approve(address)
+
+
+@router.delete("/v1/members/{address}", response_model=Removal)
+def remove_member(address: AddressPath, sponsor: SponsorDep) -> Removal:
+    """Deactivate a member on chain and rotate the remaining members to a fresh HE key."""
+    return sponsor.remove(address)
+
+
+@router.post("/v1/join", status_code=202, response_model=JoinProgress,
+             responses={404: {"description": "this node does not join"},
+                        409: {"description": "already a member, or a join is running"}})
+def join(request: JoinStart, node: NodeDep, joiner: JoinerDep) -> JoinProgress:
+    """Join a swarm through a sponsor's API with its invite (runs in the background)."""
+    if node.link is not None:
+        raise Refused(409, "this node is already a swarm member")
+    if joiner is None:
+        raise Refused(404, "this node does not join")
+    if joiner.busy:
+        raise Refused(409, "a join is already in progress")
+    joiner.start(request.sponsor_url, request.invite)
+    return joiner.progress()
+
+
+@router.get("/v1/join", response_model=JoinProgress,
+            responses={404: {"description": "this node does not join"}})
+def join_progress(joiner: JoinerDep) -> JoinProgress:
+    """Where this node's join stands: generating keys, requesting admission,
+    awaiting approval, verifying, member or failed."""
+    if joiner is None:
+        raise Refused(404, "this node does not join")
+    return joiner.progress()
