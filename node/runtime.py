@@ -36,7 +36,7 @@ from apiary.node.keys import KeyRing
 from apiary.node.onboarding import Sponsor
 from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.ports import ReadinessFacts, RoundDriver, SwarmLink, Train
-from apiary.node.rounds import NotAMember, RoundFailed, RoundOutcome
+from apiary.node.rounds import NotAMember, RoundAbandoned, RoundFailed, RoundOutcome
 from apiary.node.state import NodeState, RoundRecord
 from apiary.node.swarm import SwarmRound
 from apiary.node.trainer import LocalTrainer
@@ -236,6 +236,10 @@ class NodeRuntime:
                 log.error("node=%s is no longer a swarm member: %s", self.settings.name, exc)
                 self.phase = "removed"
                 return
+            except RoundAbandoned as exc:
+                log.warning("node=%s round=%d abandoned; keeping the model: %s",
+                            self.settings.name, round_number, exc)
+                continue
             except RoundFailed as exc:
                 log.error("node=%s round=%d failed: %s", self.settings.name, round_number, exc)
                 time.sleep(1.0)
