@@ -362,7 +362,12 @@ def onboard(swarm: LocalSwarm, name: str, sponsor: str,
 
 def join_through_api(newcomer: NodeProcess, sponsor_url: str, token: str,
                      emit: Callable[[str], None]) -> tuple[int, float]:
-    """Invite, join, wait for membership; returns the newcomer's first round and seconds."""
+    """Invite, join, wait for membership; returns the round the newcomer surely takes part
+    in, and the seconds onboarding took.
+
+    That is the round after next: the members may have fixed the next round's participants
+    before the newcomer was admitted, and then it joins from the round after.
+    """
     headers = {"Authorization": f"Bearer {token}"}
     name = newcomer.name
     started = time.monotonic()
@@ -388,7 +393,7 @@ def join_through_api(newcomer: NodeProcess, sponsor_url: str, token: str,
     status = httpx.get(f"{newcomer.api_url}/v1/status", headers=headers, timeout=30).json()
     emit(f"onboarding {name}: member {progress['address']} after {seconds:.1f} s, "
          f"holding the round-{status['round']} model")
-    return int(status["round"]) + 1, seconds
+    return int(status["round"]) + 2, seconds
 
 
 def _wait_healthy(node: NodeProcess, timeout: float = 60.0) -> None:
