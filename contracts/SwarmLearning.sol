@@ -26,6 +26,8 @@ contract SwarmLearning {
     uint256 public constant MAX_MEMBERS = 64;
     /// @notice Largest sample count a member may report for one round.
     uint256 public constant MAX_SAMPLE_COUNT = 2 ** 32 - 1;
+    /// @notice Largest TLS certificate (PEM bytes) a member may register.
+    uint256 public constant MAX_CERTIFICATE_BYTES = 4096;
 
     uint256 private constant _LANE_MASK =
         0x0000000000000000ffffffffffffffff0000000000000000ffffffffffffffff;
@@ -37,9 +39,11 @@ contract SwarmLearning {
         Majority
     }
 
+    /// @notice A candidate proposed under the Majority rule, with what it is admitted with.
     struct Proposal {
         string endpoint;
         bytes32 x25519PublicKey;
+        bytes tlsCertificate;
         uint256 approvals;
         uint256 epoch;
     }
@@ -49,9 +53,13 @@ contract SwarmLearning {
         bytes32 contextDigest;
     }
 
+    /// @notice A member's record: where peers reach it, the X25519 key its secrets are
+    /// wrapped to and its pairwise masks derive from, and the self-signed TLS certificate
+    /// (PEM) every member's gRPC trusts while it is active.
     struct Member {
         string endpoint;
         bytes32 x25519PublicKey;
+        bytes tlsCertificate;
         bool active;
         bool exists;
     }
@@ -144,6 +152,8 @@ contract SwarmLearning {
     error NotMember(address account);
     error MemberExists(address account);
     error InvalidMember(address account);
+    /// @notice `account`'s TLS certificate is empty or longer than MAX_CERTIFICATE_BYTES.
+    error InvalidCertificate(address account, uint256 length);
     error TooManyMembers(uint256 limit);
     error RoundNotOpen(uint256 round, uint256 currentRound);
     error RoundSealedAlready(uint256 round);
@@ -248,30 +258,44 @@ contract SwarmLearning {
 
     // ------------------------------------------------------------------ membership
 
-    /// @notice Admit `account` with its gRPC endpoint and X25519 public key. Under the
-    /// Majority rule the admin may do so only while founding (before any commit).
-    function addMember(address account, string calldata endpoint, bytes32 x25519PublicKey)
-        external
-        onlyAdmin
-    {
+    /// @notice Admit `account` with its gRPC endpoint, X25519 public key and TLS
+    /// certificate. Under the Majority rule the admin may do so only while founding (before
+    /// any member enrolled).
+    /// @param account the member's Ethereum account.
+    /// @param endpoint its gRPC endpoint, host:port.
+    /// @param x25519PublicKey its X25519 public key.
+    /// @param tlsCertificate the PEM of the self-signed certificate its node made.
+    function addMember(
+        address account,
+        string calldata endpoint,
+        bytes32 x25519PublicKey,
+        bytes calldata tlsCertificate
+    ) external onlyAdmin {
         bool founding = lastFinalizedRound == 0 && _rounds[currentRound].enrolled.length == 0;
         if (membershipRule == MembershipRule.Majority && !founding) {
             revert WrongMembershipRule(membershipRule);
         }
-        _admit(account, endpoint, x25519PublicKey);
+        _admit(account, endpoint, x25519PublicKey, tlsCertificate);
     }
 
     /// @notice Majority rule: an active member proposes `account`; its approval counts.
-    function proposeMember(address account, string calldata endpoint, bytes32 x25519PublicKey)
-        external
-        onlyActiveMember
-    {
+    /// @param account the candidate's Ethereum account.
+    /// @param endpoint its gRPC endpoint, host:port.
+    /// @param x25519PublicKey its X25519 public key.
+    /// @param tlsCertificate the PEM of the self-signed certificate its node made.
+    function proposeMember(
+        address account,
+        string calldata endpoint,
+        bytes32 x25519PublicKey,
+        bytes calldata tlsCertificate
+    ) external onlyActiveMember {
         if (membershipRule != MembershipRule.Majority) revert WrongMembershipRule(membershipRule);
-        _checkCandidate(account, endpoint, x25519PublicKey);
+        _checkCandidate(account, endpoint, x25519PublicKey, tlsCertificate);
         _proposalEpoch += 1;
         Proposal storage p = _proposals[account];
         p.endpoint = endpoint;
         p.x25519PublicKey = x25519PublicKey;
+        p.tlsCertificate = tlsCertificate;
         p.approvals = 0;
         p.epoch = _proposalEpoch;
         emit MemberProposed(account, msg.sender);
@@ -293,23 +317,38 @@ contract SwarmLearning {
         _approvedBy[key] = true;
         p.approvals += 1;
         emit MemberApproved(account, msg.sender, p.approvals);
-        if (p.approvals * 2 > activeMemberCount) _admit(account, p.endpoint, p.x25519PublicKey);
+        if (p.approvals * 2 > activeMemberCount) {
+            _admit(account, p.endpoint, p.x25519PublicKey, p.tlsCertificate);
+        }
     }
 
-    function _checkCandidate(address account, string memory endpoint, bytes32 x25519PublicKey)
-        private
-        view
-    {
+    /// @dev Reverts unless `account` can be admitted with these: a non-zero account, an
+    /// endpoint, a non-zero X25519 key and a certificate of 1..MAX_CERTIFICATE_BYTES bytes.
+    function _checkCandidate(
+        address account,
+        string memory endpoint,
+        bytes32 x25519PublicKey,
+        bytes memory tlsCertificate
+    ) private view {
         if (account == address(0) || bytes(endpoint).length == 0 || x25519PublicKey == bytes32(0)) {
             revert InvalidMember(account);
+        }
+        if (tlsCertificate.length == 0 || tlsCertificate.length > MAX_CERTIFICATE_BYTES) {
+            revert InvalidCertificate(account, tlsCertificate.length);
         }
         if (_members[account].exists) revert MemberExists(account);
     }
 
-    function _admit(address account, string memory endpoint, bytes32 x25519PublicKey) private {
-        _checkCandidate(account, endpoint, x25519PublicKey);
+    /// @dev Records `account` as an active member (checked as `_checkCandidate` does).
+    function _admit(
+        address account,
+        string memory endpoint,
+        bytes32 x25519PublicKey,
+        bytes memory tlsCertificate
+    ) private {
+        _checkCandidate(account, endpoint, x25519PublicKey, tlsCertificate);
         if (activeMemberCount >= MAX_MEMBERS) revert TooManyMembers(MAX_MEMBERS);
-        _members[account] = Member(endpoint, x25519PublicKey, true, true);
+        _members[account] = Member(endpoint, x25519PublicKey, tlsCertificate, true, true);
         _memberList.push(account);
         activeMemberCount += 1;
         emit MemberAdded(account, endpoint, x25519PublicKey);
@@ -385,13 +424,22 @@ contract SwarmLearning {
     }
 
     /// @notice A member's record (inactive and unknown accounts return active = false).
+    /// @return endpoint its gRPC endpoint.
+    /// @return x25519PublicKey its X25519 public key.
+    /// @return tlsCertificate the PEM of its TLS certificate.
+    /// @return active whether it is a member now.
     function member(address account)
         external
         view
-        returns (string memory endpoint, bytes32 x25519PublicKey, bool active)
+        returns (
+            string memory endpoint,
+            bytes32 x25519PublicKey,
+            bytes memory tlsCertificate,
+            bool active
+        )
     {
         Member storage m = _members[account];
-        return (m.endpoint, m.x25519PublicKey, m.active);
+        return (m.endpoint, m.x25519PublicKey, m.tlsCertificate, m.active);
     }
 
     /// @notice Every account ever admitted, in admission order.

@@ -67,6 +67,8 @@ class MemberInfo:
     address: str
     endpoint: str
     x25519_public_key: bytes
+    tls_certificate: bytes
+    """PEM of the self-signed certificate the member's node made (empty if unknown)."""
     active: bool
 
 
@@ -220,8 +222,9 @@ class SwarmContract:
         return int(self._view("lastFinalizedRound"))
 
     def member(self, address: str) -> MemberInfo:
-        endpoint, key, active = self._view("member", to_checksum_address(address))
-        return MemberInfo(to_checksum_address(address), endpoint, bytes(key), active)
+        endpoint, key, certificate, active = self._view("member", to_checksum_address(address))
+        return MemberInfo(to_checksum_address(address), endpoint, bytes(key), bytes(certificate),
+                          active)
 
     def members(self, *, active_only: bool = True) -> list[MemberInfo]:
         found = [self.member(a) for a in self._view("memberAddresses")]
@@ -296,19 +299,25 @@ class SwarmContract:
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
 
-    def add_member(self, address: str, endpoint: str, x25519_public_key: bytes) -> TxResult:
-        if len(x25519_public_key) != 32:
-            raise ValueError(f"an X25519 public key has 32 bytes, got {len(x25519_public_key)}")
-        return self._send("addMember", to_checksum_address(address), endpoint, x25519_public_key)
+    def add_member(self, address: str, endpoint: str, x25519_public_key: bytes,
+                   tls_certificate: bytes) -> TxResult:
+        """Admit `address` (admin only) with its endpoint, X25519 key and the PEM of its
+        node's self-signed TLS certificate."""
+        _check_x25519(x25519_public_key)
+        return self._send("addMember", to_checksum_address(address), endpoint, x25519_public_key,
+                          tls_certificate)
 
     def remove_member(self, address: str, context_digest: bytes) -> TxResult:
         """Deactivate `address` and start key epoch `context_digest` in one transaction."""
         return self._send_with_room("removeMember", to_checksum_address(address),
                                     context_digest)
 
-    def propose_member(self, address: str, endpoint: str, x25519_public_key: bytes) -> TxResult:
+    def propose_member(self, address: str, endpoint: str, x25519_public_key: bytes,
+                       tls_certificate: bytes) -> TxResult:
+        """Majority rule: propose `address` with what `add_member` takes."""
+        _check_x25519(x25519_public_key)
         return self._send("proposeMember", to_checksum_address(address), endpoint,
-                          x25519_public_key)
+                          x25519_public_key, tls_certificate)
 
     def approve_member(self, address: str) -> TxResult:
         return self._send("approveMember", to_checksum_address(address))
@@ -432,6 +441,11 @@ class SwarmContract:
             from_block=0, argument_filters={"round": round_number}
         )
         return bytes(logs[-1]["args"]["aggregateRoot"]) if logs else None
+
+
+def _check_x25519(key: bytes) -> None:
+    if len(key) != 32:
+        raise ValueError(f"an X25519 public key has 32 bytes, got {len(key)}")
 
 
 def send_ether(

@@ -21,10 +21,12 @@ from apiary.core.coefficients import (
     weights_from_sample_counts,
 )
 from apiary.core.he import HEContext
+from apiary.core.tls import MAX_CERTIFICATE_BYTES, create_self_signed
 
 pytestmark = pytest.mark.chain
 
 RAGGED_PARAMS = 2 * SLOTS_PER_BLOCK + 1000
+CERT = create_self_signed("candidate", ["127.0.0.1"]).cert
 
 
 @dataclass
@@ -46,7 +48,8 @@ def make_swarm(
     )
     hospitals = [admin.as_account(k) for k in keys[1 : members + 1]]
     for i, hospital in enumerate(hospitals):
-        admin.add_member(hospital.sender, f"127.0.0.1:{50051 + i}", bytes([i + 1]) * 32)
+        admin.add_member(hospital.sender, f"127.0.0.1:{50051 + i}", bytes([i + 1]) * 32,
+                         create_self_signed(f"h{i}", ["127.0.0.1"]).cert)
     return Swarm(admin, hospitals, admin.as_account(keys[-1]))
 
 
@@ -408,17 +411,36 @@ def test_only_the_admin_manages_members(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
     newcomer = swarm.outsider.sender
     key = b"\x09" * 32
-    rejects(lambda: swarm.members[0].add_member(newcomer, "127.0.0.1:1", key), "NotAdmin",
+    rejects(lambda: swarm.members[0].add_member(newcomer, "127.0.0.1:1", key, CERT), "NotAdmin",
             swarm.admin)
-    rejects(lambda: swarm.outsider.add_member(newcomer, "127.0.0.1:1", key), "NotAdmin",
+    rejects(lambda: swarm.outsider.add_member(newcomer, "127.0.0.1:1", key, CERT), "NotAdmin",
             swarm.admin)
     rejects(lambda: swarm.members[0].remove_member(swarm.members[1].sender, b"\x01" * 32),
             "NotAdmin", swarm.admin)
-    rejects(lambda: swarm.admin.add_member(swarm.members[0].sender, "x:1", key),
+    rejects(lambda: swarm.admin.add_member(swarm.members[0].sender, "x:1", key, CERT),
             "MemberExists", swarm.admin)
-    rejects(lambda: swarm.admin.add_member(newcomer, "", key), "InvalidMember", swarm.admin)
-    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", b"\0" * 32), "InvalidMember",
+    rejects(lambda: swarm.admin.add_member(newcomer, "", key, CERT), "InvalidMember",
             swarm.admin)
+    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", b"\0" * 32, CERT), "InvalidMember",
+            swarm.admin)
+    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", key, b""), "InvalidCertificate",
+            swarm.admin)
+    too_long = b"x" * (MAX_CERTIFICATE_BYTES + 1)
+    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", key, too_long),
+            "InvalidCertificate", swarm.admin)
+
+
+def test_a_member_record_holds_its_tls_certificate(w3, dev_keys, he) -> None:
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
+    newcomer = swarm.outsider.sender
+    swarm.admin.add_member(newcomer, "h:1", b"\x09" * 32, CERT)
+    record = swarm.admin.member(newcomer)
+    assert record.active and record.tls_certificate == CERT
+    assert record.x25519_public_key == b"\x09" * 32 and record.endpoint == "h:1"
+    certificates = [m.tls_certificate for m in swarm.admin.members()]
+    assert len(set(certificates)) == 3 and all(c.startswith(b"-----BEGIN CERTIFICATE")
+                                               for c in certificates)
+    assert swarm.admin.member("0x" + "77" * 20).tls_certificate == b""
 
 
 def test_removal_rotates_the_key_in_the_same_call(w3, dev_keys, he) -> None:
@@ -497,10 +519,12 @@ def test_majority_rule_admits_a_member_only_with_more_than_half(w3, dev_keys, he
                        membership="majority")
     assert swarm.admin.membership_rule() == "majority"
     candidate, key = swarm.outsider.sender, b"\x07" * 32
-    rejects(lambda: swarm.outsider.propose_member(candidate, "127.0.0.1:9", key), "NotMember",
-            swarm.admin)
+    rejects(lambda: swarm.outsider.propose_member(candidate, "127.0.0.1:9", key, CERT),
+            "NotMember", swarm.admin)
+    rejects(lambda: swarm.members[0].propose_member(candidate, "127.0.0.1:9", key, b""),
+            "InvalidCertificate", swarm.admin)
     rejects(lambda: swarm.members[0].approve_member(candidate), "NoProposal", swarm.admin)
-    swarm.members[0].propose_member(candidate, "127.0.0.1:9", key)
+    swarm.members[0].propose_member(candidate, "127.0.0.1:9", key, CERT)
     assert swarm.admin.proposal_approvals(candidate) == 1
     rejects(lambda: swarm.members[0].approve_member(candidate), "AlreadyApproved", swarm.admin)
     swarm.members[1].approve_member(candidate)
@@ -508,6 +532,7 @@ def test_majority_rule_admits_a_member_only_with_more_than_half(w3, dev_keys, he
     swarm.members[2].approve_member(candidate)
     assert swarm.admin.member(candidate).active
     assert swarm.admin.member(candidate).endpoint == "127.0.0.1:9"
+    assert swarm.admin.member(candidate).tls_certificate == CERT
     rejects(lambda: swarm.members[3].approve_member(candidate), "NoProposal", swarm.admin)
 
 
@@ -515,13 +540,14 @@ def test_majority_rule_closes_admin_admission_after_founding(w3, dev_keys, he) -
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK,
                        membership="majority")
     swarm.members[0].enrol(1, 0, 10)
-    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32),
+    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT),
             "WrongMembershipRule", swarm.admin)
 
 
 def test_admin_rule_has_no_proposals(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
-    rejects(lambda: swarm.members[0].propose_member(swarm.outsider.sender, "h:1", b"\x05" * 32),
+    rejects(lambda: swarm.members[0].propose_member(swarm.outsider.sender, "h:1",
+                                                    b"\x05" * 32, CERT),
             "WrongMembershipRule", swarm.admin)
 
 
@@ -557,9 +583,9 @@ def test_admin_role_moves_in_two_steps(w3, dev_keys, he) -> None:
     heir.accept_admin()
     assert swarm.admin.admin() == heir.sender and swarm.admin.pending_admin() is None
     rejects(lambda: swarm.admin.rotate_key(he.public_digest()), "NotAdmin", swarm.admin)
-    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32),
+    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT),
             "NotAdmin", swarm.admin)
-    heir.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32)
+    heir.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT)
     assert swarm.admin.member(swarm.outsider.sender).active
 
 

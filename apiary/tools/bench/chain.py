@@ -16,6 +16,7 @@ from apiary.chain.binding import SwarmContract, TxResult
 from apiary.chain.devnet import dev_private_keys, running_devnet
 from apiary.core.coefficients import block_digest
 from apiary.core.he import HEContext
+from apiary.core.tls import create_self_signed
 from apiary.tools.bench.report import machine, table
 
 
@@ -42,7 +43,8 @@ def bench_chain(
             )
             members = [contract.as_account(k) for k in keys[1 : nodes + 1]]
             for i, member in enumerate(members):
-                contract.add_member(member.sender, f"127.0.0.1:{50100 + i}", bytes([i + 1]) * 32)
+                contract.add_member(member.sender, f"127.0.0.1:{50100 + i}", bytes([i + 1]) * 32,
+                                    create_self_signed(f"node{i}", ["127.0.0.1"]).cert)
             commit_gas = []
             for i, member in enumerate(members):
                 commit_gas.append(member.enrol(1, 0, 100 + i).gas_used)
