@@ -1,4 +1,9 @@
-"""The node's gRPC side: the relay inbox that members stream their ciphertext blocks into."""
+"""The node's gRPC side: the relay inbox that members stream their ciphertext blocks into.
+
+With a :class:`~apiary.node.trust.MemberTrust` the server is mutual TLS and accepts only the
+certificates of the members active on chain; each call that serves or accepts data checks
+again that the caller's certificate is the one registered for an active member.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ from eth_utils import to_checksum_address
 
 from apiary.chain.binding import SwarmContract
 from apiary.core.keywrap import UnwrapError, WrappedSecret, unwrap, wrap_context
-from apiary.core.tls import TlsFiles
 from apiary.core.transport import (
     ReceivedUpdate,
     TransportError,
@@ -21,6 +25,7 @@ from apiary.core.transport import (
     verify_update_signature,
 )
 from apiary.node.keys import KeyMismatch, KeyRing
+from apiary.node.trust import MemberTrust
 from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
 log = logging.getLogger("apiary.node.peer")
@@ -74,20 +79,37 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
     refused and changes nothing."""
 
     def __init__(self, contract: SwarmContract, inbox: Inbox, node: str,
-                 keys: KeyRing | None = None, x25519_private: bytes | None = None) -> None:
+                 keys: KeyRing | None = None, x25519_private: bytes | None = None,
+                 trust: MemberTrust | None = None) -> None:
         self.contract = contract
         self.inbox = inbox
         self.node = node
         self.keys = keys
         self.x25519_private = x25519_private
+        self.trust = trust
+        """None on a plaintext server (benchmarks and tests): callers are not identified."""
         params = contract.he_parameters()
         self.block_count = params.block_count
         self.modulus = params.modulus
         self._chain_lock = threading.Lock()
 
+    def _check_caller(self, context: grpc.ServicerContext) -> None:
+        """Abort unless the TLS client certificate is an active member's, on chain now."""
+        if self.trust is None:
+            return
+        presented = context.auth_context().get("x509_pem_cert") or []
+        if not presented:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no TLS client certificate")
+        if self.trust.member_for(presented[0]) is None:
+            log.warning("node=%s refused a call from a certificate no active member holds",
+                        self.node)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "the caller's TLS certificate is not registered for an active member")
+
     def PushUpdate(
         self, request_iterator: Iterator[apiary_pb2.UpdateChunk], context: grpc.ServicerContext
     ) -> apiary_pb2.PushReply:
+        self._check_caller(context)
         try:
             update = receive_update(
                 request_iterator, expected_blocks=self.block_count, modulus=self.modulus
@@ -131,6 +153,7 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
         self, request: apiary_pb2.FetchRequest, context: grpc.ServicerContext
     ) -> Iterator[apiary_pb2.UpdateChunk]:
         """The copy of a participant's update that matches its commitment on chain."""
+        self._check_caller(context)
         try:
             sender = to_checksum_address(request.sender)
         except ValueError:
@@ -152,6 +175,7 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
     def DeliverKey(
         self, request: apiary_pb2.KeyDelivery, context: grpc.ServicerContext
     ) -> apiary_pb2.KeyReceipt:
+        self._check_caller(context)
         if self.keys is None or self.x25519_private is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node holds no X25519 identity")
         epoch = int(request.epoch)
@@ -174,15 +198,16 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
 
 
 def start_peer_server(service: PeerService, host: str, port: int,
-                      tls: TlsFiles | None = None) -> grpc.Server:
-    """gRPC server for the peer service; with `tls`, clients need a swarm certificate."""
+                      trust: MemberTrust | None = None) -> grpc.Server:
+    """gRPC server for the peer service; with `trust`, mutual TLS that accepts only the
+    certificates of active members."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     apiary_pb2_grpc.add_PeerServicer_to_server(service, server)
     address = f"{host}:{port}"
-    if tls is None:
+    if trust is None:
         bound = server.add_insecure_port(address)
     else:
-        bound = server.add_secure_port(address, tls.server_credentials())
+        bound = server.add_secure_port(address, trust.server_credentials())
     if bound == 0:
         raise RuntimeError(f"cannot listen for gRPC on {host}:{port}: is the port in use?")
     server.start()

@@ -14,8 +14,8 @@ from typing import Protocol
 import numpy as np
 
 from apiary.chain.binding import SwarmContract
-from apiary.core.tls import TlsFiles
 from apiary.node.rounds import RoundOutcome
+from apiary.node.trust import MemberTrust
 
 Train = Callable[[], tuple[np.ndarray, float, int]]
 """Local training for one round: the new weights, the training loss and the sample count."""
@@ -29,8 +29,9 @@ class SwarmLink:
     """The contract, sending as this node."""
     rpc_url: str
     """The chain endpoint the contract was reached through (handed on to newcomers)."""
-    tls: TlsFiles | None
-    """This node's peer gRPC certificate, key and the swarm CA; None for plaintext."""
+    trust: MemberTrust | None
+    """This node's gRPC credentials, trusting the active members' certificates on chain;
+    None for plaintext."""
 
 
 class AggregateSource(Protocol):

@@ -90,7 +90,9 @@ class SwarmRound:
     relay_takeover_s: float
     round_timeout_s: float
     keys: KeyRing | None = None
-    credentials: grpc.ChannelCredentials | None = None
+    credentials: Callable[[], grpc.ChannelCredentials] | None = None
+    """Makes the TLS credentials of one peer call (the members trusted change over time);
+    None for plaintext."""
     x25519_private: bytes | None = None
     _masker: Masker | None = field(default=None, init=False, repr=False)
     _masker_peers: set[str] = field(default_factory=set, init=False, repr=False)
@@ -128,6 +130,9 @@ class SwarmRound:
     @property
     def me(self) -> str:
         return self.contract.sender
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        return self.credentials() if self.credentials is not None else None
 
     def current_round(self) -> int:
         return self.contract.current_round()
@@ -167,9 +172,7 @@ class SwarmRound:
                 if info.committed < info.contributors:
                     self._drop_when_due(round_number, info)
                 else:
-                    missing = self._collect(round_number, info.attempt, participants)
-                    if missing:
-                        self._drop_withheld_when_due(round_number, info, missing)
+                    self._drop_withheld_when_due(round_number, info, participants)
             if info.participants_fixed and info.committed == info.contributors:
                 relayed = self._relay_if_our_turn(round_number, info) or relayed
             time.sleep(POLL_SECONDS)
@@ -180,8 +183,9 @@ class SwarmRound:
         final = self.contract.round_info(round_number)
         self.inbox.prune(round_number + 1)
         if not final.finalized:
-            raise RoundAbandoned(f"round {round_number} closed without an aggregate: fewer "
-                                 f"than {self.params.min_peers} participants were left")
+            raise RoundAbandoned(f"round {round_number} closed without an aggregate (fewer "
+                                 f"than {self.params.min_peers} participants were left, or "
+                                 "a member was removed while it ran)")
         started = time.perf_counter()
         outcome = self.fetch_aggregate(round_number, param_count)
         seconds["decrypt"] = time.perf_counter() - started
@@ -250,12 +254,15 @@ class SwarmRound:
                         "commit in time", self.node, round_number, info.attempt)
 
     def _drop_withheld_when_due(self, round_number: int, info: RoundInfo,
-                                missing: list[str]) -> None:
+                                participants: list[str]) -> None:
         """Drop committed participants whose blocks nobody could give us, once the round
         has been stuck for twice the commit window."""
         timing = self.contract.round_timing(round_number)
         due = timing.attempt_started_at + 2 * self.params.commit_window_s
         if self.contract.chain_time() < due:
+            return
+        missing = self._collect(round_number, info.attempt, participants)
+        if not missing:
             return
         if self._send_racing(lambda: self.contract.drop_withheld(round_number, missing)):
             log.warning("node=%s round=%d attempt=%d dropped %s: committed, but no member "
@@ -289,7 +296,7 @@ class SwarmRound:
                                   modulus=self.params.modulus,
                                   expected_blocks=self.params.block_count,
                                   contract_address=self.contract.address,
-                                  timeout=FETCH_TIMEOUT_S, credentials=self.credentials)
+                                  timeout=FETCH_TIMEOUT_S, credentials=self._credentials())
         except TransportError as exc:
             log.info("node=%s round=%d attempt=%d could not fetch %s's blocks from %s: %s",
                      self.node, round_number, attempt, sender, endpoint, exc)
@@ -370,7 +377,7 @@ class SwarmRound:
         with futures.ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
             pushes = {
                 pool.submit(push_update, m.endpoint, header, blocks, timeout=PUSH_TIMEOUT_S,
-                            credentials=self.credentials): m
+                            credentials=self._credentials()): m
                 for m in members
             }
             delivered = 0

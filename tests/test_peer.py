@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from web3 import Web3
 
 from apiary.chain.binding import SwarmContract
 from apiary.chain.devnet import free_port
 from apiary.core.coefficients import SLOTS_PER_BLOCK, block_digest
 from apiary.core.he import HEContext
-from apiary.core.transport import push_update, sign_update, update_chunks
+from apiary.core.tls import TlsFiles, create_self_signed
+from apiary.core.transport import (
+    TransportError,
+    fetch_update,
+    push_update,
+    sign_update,
+    update_chunks,
+)
 from apiary.node.peer import Inbox, PeerService, start_peer_server
+from apiary.node.trust import MemberTrust
 from apiary.wire import apiary_pb2
 from tests.test_transport import bad_update_streams, raw_push
 
@@ -33,7 +46,8 @@ def relay(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[dict]:
     a, b = admin.as_account(dev_keys[1]), admin.as_account(dev_keys[2])
     c = admin.as_account(dev_keys[3])
     for i, member in enumerate((a, b, c)):
-        admin.add_member(member.sender, f"127.0.0.1:{60000 + i}", bytes([i + 1]) * 32)
+        admin.add_member(member.sender, f"127.0.0.1:{60000 + i}", bytes([i + 1]) * 32,
+                         create_self_signed(f"m{i}", ["127.0.0.1"]).cert)
     a.enrol(1, 0, 25)
     b.enrol(1, 0, 25)
     w3.provider.make_request("evm_increaseTime", [2])  # type: ignore[arg-type]
@@ -163,3 +177,91 @@ def test_update_for_a_round_that_is_not_open_is_refused(relay: dict) -> None:
                                round_number=round_number)
         refused(relay, list(update_chunks(header, relay["blocks"])),
                 grpc.StatusCode.FAILED_PRECONDITION, "is not open")
+
+
+# ---------------------------------------------------------------------- mutual TLS
+
+
+@pytest.fixture
+def tls_relay(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[dict]:
+    """Members A, B and C with certificates their nodes made; B's node serves over mutual
+    TLS trusting the members active on chain; D is not a member yet."""
+    admin = SwarmContract.deploy(w3, dev_keys[0], param_count=PARAMS, modulus=he.modulus,
+                                 context_digest=he.public_digest(), min_peers=2)
+    tls = {name: create_self_signed(name, ["127.0.0.1"]) for name in "abcd"}
+    members = {name: admin.as_account(dev_keys[i + 1]) for i, name in enumerate("abcd")}
+    for i, name in enumerate("abc"):
+        admin.add_member(members[name].sender, f"127.0.0.1:{61000 + i}", bytes([i + 1]) * 32,
+                         tls[name].cert)
+    trust = MemberTrust(admin.as_account(dev_keys[2]), tls["b"], ttl_s=60)
+    port = free_port()
+    server = start_peer_server(PeerService(admin.as_account(dev_keys[2]), Inbox(), "b",
+                                           trust=trust), "127.0.0.1", port, trust)
+    yield {"admin": admin, "tls": tls, "members": members, "trust": trust,
+           "target": f"127.0.0.1:{port}"}
+    server.stop(grace=None)
+
+
+def fetch_as(relay: dict, credentials: grpc.ChannelCredentials | None) -> grpc.StatusCode:
+    """The status of a fetch that passes every check but finds nothing: NOT_FOUND."""
+    try:
+        fetch_update(relay["target"], 1, 1, relay["members"]["a"].sender,
+                     modulus=relay["admin"].he_parameters().modulus,
+                     expected_blocks=relay["admin"].he_parameters().block_count,
+                     contract_address=relay["admin"].address, timeout=5,
+                     credentials=credentials)
+    except TransportError as exc:
+        return exc.code
+    raise AssertionError("nothing was committed, so nothing can be fetched")
+
+
+def as_member(relay: dict, name: str) -> grpc.ChannelCredentials:
+    return relay["tls"][name].channel_credentials(relay["trust"].roots())
+
+
+def test_only_active_members_certificates_pass_the_handshake(tls_relay: dict) -> None:
+    assert fetch_as(tls_relay, as_member(tls_relay, "a")) == grpc.StatusCode.NOT_FOUND
+    assert fetch_as(tls_relay, None) == grpc.StatusCode.UNAVAILABLE
+    assert fetch_as(tls_relay, as_member(tls_relay, "d")) == grpc.StatusCode.UNAVAILABLE
+    stranger = create_self_signed("a", ["127.0.0.1"])
+    assert fetch_as(tls_relay, stranger.channel_credentials(tls_relay["trust"].roots())) \
+        == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_certificate_a_member_signs_for_someone_else_is_refused(tls_relay: dict) -> None:
+    """A member's certificate says CA:FALSE, so it vouches for itself only."""
+    member = tls_relay["tls"]["a"]
+    issuer = x509.load_pem_x509_certificate(member.cert)
+    signer = serialization.load_pem_private_key(member.key, password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    forged = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "impostor")]))
+              .issuer_name(issuer.subject).public_key(key.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(minutes=1))
+              .not_valid_after(now + datetime.timedelta(days=1))
+              .sign(signer, hashes.SHA256()))  # type: ignore[arg-type]
+    impostor = TlsFiles(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()),
+                        forged.public_bytes(serialization.Encoding.PEM))
+    credentials = impostor.channel_credentials(tls_relay["trust"].roots())
+    assert fetch_as(tls_relay, credentials) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_removed_member_is_refused_at_once_and_a_newcomer_trusted(tls_relay: dict,
+                                                                     he: HEContext) -> None:
+    admin, trust = tls_relay["admin"], tls_relay["trust"]
+    gone = as_member(tls_relay, "c")
+    assert fetch_as(tls_relay, gone) == grpc.StatusCode.NOT_FOUND
+    admin.remove_member(tls_relay["members"]["c"].sender, HEContext.create().public_digest())
+    assert fetch_as(tls_relay, gone) == grpc.StatusCode.PERMISSION_DENIED, \
+        "within the bundle's lifetime, the call itself checks the chain"
+    trust.invalidate()
+    assert fetch_as(tls_relay, gone) == grpc.StatusCode.UNAVAILABLE
+    assert fetch_as(tls_relay, as_member(tls_relay, "a")) == grpc.StatusCode.NOT_FOUND
+    admin.add_member(tls_relay["members"]["d"].sender, "127.0.0.1:61003", b"\x04" * 32,
+                     tls_relay["tls"]["d"].cert)
+    trust.invalidate()
+    assert fetch_as(tls_relay, as_member(tls_relay, "d")) == grpc.StatusCode.NOT_FOUND

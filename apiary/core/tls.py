@@ -1,93 +1,140 @@
-"""The swarm's certificate authority and mutual-TLS credentials for gRPC between members.
+"""A node's own TLS identity for mutual-TLS gRPC between members.
 
-The founder creates the CA; every member holds a certificate it signed. A gRPC server
-requires a client certificate from the same CA, so a peer without one is refused at
-the TLS handshake, before any message is read.
+Every node makes its own EC P-256 key and a self-signed certificate for the host names it
+is reached by; the key never leaves its state directory. There is no swarm CA: the
+certificate is registered with the node's membership on chain, and a member trusts exactly
+the certificates of the members that are active on chain (`apiary.node.trust`). A member's
+certificate may not sign certificates (its key usage is ``digitalSignature`` only, and
+``CA:FALSE``): TLS does not enforce ``CA:FALSE`` on a trust anchor, but it does refuse an
+issuer without ``keyCertSign``, so no member can mint a certificate another member's
+handshake would accept.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from apiary.core.files import write_atomic, write_private
 
-VALIDITY = datetime.timedelta(days=825)
-CA_CERT, CA_KEY, NODE_CERT, NODE_KEY = "ca.pem", "ca.key", "node.pem", "node.key"
+VALIDITY = datetime.timedelta(days=3650)
+NODE_CERT, NODE_KEY = "node.pem", "node.key"
+MAX_CERTIFICATE_BYTES = 4096
+"""The contract's bound on a registered certificate (a P-256 one is ~800 bytes of PEM)."""
 
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """PEM material of one node: the CA certificate, its own key and certificate."""
+    """PEM material of one node: its private key and its self-signed certificate."""
 
-    ca_cert: bytes
     key: bytes
     cert: bytes
 
     @classmethod
     def load(cls, directory: Path) -> TlsFiles | None:
-        paths = [directory / n for n in (CA_CERT, NODE_KEY, NODE_CERT)]
-        if not all(p.exists() for p in paths):
+        key, cert = directory / NODE_KEY, directory / NODE_CERT
+        if not (key.exists() and cert.exists()):
             return None
-        ca, key, cert = (p.read_bytes() for p in paths)
-        return cls(ca, key, cert)
+        return cls(key.read_bytes(), cert.read_bytes())
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         write_private(directory / NODE_KEY, self.key)
         write_atomic(directory / NODE_CERT, self.cert)
-        write_atomic(directory / CA_CERT, self.ca_cert)
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca_cert,
-                                           require_client_auth=True)
+    def server_configuration(self, roots: bytes) -> grpc.ServerCertificateConfiguration:
+        """This node's key and certificate, trusting the client certificates in `roots`."""
+        return grpc.ssl_server_certificate_configuration([(self.key, self.cert)],
+                                                         root_certificates=roots)
 
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca_cert,
-                                            private_key=self.key, certificate_chain=self.cert)
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    def channel_credentials(self, roots: bytes) -> grpc.ChannelCredentials:
+        """Client credentials: present this certificate, accept servers in `roots`."""
+        return grpc.ssl_channel_credentials(root_certificates=roots, private_key=self.key,
+                                            certificate_chain=self.cert)
 
 
-def create_ca(swarm: str) -> tuple[bytes, bytes]:
-    """(CA key PEM, CA certificate PEM) for a new swarm."""
+def create_self_signed(name: str, hosts: list[str]) -> TlsFiles:
+    """A new P-256 key and a certificate it signs itself, valid for `hosts` (the host of
+    the node's gRPC endpoint) and for loopback.
+
+    The subject carries a random serial so that two nodes of the same name never share a
+    subject, which TLS uses to look a trust anchor up.
+    """
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Apiary swarm CA {swarm}")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                         x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8))])
+    key_id = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
                                      encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(key_id, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(key_id),
+                       critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(_san(sorted({*hosts, "localhost", "127.0.0.1"})), critical=False)
         .sign(key, hashes.SHA256())
     )
-    return _pem_key(key), cert.public_bytes(serialization.Encoding.PEM)
+    pem_key = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return TlsFiles(pem_key, cert.public_bytes(serialization.Encoding.PEM))
 
 
-def create_key_and_csr(name: str) -> tuple[bytes, bytes]:
-    """A node's TLS key and a certificate request the sponsor's CA signs."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .sign(key, hashes.SHA256())
-    )
-    return _pem_key(key), csr.public_bytes(serialization.Encoding.PEM)
+def check_member_certificate(pem: bytes) -> x509.Certificate:
+    """`pem` parsed, if it can identify a member: one self-signed P-256 certificate that can
+    sign no other (not a CA, no ``keyCertSign``), within the contract's size bound.
+    ValueError says what is wrong otherwise."""
+    if not pem:
+        raise ValueError("no certificate")
+    if len(pem) > MAX_CERTIFICATE_BYTES:
+        raise ValueError(f"the certificate is {len(pem)} bytes; at most "
+                         f"{MAX_CERTIFICATE_BYTES} are accepted")
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise ValueError(f"not a PEM certificate: {exc}") from exc
+    public = cert.public_key()
+    if not (isinstance(public, ec.EllipticCurvePublicKey)
+            and isinstance(public.curve, ec.SECP256R1)):
+        raise ValueError("the certificate's key is not an EC P-256 key")
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ValueError("the certificate is not self-signed by its own key") from exc
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise ValueError("the certificate needs BasicConstraints and KeyUsage extensions "
+                         "saying it signs no certificates") from None
+    if constraints.ca or usage.key_cert_sign:
+        raise ValueError("the certificate may sign certificates (CA or keyCertSign)")
+    return cert
+
+
+def fingerprint(pem: bytes) -> str:
+    """SHA-256 of the certificate's DER encoding, hex: the same certificate in any PEM form
+    has one fingerprint. ValueError if `pem` is not a certificate."""
+    cert = x509.load_pem_x509_certificate(pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -98,35 +145,6 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
         except ValueError:
             names.append(x509.DNSName(host))
     return x509.SubjectAlternativeName(names)
-
-
-def issue_certificate(ca_key_pem: bytes, ca_cert_pem: bytes, csr_pem: bytes,
-                      hosts: list[str]) -> bytes:
-    """Sign a member's request for the host names it is reached by (its gRPC endpoint)."""
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as exc:
-        raise ValueError(f"not a PEM certificate request: {exc}") from exc
-    if not csr.is_signature_valid:
-        raise ValueError("the certificate request's signature is invalid")
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(csr.subject).issuer_name(ca_cert.subject)
-        .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_san(sorted({*hosts, "localhost", "127.0.0.1"})), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def node_files(ca_key_pem: bytes, ca_cert_pem: bytes, name: str, hosts: list[str]) -> TlsFiles:
-    """Key, certificate and CA certificate for a node the founder sets up itself."""
-    key, csr = create_key_and_csr(name)
-    return TlsFiles(ca_cert_pem, key, issue_certificate(ca_key_pem, ca_cert_pem, csr, hosts))
 
 
 def endpoint_host(endpoint: str) -> str:
