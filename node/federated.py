@@ -31,7 +31,9 @@ class FederatedRound:
         self._stub = apiary_pb2_grpc.CoordinatorStub(self._channel)
 
     def current_round(self) -> int:
-        status = self._stub.Status(apiary_pb2.CoordinatorStatusRequest(), timeout=30)
+        # The coordinator may start after the nodes (it needs the founding's public key).
+        status = self._stub.Status(apiary_pb2.CoordinatorStatusRequest(), timeout=30,
+                                   wait_for_ready=True)
         return int(status.round)
 
     def last_finalized_round(self) -> int:

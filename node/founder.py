@@ -1,30 +1,45 @@
-"""`apiary found`: the one-shot founder of a deployment (the compose file's `founder`).
+"""`apiary found`: the deployer's side of the founding ceremony (the compose file's `founder`).
 
-It waits for the chain, creates the swarm's CKKS keys and TLS CA, gives each founding
-member a fresh Ethereum account (funded from the funding key, so no member key is shared
-with anyone), writes each member's state directory — identity, secret HE context, TLS files
-and ``swarm.json`` with the contract address, which the node reads at start — and deploys
-the contract sized for the model on the data. The first member listed deploys it, so its
-node is the contract's admin and keeps the CA key: it is the sponsor newcomers join
-through (``POST /v1/invites`` on its admin API). Last, it writes ``swarm.json`` and the
-public HE context to the swarm directory (for the coordinator and operators): that file
-marks the swarm as founded, so a second run against a chain that still holds the contract
-changes nothing, and a run that would overwrite a member's keys refuses.
+The deployer holds a funded Ethereum key, the founders' admin API URLs and their admin
+token — and no key of any hospital. Every founder's node made its own keys when it started;
+the ceremony, in order:
+
+1. ``POST /v1/he-key`` on the first founder: it creates the swarm's HE key and answers the
+   public context and its digest; the secret stays on it;
+2. ``GET /v1/identity`` of every founder; the deployer deploys the contract with the digest
+   and admits each founder with its address, gRPC endpoint, X25519 key and TLS certificate,
+   then funds their accounts (a devnet's, or any chain's with a funded key);
+3. ``POST /v1/swarm`` on every founder with the contract address and the RPC URL: each
+   checks the chain lists it as it is;
+4. ``POST /v1/he-key/wrapped`` on the first founder: the HE secret sealed to every other
+   member's X25519 key on chain; each sealed copy goes to its founder's
+   ``POST /v1/he-key/delivery``, which checks it against epoch 0's digest on chain;
+5. optionally ``transferAdmin`` to ``--admin`` (and ``POST /v1/admin/accept`` on that
+   founder's node when it is one).
+
+The deployer is the contract's admin until then. Last it writes ``swarm.json`` (contract,
+chain, members; public facts) and the public HE context to the swarm directory, for the
+coordinator and operators: that file marks the swarm as founded, so a second run against a
+chain that still holds the contract changes nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 from eth_account import Account
+from eth_utils import is_address, to_checksum_address
+from pydantic import ValidationError
 from web3 import Web3
 
-from apiary.chain.binding import send_ether
+from apiary.chain.binding import ContractRejected, SwarmContract, send_ether
 from apiary.chain.devnet import dev_private_keys
 from apiary.core.data.heart import FEATURE_NAMES
 from apiary.core.data.shards import Shard
@@ -34,21 +49,22 @@ from apiary.core.flat import param_count
 from apiary.core.he import HEContext
 from apiary.core.models import build_model
 from apiary.core.settings import FoundingSettings
-from apiary.core.tls import CA_CERT, create_ca
+from apiary.core.tls import check_member_certificate
 from apiary.node.founding import (
-    IDENTITY_FILE,
+    PUBLIC_CONTEXT_FILE,
     SWARM_FILE,
-    FoundingMember,
-    Identity,
+    PublicContext,
+    WrappedKeys,
     found_swarm,
-    prepare_member_state,
-    write_context,
-    write_swarm_file,
 )
+from apiary.node.identity import PublicIdentity
+
+HTTP_TIMEOUT_S = 120.0
+POLL_S = 0.5
 
 
 class FoundingError(ConfigError, RuntimeError):
-    """The swarm cannot be founded as configured; nothing on disk was overwritten."""
+    """The swarm cannot be founded as configured; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,8 @@ class Founded:
     contract: str
     param_count: int
     members: dict[str, str]
+    """Name → address of each founding member."""
+    admin: str = ""
     already: bool = False
 
 
@@ -79,73 +97,190 @@ def wait_for_chain(rpc_url: str, timeout_s: float) -> Web3:
     return w3
 
 
+class Founders:
+    """The founders' admin APIs, by name; every refusal becomes a FoundingError."""
+
+    def __init__(self, urls: dict[str, str], token: str) -> None:
+        self.urls = urls
+        self.client = httpx.Client(timeout=HTTP_TIMEOUT_S,
+                                   headers={"Authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self.client.close()
+
+    def call(self, name: str, method: str, path: str, body: Any = None) -> Any:
+        url = f"{self.urls[name]}{path}"
+        try:
+            reply = self.client.request(method, url, json=body)
+        except httpx.HTTPError as exc:
+            raise FoundingError(f"founding member {name}: {method} {url} failed ({exc}); is "
+                                "its node running and the URL right?") from exc
+        if reply.status_code == 401:
+            raise FoundingError(f"founding member {name} refused the admin token ({url}): "
+                                "set APIARY_ADMIN_TOKEN to its nodes' token")
+        if reply.status_code >= 400:
+            raise FoundingError(f"founding member {name} refused {method} {path} "
+                                f"({reply.status_code}): {_detail(reply)}")
+        return reply.json()
+
+    def wait_until_up(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for name, url in self.urls.items():
+            while True:
+                try:
+                    if self.client.get(f"{url}/v1/health", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise FoundingError(f"founding member {name}'s admin API at {url} did not "
+                                        f"answer within {timeout_s:g} s")
+                time.sleep(POLL_S)
+
+    def identity(self, name: str) -> PublicIdentity:
+        try:
+            identity = PublicIdentity.model_validate(self.call(name, "GET", "/v1/identity"))
+            check_member_certificate(identity.certificate_bytes)
+            if len(identity.x25519_bytes) != 32 or not is_address(identity.address):
+                raise ValueError("not a 32-byte X25519 key and an Ethereum address")
+        except (ValidationError, ValueError) as exc:
+            raise FoundingError(f"founding member {name}'s identity is unusable: {exc}") from exc
+        return identity.model_copy(update={"address": to_checksum_address(identity.address)})
+
+    def wait_members(self, timeout_s: float) -> None:
+        """Every founder holds the swarm and its key and takes part (``GET /v1/swarm``)."""
+        deadline = time.monotonic() + timeout_s
+        for name in self.urls:
+            while (state := self.call(name, "GET", "/v1/swarm")["state"]) != "member":
+                if time.monotonic() > deadline:
+                    raise FoundingError(f"founding member {name} is {state!r} {timeout_s:g} s "
+                                        "after the ceremony; see its log")
+                time.sleep(POLL_S)
+
+
 def found(settings: FoundingSettings, emit: Callable[[str], None]) -> Founded:
     try:
-        endpoints = settings.member_endpoints
+        urls = settings.member_urls
     except ValueError as exc:
         raise FoundingError(str(exc)) from exc
-    if len(endpoints) < settings.min_peers:
-        raise FoundingError(f"{len(endpoints)} founding member(s) for min_peers "
-                            f"{settings.min_peers}: set APIARY_FOUNDING_MEMBERS=name=host:port,…")
+    if len(urls) < settings.min_peers:
+        raise FoundingError(f"{len(urls)} founding member(s) for min_peers {settings.min_peers}: "
+                            "set APIARY_FOUNDING_MEMBERS=name=http://host:port,…")
     w3 = wait_for_chain(settings.rpc_url, settings.chain_wait_s)
     marker = settings.swarm_dir / SWARM_FILE
     if marker.exists():
         return _already_founded(w3, marker, emit)
-    state_dir = _state_dirs(settings.state_root, list(endpoints))
-
     params = param_count_for(settings.model, settings.dataset)
-    funding_key = settings.funding_key or dev_private_keys(1)[0]
-    he = HEContext.create()
-    ca = create_ca(settings.swarm_name)
-    members = []
-    for index, (name, endpoint) in enumerate(endpoints.items()):
-        identity = Identity.create(name, Account.create().key.to_0x_hex())
-        prepare_member_state(state_dir(name), identity, he, ca, endpoint,
-                             holds_ca_key=index == 0)
-        members.append(FoundingMember(identity, endpoint))
-        transfer(w3, funding_key, identity.address, int(settings.member_funding_eth * 10**18))
-    sponsor = members[0].identity
-    emit(f"{sponsor.name} deploys SwarmLearning for {params} parameters ({settings.model} on "
-         f"{settings.dataset}) on {settings.rpc_url}")
-    contract = found_swarm(w3, sponsor.private_key, he, params, members, settings.min_peers,
-                           settings.membership, enrol_window_s=settings.enrol_window_s,
-                           commit_window_s=settings.commit_window_s)
-    for member in members:
-        write_swarm_file(state_dir(member.identity.name), contract.address, settings.rpc_url)
-        hand_over(state_dir(member.identity.name), settings.state_root)
-        emit(f"member {member.identity.name}: {member.identity.address} at {member.endpoint}")
-    _write_public(settings, he, ca[1], contract.address, params, w3.eth.chain_id, members)
-    emit(f"founded: contract {contract.address}; swarm file {marker}")
-    return Founded(contract.address, params, endpoints)
+    deployer_key = settings.funding_key or dev_private_keys(1)[0]
+    founders = Founders(urls, settings.admin_token)
+    try:
+        return _ceremony(settings, w3, founders, deployer_key, params, emit)
+    finally:
+        founders.close()
 
 
-def transfer(w3: Web3, private_key: str, to: str, wei: int) -> None:
+def _ceremony(settings: FoundingSettings, w3: Web3, founders: Founders, deployer_key: str,
+              params: int, emit: Callable[[str], None]) -> Founded:
+    founders.wait_until_up(settings.node_wait_s)
+    names = list(founders.urls)
+    first = names[0]
+
+    emit(f"{first} creates the swarm's HE key (POST /v1/he-key); its secret stays there")
+    he, public = _public_context(founders.call(first, "POST", "/v1/he-key"), first)
+
+    identities = {name: founders.identity(name) for name in names}
+    for name, identity in identities.items():
+        if identity.name != name:
+            raise FoundingError(f"the admin API listed as {name} ({founders.urls[name]}) "
+                                f"answers as {identity.name!r}: check APIARY_FOUNDING_MEMBERS")
+    if len({i.address for i in identities.values()}) != len(identities):
+        raise FoundingError("two founding members answer with the same address: each "
+                            "hospital's node needs its own state directory")
+
+    deployer = Account.from_key(deployer_key).address
+    emit(f"deployer {deployer} deploys SwarmLearning for {params} parameters "
+         f"({settings.model} on {settings.dataset}) on {settings.rpc_url} and admits "
+         f"{len(names)} founders")
+    try:
+        contract = found_swarm(w3, deployer_key, he, params, list(identities.values()),
+                               settings.min_peers, settings.membership,
+                               enrol_window_s=settings.enrol_window_s,
+                               commit_window_s=settings.commit_window_s)
+    except (ContractRejected, ValueError) as exc:
+        raise FoundingError(f"deploying the contract failed: {exc}") from exc
+    wei = int(settings.member_funding_eth * 10**18)
+    for name, identity in identities.items():
+        _transfer(w3, deployer_key, identity.address, wei)
+        emit(f"member {name}: {identity.address} at {identity.endpoint}")
+
+    assignment = {"contract": contract.address, "rpc_url": settings.rpc_url}
+    for name in names:
+        state = founders.call(name, "POST", "/v1/swarm", assignment)["state"]
+        emit(f"{name} accepts the swarm ({state})")
+    wrapped = WrappedKeys.model_validate(founders.call(first, "POST", "/v1/he-key/wrapped"))
+    sealed = {w.address: w.wrapped for w in wrapped.keys}
+    for name in names[1:]:
+        address = identities[name].address
+        if address not in sealed:
+            raise FoundingError(f"{first} sealed no HE key to {name} ({address})")
+        body = {"epoch": wrapped.epoch, "wrapped": sealed[address]}
+        state = founders.call(name, "POST", "/v1/he-key/delivery", body)["state"]
+        emit(f"{name} holds the swarm's HE key, sealed to it by {first} ({state})")
+    founders.wait_members(settings.node_wait_s)
+
+    admin = _hand_admin(settings.admin, contract, founders, identities, emit)
+    _write_public(settings, public, contract, params, w3.eth.chain_id, identities)
+    emit(f"founded: contract {contract.address}; swarm file {settings.swarm_dir / SWARM_FILE}")
+    return Founded(contract.address, params, {n: i.address for n, i in identities.items()},
+                   admin)
+
+
+def _public_context(answer: Any, name: str) -> tuple[HEContext, bytes]:
+    try:
+        created = PublicContext.model_validate(answer)
+        public = base64.b64decode(created.public_context, validate=True)
+        he = HEContext.from_bytes(public)
+    except (ValidationError, ValueError) as exc:
+        raise FoundingError(f"{name} answered no usable public HE context: {exc}") from exc
+    if he.has_secret_key:
+        raise FoundingError(f"{name} answered a context holding its secret key; refusing it")
+    if "0x" + he.public_digest().hex() != created.digest:
+        raise FoundingError(f"{name}'s public HE context does not match the digest it gave")
+    return he, public
+
+
+def _hand_admin(target: str | None, contract: SwarmContract, founders: Founders,
+                identities: dict[str, PublicIdentity], emit: Callable[[str], None]) -> str:
+    """Start handing the admin role to `target` (an address or a founder's name); a
+    founder's node accepts it at once. Returns who is admin now."""
+    if not target:
+        return contract.admin()
+    by_address = {i.address: n for n, i in identities.items()}
+    if target in identities:
+        name: str | None = target
+        address = identities[target].address
+    elif is_address(target):
+        address = to_checksum_address(target)
+        name = by_address.get(address)
+    else:
+        raise FoundingError(f"--admin {target!r} is neither an address nor a founding member")
+    contract.transfer_admin(address)
+    if name is None:
+        emit(f"admin role handed to {address}: it takes it with acceptAdmin "
+             "(POST /v1/admin/accept on its node)")
+        return contract.admin()
+    founders.call(name, "POST", "/v1/admin/accept")
+    emit(f"{name} ({address}) holds the contract's admin role")
+    return contract.admin()
+
+
+def _transfer(w3: Web3, private_key: str, to: str, wei: int) -> None:
     """Send `wei` of ETH: a fresh account needs gas before its first transaction."""
     if wei <= 0:
         return
     receipt = send_ether(w3, Account.from_key(private_key), to, wei)
     if receipt["status"] != 1:
         raise FoundingError(f"funding {to} failed in transaction {receipt['transactionHash']}")
-
-
-def hand_over(member_dir: Path, state_root: Path) -> None:
-    """Run as root (a container's founder writing into each member's volume), give the
-    member's files to the owner of the state root, the user its node runs as."""
-    if os.geteuid() != 0:
-        return
-    owner = state_root.stat()
-    os.chown(member_dir, owner.st_uid, owner.st_gid)
-    for path in member_dir.rglob("*"):
-        os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
-
-
-def _state_dirs(root: Path, names: list[str]) -> Callable[[str], Path]:
-    taken = [root / n for n in names
-             if (root / n / SWARM_FILE).exists() or (root / n / IDENTITY_FILE).exists()]
-    if taken:
-        raise FoundingError(f"{', '.join(map(str, taken))} already hold a member's keys; "
-                            "found a new swarm only into empty state directories")
-    return lambda name: root / name
 
 
 def _already_founded(w3: Web3, marker: Path, emit: Callable[[str], None]) -> Founded:
@@ -157,21 +292,30 @@ def _already_founded(w3: Web3, marker: Path, emit: Callable[[str], None]) -> Fou
             "restarted without its state?): remove the swarm and state volumes to found anew"
         )
     emit(f"already founded: contract {address} ({marker}); nothing to do")
-    members = {m["name"]: m["endpoint"] for m in record.get("members", [])}
-    return Founded(address, int(record["param_count"]), members, already=True)
+    members = {m["name"]: m["address"] for m in record.get("members", [])}
+    return Founded(address, int(record["param_count"]), members, record.get("admin", ""),
+                   already=True)
 
 
-def _write_public(settings: FoundingSettings, he: HEContext, ca_cert: bytes, address: str,
-                  params: int, chain_id: int, members: list[FoundingMember]) -> None:
-    """What anyone may read: the public HE context, the CA certificate, swarm.json."""
+def _write_public(settings: FoundingSettings, public: bytes, contract: SwarmContract,
+                  params: int, chain_id: int, identities: dict[str, PublicIdentity]) -> None:
+    """What anyone may read: the public HE context and swarm.json."""
     swarm_dir = settings.swarm_dir
-    write_context(he, swarm_dir, secret=False)
-    write_atomic(swarm_dir / CA_CERT, ca_cert)
+    swarm_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(swarm_dir / PUBLIC_CONTEXT_FILE, public)
     record = {
-        "contract": address, "rpc_url": settings.rpc_url, "chain_id": chain_id,
+        "contract": contract.address, "rpc_url": settings.rpc_url, "chain_id": chain_id,
         "param_count": params, "model": settings.model, "dataset": settings.dataset,
         "min_peers": settings.min_peers, "membership": settings.membership,
-        "members": [{"name": m.identity.name, "address": m.identity.address,
-                     "endpoint": m.endpoint} for m in members],
+        "admin": contract.admin(), "pending_admin": contract.pending_admin(),
+        "members": [{"name": n, "address": i.address, "endpoint": i.endpoint}
+                    for n, i in identities.items()],
     }
     write_json(swarm_dir / SWARM_FILE, record)
+
+
+def _detail(reply: httpx.Response) -> str:
+    try:
+        return str(reply.json().get("detail"))
+    except ValueError:
+        return reply.text[:200]

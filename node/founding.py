@@ -1,98 +1,48 @@
-"""Founding a swarm: HE keys, the contract, the first members, each node's identity.
+"""Founding a swarm: the node's side of the ceremony, and the deployment the deployer makes.
 
-Used by `apiary demo` (and the compose founder): the founder creates the CKKS keys,
-deploys the contract for the model's parameter count and admits the founding members.
+The deployer (`apiary found`, :mod:`apiary.node.founder`) drives the ceremony over the
+founders' admin APIs; every key stays on the node that made it:
+
+1. the first founder creates the swarm's HE key (``POST /v1/he-key``): the secret stays on
+   it, the answer is the public context and its digest;
+2. the deployer reads each founder's ``GET /v1/identity``, deploys the contract with that
+   digest and admits the founders as they describe themselves (:func:`found_swarm`);
+3. each founder is told its swarm (``POST /v1/swarm``) and accepts it only if the chain
+   lists it with its own address, endpoint, X25519 key and TLS certificate;
+4. the first founder wraps the secret to every other member's X25519 key on chain
+   (``POST /v1/he-key/wrapped``, HPKE bound to contract, recipient and epoch 0), and each
+   founder stores its copy (``POST /v1/he-key/delivery``) only if it opens with its own key
+   and matches epoch 0's digest on chain. The deployer carries the sealed copies; it cannot
+   open them.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-from dataclasses import asdict, dataclass
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from eth_account import Account
+from pydantic import BaseModel, Field
 from web3 import Web3
+from web3.exceptions import Web3Exception
 
 from apiary.chain.binding import SwarmContract
-from apiary.core.files import write_atomic, write_json, write_private, write_private_json
+from apiary.core.files import write_atomic, write_json
 from apiary.core.he import HEContext
-from apiary.core.tls import CA_KEY, endpoint_host, node_files
-from apiary.node.keys import SECRET_CONTEXT_FILE
+from apiary.core.keywrap import UnwrapError, WrappedSecret, unwrap, wrap, wrap_context
+from apiary.core.tls import TlsFiles, fingerprint
+from apiary.node.identity import EthAddress, Identity, PublicIdentity
+from apiary.node.invites import Refused
+from apiary.node.keys import KeyMismatch, KeyRing
+
+log = logging.getLogger("apiary.node.founding")
 
 PUBLIC_CONTEXT_FILE = "he-public.ctx"
-IDENTITY_FILE = "identity.json"
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A node's Ethereum account and X25519 key pair (kept in its state directory)."""
-
-    name: str
-    private_key: str
-    address: str
-    x25519_private: str
-    x25519_public: str
-
-    @classmethod
-    def create(cls, name: str, private_key: str) -> Identity:
-        x_key = X25519PrivateKey.generate()
-        raw_private = x_key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        raw_public = x_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        return cls(name, private_key, Account.from_key(private_key).address,
-                   raw_private.hex(), raw_public.hex())
-
-    def save(self, state_dir: Path) -> Path:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        return write_private_json(state_dir / IDENTITY_FILE, asdict(self))
-
-
-@dataclass(frozen=True)
-class FoundingMember:
-    identity: Identity
-    endpoint: str
-
-
-def write_context(he: HEContext, directory: Path, *, secret: bool) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    if secret:
-        return write_private(directory / SECRET_CONTEXT_FILE, he.secret_bytes())
-    return write_atomic(directory / PUBLIC_CONTEXT_FILE, he.public_bytes())
-
-
-def found_swarm(
-    w3: Web3,
-    admin_key: str,
-    he: HEContext,
-    param_count: int,
-    members: list[FoundingMember],
-    min_peers: int,
-    membership: str = "admin",
-    enrol_window_s: int = 20,
-    commit_window_s: int = 30,
-) -> SwarmContract:
-    """Deploy the contract and admit the founding members; returns it seen by the admin.
-
-    The windows are the round's deadlines on chain: members have `enrol_window_s` after a
-    round opens to enrol, participants `commit_window_s` to commit before they are dropped.
-    """
-    contract = SwarmContract.deploy(
-        w3, admin_key, param_count=param_count, modulus=he.modulus, min_peers=min_peers,
-        context_digest=he.public_digest(), membership=membership,
-        enrol_window_s=enrol_window_s, commit_window_s=commit_window_s,
-    )
-    for m in members:
-        contract.add_member(m.identity.address, m.endpoint,
-                            bytes.fromhex(m.identity.x25519_public))
-    return contract
-
-
 SWARM_FILE = "swarm.json"
 
 
@@ -110,20 +60,249 @@ def read_swarm_file(state_dir: Path) -> dict[str, str] | None:
     return data
 
 
-def prepare_member_state(
-    state_dir: Path,
-    identity: Identity,
+def found_swarm(
+    w3: Web3,
+    admin_key: str,
     he: HEContext,
-    ca: tuple[bytes, bytes],
-    endpoint: str,
-    *,
-    holds_ca_key: bool = False,
-) -> None:
-    """A founding member's state directory: identity, HE key, TLS files (and the CA key
-    for the member that will sponsor newcomers)."""
-    identity.save(state_dir)
-    write_context(he, state_dir, secret=True)
-    tls_dir = state_dir / "tls"
-    node_files(ca[0], ca[1], identity.name, [endpoint_host(endpoint)]).save(tls_dir)
-    if holds_ca_key:
-        write_private(tls_dir / CA_KEY, ca[0])
+    param_count: int,
+    members: Sequence[PublicIdentity],
+    min_peers: int,
+    membership: str = "admin",
+    enrol_window_s: int = 20,
+    commit_window_s: int = 30,
+) -> SwarmContract:
+    """Deploy the contract for `he`'s public context and admit the founding members as
+    they describe themselves; returns it seen by the admin (`admin_key`'s account).
+
+    The windows are the round's deadlines on chain: members have `enrol_window_s` after a
+    round opens to enrol, participants `commit_window_s` to commit before they are dropped.
+    """
+    contract = SwarmContract.deploy(
+        w3, admin_key, param_count=param_count, modulus=he.modulus, min_peers=min_peers,
+        context_digest=he.public_digest(), membership=membership,
+        enrol_window_s=enrol_window_s, commit_window_s=commit_window_s,
+    )
+    for m in members:
+        contract.add_member(m.address, m.endpoint, m.x25519_bytes, m.certificate_bytes)
+    return contract
+
+
+# ---------------------------------------------------------------------- the API's models
+
+
+class PublicContext(BaseModel):
+    """The swarm's public HE context (epoch 0) as its creator answers it."""
+
+    public_context: str = Field(description="the serialized public context, base64")
+    digest: str = Field(description="keccak256 of the public context, 0x-hex: what the "
+                                    "contract records for key epoch 0")
+
+
+class SwarmAssignment(BaseModel):
+    """The swarm a founder is told it belongs to (public facts only)."""
+
+    contract: EthAddress
+    rpc_url: str = Field(pattern=r"^https?://", max_length=2000,
+                         description="the chain's JSON-RPC endpoint")
+
+
+FoundingState = Literal["no swarm", "awaiting key", "member"]
+
+
+class FoundingStatus(BaseModel):
+    state: FoundingState = Field(description="no swarm yet; in a swarm but without its HE "
+                                             "key; or a member taking part in rounds")
+    address: str
+    contract: str | None
+
+
+class WrappedFor(BaseModel):
+    address: str
+    wrapped: dict[str, str] = Field(description="the HE secret context sealed to the "
+                                                "member's X25519 key (base64 fields)")
+
+
+class WrappedKeys(BaseModel):
+    epoch: int
+    keys: list[WrappedFor]
+
+
+class KeyDelivery(BaseModel):
+    """A secret HE context for this node, sealed to its X25519 key."""
+
+    epoch: int = Field(0, ge=0)
+    wrapped: dict[str, str]
+
+
+# ---------------------------------------------------------------------- the node's side
+
+
+@dataclass
+class FoundingCeremony:
+    """One node's part in founding; each call refuses with :class:`Refused` and then has
+    changed nothing."""
+
+    name: str
+    state_dir: Path
+    endpoint: str
+    identity: Identity
+    tls: TlsFiles
+    keys: KeyRing
+    param_count: int
+    connect: Callable[[str, str, str], SwarmContract]
+    """(contract address, chain RPC URL, private key) -> the contract sending as this node."""
+    enter: Callable[[], None]
+    """Start taking part: the swarm is known and this node holds its HE key."""
+    entered: Callable[[], bool]
+    """Whether the node takes part in rounds already."""
+    rpc_url: str | None = None
+    """The chain endpoint this node is configured with; preferred over the deployer's."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _contract: SwarmContract | None = field(default=None, repr=False)
+
+    def public_identity(self) -> PublicIdentity:
+        return self.identity.public(self.endpoint, self.tls)
+
+    def status(self) -> FoundingStatus:
+        stored = read_swarm_file(self.state_dir)
+        if stored is None:
+            state: FoundingState = "no swarm"
+        else:
+            state = "member" if self.entered() else "awaiting key"
+        return FoundingStatus(state=state, address=self.identity.address,
+                              contract=stored["contract"] if stored else None)
+
+    # ------------------------------------------------------------------ step 1
+
+    def create_key(self) -> PublicContext:
+        """The swarm's HE key, made here; asked again before any swarm, the same one."""
+        with self._lock:
+            stored = read_swarm_file(self.state_dir)
+            if stored is not None:
+                raise Refused(409, f"this node is in the swarm of contract {stored['contract']} "
+                                   "already; a new swarm's key is made on a fresh node")
+            he = self.keys.get(0)
+            if he is None:
+                he = HEContext.create()
+                self.keys.put(0, he.secret_bytes(), he.public_digest())
+                log.info("node=%s created the swarm's HE key (digest 0x%s)", self.name,
+                         he.public_digest().hex())
+            public = he.public_bytes()
+            write_atomic(self.state_dir / PUBLIC_CONTEXT_FILE, public)
+            return PublicContext(public_context=base64.b64encode(public).decode(),
+                                 digest="0x" + he.public_digest().hex())
+
+    # ------------------------------------------------------------------ step 3
+
+    def join_swarm(self, assignment: SwarmAssignment) -> FoundingStatus:
+        """Belong to the swarm of `assignment.contract`, if the chain lists this node there
+        exactly as it describes itself."""
+        with self._lock:
+            stored = read_swarm_file(self.state_dir)
+            if stored is not None and stored["contract"].lower() != assignment.contract.lower():
+                raise Refused(409, f"this node is in the swarm of contract {stored['contract']} "
+                                   "already; a node belongs to one swarm")
+            rpc_url = self.rpc_url or assignment.rpc_url
+            contract = self._check_listed(assignment.contract, rpc_url)
+            he = self.keys.get(0)
+            if he is not None and he.public_digest() != contract.key_epoch(0)[1]:
+                raise Refused(409, "this node holds an HE key that is not the swarm's (its "
+                                   "digest differs from key epoch 0 on chain)")
+            write_swarm_file(self.state_dir, contract.address, assignment.rpc_url)
+            self._contract = contract
+            log.info("node=%s is a founding member of swarm %s", self.name, contract.address)
+            self._enter_if_keyed()
+        return self.status()
+
+    def _check_listed(self, address: str, rpc_url: str) -> SwarmContract:
+        me = self.public_identity()
+        try:
+            contract = self.connect(address, rpc_url, self.identity.private_key)
+            record = contract.member(me.address)
+            params = contract.he_parameters()
+        except (OSError, ValueError, Web3Exception) as exc:
+            raise Refused(502, f"cannot read the swarm contract {address} through {rpc_url}: "
+                               f"{exc}") from exc
+        problems = []
+        if not record.active:
+            problems.append(f"{me.address} is not an active member")
+        else:
+            if record.endpoint != me.endpoint:
+                problems.append(f"endpoint {record.endpoint!r} instead of {me.endpoint!r}")
+            if record.x25519_public_key != me.x25519_bytes:
+                problems.append("another X25519 key")
+            if _fingerprint(record.tls_certificate) != fingerprint(self.tls.cert):
+                problems.append("another TLS certificate")
+        if params.param_count != self.param_count:
+            problems.append(f"{params.param_count} model parameters, but this node's model "
+                            f"has {self.param_count}")
+        if problems:
+            raise Refused(409, f"the contract {address} does not list this node as "
+                               f"GET /v1/identity describes it: {'; '.join(problems)}")
+        return contract
+
+    def contract(self) -> SwarmContract:
+        """The swarm's contract sending as this node; Refused while it is in no swarm."""
+        if self._contract is None:
+            stored = read_swarm_file(self.state_dir)
+            if stored is None:
+                raise Refused(409, "this node is in no swarm yet: POST /v1/swarm first")
+            self._contract = self.connect(stored["contract"],
+                                          self.rpc_url or stored["rpc_url"],
+                                          self.identity.private_key)
+        return self._contract
+
+    def _enter_if_keyed(self) -> None:
+        if self.keys.has(0) and not self.entered():
+            self.enter()
+
+    # ------------------------------------------------------------------ step 4
+
+    def wrap_keys(self) -> WrappedKeys:
+        """The swarm's founding key sealed to each other active member's X25519 key."""
+        with self._lock:
+            contract = self.contract()
+            he = self.keys.get(0)
+            if he is None:
+                raise Refused(409, "this node holds no HE key of the swarm; ask the founder "
+                                   "that created it (POST /v1/he-key)")
+            if he.public_digest() != contract.key_epoch(0)[1]:
+                raise Refused(409, "this node's HE key is not the swarm's key epoch 0")
+            secret = he.secret_bytes()
+            wrapped = [
+                WrappedFor(address=m.address, wrapped=wrap(
+                    secret, m.x25519_public_key,
+                    wrap_context(contract.address, m.address, 0)).to_json())
+                for m in contract.members() if m.address != self.identity.address
+            ]
+            log.info("node=%s sealed the swarm's HE key to %d members", self.name, len(wrapped))
+            return WrappedKeys(epoch=0, keys=wrapped)
+
+    def accept_key(self, delivery: KeyDelivery) -> FoundingStatus:
+        """Store a secret context sealed to this node once it opens with this node's key
+        and matches its epoch's digest on chain."""
+        with self._lock:
+            contract = self.contract()
+            epoch = delivery.epoch
+            count = contract.key_epoch_count()
+            if epoch >= count:
+                raise Refused(409, f"key epoch {epoch} is not on chain (epochs 0..{count - 1})")
+            _, digest = contract.key_epoch(epoch)
+            aad = wrap_context(contract.address, self.identity.address, epoch)
+            try:
+                secret = unwrap(WrappedSecret.from_json(delivery.wrapped),
+                                bytes.fromhex(self.identity.x25519_private), aad)
+                self.keys.put(epoch, secret, digest)
+            except (UnwrapError, KeyMismatch, ValueError) as exc:
+                raise Refused(422, f"key epoch {epoch}: {exc}") from exc
+            log.info("node=%s stored HE key epoch %d of swarm %s", self.name, epoch,
+                     contract.address)
+            self._enter_if_keyed()
+        return self.status()
+
+
+def _fingerprint(pem: bytes) -> str | None:
+    try:
+        return fingerprint(pem)
+    except ValueError:
+        return None

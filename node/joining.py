@@ -1,9 +1,11 @@
 """The newcomer's side: from nothing but data and an invite to a full swarm member.
 
-The node creates its own Ethereum account, X25519 key pair and TLS key, asks its sponsor
-to admit it, and accepts the hand-over only after checking it against the chain: it is
-listed as a member, every unwrapped HE context matches its epoch's digest on chain, and
-the global weights equal its own decryption of the latest on-chain aggregate.
+The node made its own Ethereum account, X25519 key pair and TLS key and certificate when it
+first started (:func:`apiary.node.identity.ensure_identity`). It asks its sponsor to admit
+it with their public halves, and accepts the hand-over only after checking it against the
+chain: it is listed as a member with its own X25519 key and certificate, every unwrapped HE
+context matches its epoch's digest on chain, and the global weights equal its own
+decryption of the latest on-chain aggregate.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from typing import Literal
 
 import httpx
 import numpy as np
-from eth_account import Account
 from pydantic import BaseModel, Field
 
 from apiary.chain.binding import SwarmContract
 from apiary.core.errors import ApiaryError
 from apiary.core.flat import weights_digest
 from apiary.core.keywrap import WrappedSecret, unwrap, wrap_context
-from apiary.core.tls import TlsFiles, create_key_and_csr
-from apiary.node.founding import Identity, write_swarm_file
+from apiary.core.tls import TlsFiles
+from apiary.node.founding import write_swarm_file
+from apiary.node.identity import Identity
 from apiary.node.keys import KeyRing
 from apiary.node.onboarding import Handover, Pending
 from apiary.node.ports import AggregateSource
@@ -37,7 +39,7 @@ log = logging.getLogger("apiary.node.join")
 
 APPROVAL_POLL_S = 2.0
 
-JoinState = Literal["idle", "generating keys", "requesting admission", "awaiting approval",
+JoinState = Literal["idle", "requesting admission", "awaiting approval",
                     "verifying", "member", "failed"]
 
 
@@ -65,13 +67,16 @@ class JoiningNode:
     state_dir: Path
     endpoint: str
     """The gRPC endpoint peers will reach this node at."""
+    identity: Identity
+    tls: TlsFiles
+    """This node's own TLS key and self-signed certificate."""
     param_count: int
     keys: KeyRing
     connect: Callable[[str, str, str], SwarmContract]
     """(contract address, chain RPC URL, private key) -> the contract sending as this node."""
-    activate: Callable[[Identity, TlsFiles], AggregateSource]
-    """Become a member with this identity and TLS files: connect, start the peer server;
-    returns what fetches the chain's aggregates."""
+    activate: Callable[[], AggregateSource]
+    """Become a member: connect, start the peer server; returns what fetches the chain's
+    aggregates."""
     adopt: Callable[[np.ndarray, int, str], None]
     """Take the verified global weights of a round (and their digest) and start rounds."""
 
@@ -79,8 +84,6 @@ class JoiningNode:
 @dataclass
 class Joiner:
     node: JoiningNode
-    identity: Identity | None = None
-    """The node's identity; created by the first attempt, kept by later ones."""
     state: JoinState = "idle"
     sponsor: str | None = None
     address: str | None = None
@@ -125,17 +128,12 @@ class Joiner:
 
     def _join(self, invite: str) -> None:
         node = self.node
-        self.state = "generating keys"
-        identity = self.identity or Identity.create(node.name, Account.create().key.hex())
-        identity.save(node.state_dir)
-        self.identity = identity
+        identity = node.identity
         self.address = identity.address
-        tls_key, csr = create_key_and_csr(node.name)
-
         self.state = "requesting admission"
         body = {"invite": invite, "address": identity.address,
                 "x25519_public_key": identity.x25519_public, "endpoint": node.endpoint,
-                "csr": csr.decode()}
+                "tls_certificate": node.tls.cert.decode()}
         while True:
             reply = httpx.post(f"{self.sponsor}/v1/members", json=body, timeout=120)
             if reply.status_code == 202:
@@ -150,12 +148,15 @@ class Joiner:
         handover = Handover.model_validate(reply.json())
 
         self.state = "verifying"
-        write_swarm_file(node.state_dir, handover.contract, handover.rpc_url)
-        tls = TlsFiles(handover.tls.ca_cert.encode(), tls_key, handover.tls.cert.encode())
-        tls.save(node.state_dir / "tls")
         contract = node.connect(handover.contract, handover.rpc_url, identity.private_key)
-        if not contract.member(identity.address).active:
+        record = contract.member(identity.address)
+        if not record.active:
             raise JoinFailed("the chain does not list this node as a member")
+        if record.x25519_public_key != bytes.fromhex(identity.x25519_public):
+            raise JoinFailed("the chain lists this node with another X25519 key")
+        if record.tls_certificate != node.tls.cert:
+            raise JoinFailed("the chain lists this node with another TLS certificate")
+        write_swarm_file(node.state_dir, handover.contract, handover.rpc_url)
         for item in handover.keys:
             _, digest = contract.key_epoch(item.epoch)
             secret = unwrap(WrappedSecret.from_json(item.wrapped),
@@ -164,7 +165,7 @@ class Joiner:
             node.keys.put(item.epoch, secret, digest)
         weights = np.load(io.BytesIO(base64.b64decode(handover.weights)), allow_pickle=False)
         round_number = handover.round
-        aggregates = node.activate(identity, tls)
+        aggregates = node.activate()
         if round_number > 0:
             on_chain = aggregates.fetch_aggregate(round_number, node.param_count)
             if weights_digest(on_chain.weights) != weights_digest(weights):

@@ -1,9 +1,14 @@
-"""The sponsor's side of membership: admitting a newcomer, approving, removing a member.
+"""The sponsor's side of membership: admitting a newcomer, approving, removing a member,
+and handing the admin role on.
 
-Admission hands the newcomer everything it needs in one answer — the swarm's secret HE
-contexts wrapped to its X25519 key, a TLS certificate from the swarm CA and the current
-global weights — but only after the chain lists it as a member. Removal deactivates the
-member on chain and rotates the swarm to a fresh HE key that the removed member never sees.
+Any active member can sponsor: it registers the newcomer on chain with the newcomer's own
+X25519 key and self-signed TLS certificate (the admin's node alone under the admin rule; a
+proposal every member can make under the majority rule), then hands it everything else in
+one answer — the swarm's secret HE contexts wrapped to its X25519 key and the current
+global weights — but only after the chain lists it as a member. From then on every member's
+gRPC trusts its certificate. Removal deactivates the member on chain, which drops its
+certificate from every member's trust, and rotates the swarm to a fresh HE key that the
+removed member never sees.
 """
 
 from __future__ import annotations
@@ -14,18 +19,17 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import grpc
 import numpy as np
-from eth_utils import is_address, to_checksum_address
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from apiary.chain.binding import ContractRejected
+from apiary.chain.binding import ContractRejected, SwarmContract
 from apiary.core.he import HEContext
 from apiary.core.keywrap import WrappedSecret, wrap, wrap_context
-from apiary.core.tls import CA_CERT, CA_KEY, endpoint_host, issue_certificate
+from apiary.core.tls import MAX_CERTIFICATE_BYTES, check_member_certificate
+from apiary.node.identity import EthAddress, checksum_address
 from apiary.node.invites import InviteBook, Refused
 from apiary.node.keys import KeyRing
 from apiary.node.ports import SwarmLink
@@ -35,16 +39,8 @@ log = logging.getLogger("apiary.node.onboarding")
 
 ENDPOINT = re.compile(r"^[A-Za-z0-9.\-]+:\d{1,5}$")
 
-
-def checksum_address(value: str) -> str:
-    """`value` in its EIP-55 form; ValueError if it is not an Ethereum address."""
-    if not is_address(value):
-        raise ValueError("not an Ethereum address")
-    return str(to_checksum_address(value))
-
-
-EthAddress = Annotated[str, AfterValidator(checksum_address)]
-"""An Ethereum address, validated and checksummed wherever pydantic or FastAPI parses it."""
+__all__ = ["Approval", "EthAddress", "Handover", "JoinRequest", "Pending", "Removal",
+           "Sponsor", "WrappedKey", "checksum_address"]
 
 
 class JoinRequest(BaseModel):
@@ -54,7 +50,9 @@ class JoinRequest(BaseModel):
     address: EthAddress = Field(description="the newcomer's Ethereum address")
     x25519_public_key: str = Field(description="hex, 32 bytes")
     endpoint: str = Field(description="the newcomer's gRPC endpoint, host:port")
-    csr: str = Field(description="PEM certificate request for its TLS key", max_length=8000)
+    tls_certificate: str = Field(max_length=MAX_CERTIFICATE_BYTES,
+                                 description="PEM of the self-signed EC P-256 certificate "
+                                             "of its TLS key (registered on chain)")
 
     @field_validator("x25519_public_key")
     @classmethod
@@ -74,6 +72,12 @@ class JoinRequest(BaseModel):
             raise ValueError("expected host:port")
         return value
 
+    @field_validator("tls_certificate")
+    @classmethod
+    def _certificate(cls, value: str) -> str:
+        check_member_certificate(value.encode())
+        return value
+
 
 class Pending(BaseModel):
     """Admission proposed on chain; a majority of members has yet to approve it."""
@@ -89,11 +93,6 @@ class WrappedKey(BaseModel):
                                                 "newcomer's X25519 key (base64 fields)")
 
 
-class TlsHandover(BaseModel):
-    ca_cert: str = Field(description="PEM certificate of the swarm CA")
-    cert: str = Field(description="PEM certificate for the newcomer's TLS key")
-
-
 class Handover(BaseModel):
     """Everything an admitted newcomer needs; it checks each part against the chain."""
 
@@ -105,7 +104,6 @@ class Handover(BaseModel):
     weights: str = Field(description="the global weights, .npy base64-encoded")
     weights_digest: str | None
     keys: list[WrappedKey]
-    tls: TlsHandover
 
 
 class Approval(BaseModel):
@@ -122,6 +120,13 @@ class Removal(BaseModel):
     failed: list[str]
 
 
+class AdminRole(BaseModel):
+    """Who holds the contract's admin role, and to whom a hand-over was started."""
+
+    admin: str
+    pending_admin: str | None
+
+
 CurrentModel = Callable[[], tuple[int, np.ndarray | None, str | None]]
 """The round, the global weights it produced and their digest, read together."""
 
@@ -132,8 +137,6 @@ class Sponsor:
 
     node: str
     """This node's name, for logs."""
-    tls_dir: Path
-    """Where this node's TLS files are; the CA key there makes it able to sponsor."""
     funding_wei: int
     """What a newcomer is sent for its gas if it holds less than half of it."""
     invites: InviteBook
@@ -141,6 +144,9 @@ class Sponsor:
     current_model: CurrentModel
     link: Callable[[], SwarmLink | None]
     """The node's link to the swarm: None until it is a member."""
+    swarm_contract: Callable[[], SwarmContract] | None = None
+    """The swarm's contract as this node even when it runs no rounds on chain (federated
+    mode), for the admin role; raises Refused while the node is in no swarm."""
 
     def _link(self) -> SwarmLink:
         link = self.link()
@@ -157,27 +163,23 @@ class Sponsor:
         invites = self.invites
         invite = invites.check(request.invite, request.address)
         approved_since = invite.reserved_for is not None
-        ca_key, ca_cert = self._ca()
-        try:
-            cert = issue_certificate(ca_key, ca_cert, request.csr.encode(),
-                                     [endpoint_host(request.endpoint)])
-        except ValueError as exc:
-            raise Refused(422, f"csr: {exc}") from exc
         record = contract.member(request.address)
         if record.active and not approved_since:
             raise Refused(409, f"{request.address} is already a member")
         key = bytes.fromhex(request.x25519_public_key)
+        certificate = request.tls_certificate.encode()
         rule = contract.membership_rule()
         try:
             if record.active:
                 pass
             elif rule == "admin":
                 if contract.admin() != contract.sender:
-                    raise Refused(403, "only the swarm admin's node admits members; "
-                                       "ask the admin for an invite")
-                contract.add_member(request.address, request.endpoint, key)
+                    raise Refused(403, "under the admin rule only the node holding the "
+                                       "contract's admin role admits members; ask that "
+                                       "node's admin for an invite")
+                contract.add_member(request.address, request.endpoint, key, certificate)
             elif contract.proposal_approvals(request.address) == 0:
-                contract.propose_member(request.address, request.endpoint, key)
+                contract.propose_member(request.address, request.endpoint, key, certificate)
         except ContractRejected as exc:
             raise Refused(409, str(exc)) from exc
         if not contract.member(request.address).active:
@@ -193,18 +195,14 @@ class Sponsor:
         if (self.funding_wei
                 and contract.w3.eth.get_balance(request.address) < self.funding_wei // 2):
             contract.fund(request.address, self.funding_wei)
-        handover = self._handover(link, request.address, key, cert, ca_cert)
+        if link.trust is not None:
+            link.trust.invalidate()
+        handover = self._handover(link, request.address, key)
         invites.mark_used(request.invite, request.address)
         log.info("node=%s admitted %s (%s)", self.node, request.address, request.endpoint)
         return handover
 
-    def _ca(self) -> tuple[bytes, bytes]:
-        if not (self.tls_dir / CA_KEY).exists():
-            raise Refused(403, "this node holds no swarm CA key and cannot sponsor members")
-        return (self.tls_dir / CA_KEY).read_bytes(), (self.tls_dir / CA_CERT).read_bytes()
-
-    def _handover(self, link: SwarmLink, address: str, x25519_public: bytes, cert: bytes,
-                  ca_cert: bytes) -> Handover:
+    def _handover(self, link: SwarmLink, address: str, x25519_public: bytes) -> Handover:
         contract = link.contract
         round_number, weights, digest = self.current_model()
         if weights is None:
@@ -229,7 +227,6 @@ class Sponsor:
             weights=base64.b64encode(buffer.getvalue()).decode(),
             weights_digest=digest,
             keys=wrapped,
-            tls=TlsHandover(ca_cert=ca_cert.decode(), cert=cert.decode()),
         )
 
     def approve(self, address: str) -> Approval:
@@ -260,6 +257,8 @@ class Sponsor:
             contract.remove_member(address, fresh.public_digest())
         except ContractRejected as exc:
             raise Refused(409, str(exc)) from exc
+        if link.trust is not None:
+            link.trust.invalidate()
         epoch = contract.key_epoch_count() - 1
         from_round, _ = contract.key_epoch(epoch)
         self.keys.put(epoch, fresh.secret_bytes(), fresh.public_digest())
@@ -281,6 +280,47 @@ class Sponsor:
         return Removal(removed=address, key_epoch=epoch, from_round=from_round,
                        delivered=delivered, failed=failed)
 
+    # ------------------------------------------------------------------ the admin role
+
+    def _contract(self) -> SwarmContract:
+        link = self.link()
+        if link is not None:
+            return link.contract
+        if self.swarm_contract is not None:
+            return self.swarm_contract()
+        raise Refused(409, "this node is not an active swarm member")
+
+    def admin_role(self) -> AdminRole:
+        contract = self._contract()
+        return AdminRole(admin=contract.admin(), pending_admin=contract.pending_admin())
+
+    def transfer_admin(self, address: str) -> AdminRole:
+        """Start handing this node's admin role to `address`; it holds the role once it
+        accepts (two steps, so a mistyped address cannot take it)."""
+        contract = self._contract()
+        address = _checksum(address)
+        if contract.admin() != contract.sender:
+            raise Refused(403, "this node does not hold the contract's admin role")
+        try:
+            contract.transfer_admin(address)
+        except ContractRejected as exc:
+            raise Refused(409, str(exc)) from exc
+        log.info("node=%s started handing the admin role to %s", self.node, address)
+        return self.admin_role()
+
+    def accept_admin(self) -> AdminRole:
+        """Take the admin role that was handed to this node's account."""
+        contract = self._contract()
+        if contract.pending_admin() != contract.sender:
+            raise Refused(409, f"the admin role is not being handed to {contract.sender}; "
+                               "the current admin starts the hand-over (transferAdmin)")
+        try:
+            contract.accept_admin()
+        except ContractRejected as exc:
+            raise Refused(409, str(exc)) from exc
+        log.info("node=%s holds the contract's admin role", self.node)
+        return self.admin_role()
+
 
 def _checksum(address: str) -> str:
     try:
@@ -290,7 +330,7 @@ def _checksum(address: str) -> str:
 
 
 def _deliver(link: SwarmLink, endpoint: str, epoch: int, sealed: WrappedSecret) -> None:
-    credentials = link.tls.channel_credentials() if link.tls else None
+    credentials = link.trust.channel_credentials() if link.trust else None
     channel = (grpc.secure_channel(endpoint, credentials) if credentials
                else grpc.insecure_channel(endpoint))
     with channel:

@@ -1,13 +1,13 @@
 """A running hospital node: wires trainer, keys, state, gRPC, the API and the round loop.
 
-A swarm node becomes active once it holds an identity, the swarm's HE key and the
-contract's address — from founding, or from joining through a sponsor — and only then
-starts its peer server and takes part in rounds.
+Every node makes its own identity (Ethereum account, X25519 pair, TLS key and certificate)
+in its state directory when it first starts. A swarm node becomes active once it also
+holds the swarm's HE key and the contract's address — from the founding ceremony, or from
+joining through a sponsor — and only then starts its peer server and takes part in rounds.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -29,7 +29,8 @@ from apiary.core.settings import NodeSettings
 from apiary.core.tls import TlsFiles
 from apiary.node.api import create_app
 from apiary.node.federated import FederatedRound
-from apiary.node.founding import IDENTITY_FILE, Identity, read_swarm_file
+from apiary.node.founding import FoundingCeremony, read_swarm_file
+from apiary.node.identity import Identity, ensure_identity
 from apiary.node.invites import InviteBook
 from apiary.node.joining import Joiner, JoiningNode
 from apiary.node.keys import KeyRing
@@ -40,6 +41,7 @@ from apiary.node.rounds import NotAMember, RoundAbandoned, RoundFailed, RoundOut
 from apiary.node.state import NodeState, RoundRecord
 from apiary.node.swarm import SwarmRound
 from apiary.node.trainer import LocalTrainer
+from apiary.node.trust import MemberTrust
 
 log = logging.getLogger("apiary.node")
 
@@ -81,25 +83,27 @@ class NodeRuntime:
             settings.epochs, settings.lr, settings.batch_size,
         )
         keys = KeyRing(settings.state_dir, settings.he_context)
+        identity, tls = ensure_identity(settings.state_dir, settings.name, settings.endpoint,
+                                        settings.private_key)
         runtime = cls(settings, trainer, NodeState.open(settings.state_dir), keys,
-                      InviteBook(settings.state_dir), identity=_stored_identity(settings),
-                      tls=TlsFiles.load(settings.state_dir / "tls"))
+                      InviteBook(settings.state_dir), identity=identity, tls=tls)
         if settings.mode == "federated":
             if not settings.coordinator:
                 raise NodeConfigError("federated mode needs --coordinator host:port")
-            he = runtime._founding_key()
-            runtime.driver = FederatedRound(settings.coordinator, he, settings.name,
-                                            settings.round_timeout_s)
-            runtime.ready.set()
+            if runtime.keys.has(0):
+                runtime._enter_swarm()
+            else:
+                log.info("node=%s holds no HE key yet: waiting for the founding ceremony",
+                         settings.name)
         elif settings.mode == "swarm":
-            runtime.joiner = Joiner(runtime._joining_node(), identity=runtime.identity)
+            runtime.joiner = Joiner(runtime._joining_node())
             if runtime._membership_known():
                 runtime.activate()
                 runtime.ready.set()
             elif not settings.join:
-                log.warning("node=%s is not a swarm member yet: waiting for POST /v1/join "
-                            "(or start it with --join SPONSOR_URL --invite TOKEN)",
-                            settings.name)
+                log.info("node=%s is not a swarm member yet: waiting for the founding "
+                         "ceremony (apiary found) or POST /v1/join (or start it with "
+                         "--join SPONSOR_URL --invite TOKEN)", settings.name)
         else:
             raise NodeConfigError(f"unknown mode {settings.mode!r}: use swarm or federated")
         return runtime
@@ -124,15 +128,15 @@ class NodeRuntime:
         return self.keys.has(0) or any(True for _ in rotated)
 
     def _joining_node(self) -> JoiningNode:
+        assert self.identity is not None and self.tls is not None
         return JoiningNode(
             name=self.settings.name, state_dir=self.settings.state_dir,
-            endpoint=self.settings.endpoint, param_count=self.trainer.param_count,
-            keys=self.keys, connect=connect, activate=self._become_member,
-            adopt=self._adopt_handover,
+            endpoint=self.settings.endpoint, identity=self.identity, tls=self.tls,
+            param_count=self.trainer.param_count, keys=self.keys, connect=connect,
+            activate=self._become_member, adopt=self._adopt_handover,
         )
 
-    def _become_member(self, identity: Identity, tls: TlsFiles) -> RoundDriver:
-        self.identity, self.tls = identity, tls
+    def _become_member(self) -> RoundDriver:
         self.activate()
         assert self.driver is not None
         return self.driver
@@ -140,6 +144,18 @@ class NodeRuntime:
     def _adopt_handover(self, weights: np.ndarray, round_number: int, digest: str) -> None:
         self.state.save(weights, round_number, digest)
         self.weights = weights
+        self.ready.set()
+
+    def _enter_swarm(self) -> None:
+        """Take part in rounds once founding gave this node its swarm and HE key."""
+        if self.ready.is_set():
+            return
+        if self.settings.mode == "federated":
+            assert self.settings.coordinator is not None
+            self.driver = FederatedRound(self.settings.coordinator, self._founding_key(),
+                                         self.settings.name, self.settings.round_timeout_s)
+        else:
+            self.activate()
         self.ready.set()
 
     def activate(self) -> None:
@@ -168,17 +184,19 @@ class NodeRuntime:
             raise NodeConfigError("the HE context's modulus differs from the contract's")
         inbox = Inbox()
         x25519 = bytes.fromhex(self.identity.x25519_private) if self.identity else None
+        trust = (MemberTrust(connect(address, rpc_url, private_key), self.tls) if self.tls
+                 else None)
         self.driver = SwarmRound(
             contract, he, inbox, private_key, settings.name, settings.round_deadline_s,
             settings.relay_takeover_s, settings.round_timeout_s, keys=self.keys,
-            credentials=self.tls.channel_credentials() if self.tls else None,
+            credentials=trust.channel_credentials if trust else None,
             x25519_private=x25519,
         )
-        self.link = SwarmLink(contract, rpc_url, self.tls)
+        self.link = SwarmLink(contract, rpc_url, trust)
         peer_contract = connect(address, rpc_url, private_key)
         self._servers.append(start_peer_server(
-            PeerService(peer_contract, inbox, settings.name, self.keys, x25519),
-            settings.grpc_host, settings.grpc_port, self.tls,
+            PeerService(peer_contract, inbox, settings.name, self.keys, x25519, trust),
+            settings.grpc_host, settings.grpc_port, trust,
         ))
         log.info("node=%s member %s of swarm %s (%s gRPC)", settings.name, contract.sender,
                  contract.address, "mutual-TLS" if self.tls else "plaintext")
@@ -287,13 +305,26 @@ class NodeRuntime:
 
     def create_api(self) -> FastAPI:
         settings = self.settings
+        founding = self._founding()
         sponsor = Sponsor(
-            node=settings.name, tls_dir=settings.state_dir / "tls",
-            funding_wei=int(settings.join_funding_eth * 10**18), invites=self.invites,
-            keys=self.keys, current_model=self.state.current, link=lambda: self.link,
+            node=settings.name, funding_wei=int(settings.join_funding_eth * 10**18),
+            invites=self.invites, keys=self.keys, current_model=self.state.current,
+            link=lambda: self.link, swarm_contract=founding.contract,
         )
         return create_app(settings, node=self, history=self.state, invites=self.invites,
-                          sponsor=sponsor, joiner=self.joiner)
+                          sponsor=sponsor, founding=founding, joiner=self.joiner)
+
+    def _founding(self) -> FoundingCeremony:
+        if self.identity is None or self.tls is None:
+            self.identity, self.tls = ensure_identity(
+                self.settings.state_dir, self.settings.name, self.settings.endpoint,
+                self.settings.private_key)
+        return FoundingCeremony(
+            name=self.settings.name, state_dir=self.settings.state_dir,
+            endpoint=self.settings.endpoint, identity=self.identity, tls=self.tls,
+            keys=self.keys, param_count=self.trainer.param_count, connect=connect,
+            enter=self._enter_swarm, entered=self.ready.is_set, rpc_url=self.settings.rpc_url,
+        )
 
     def start_api(self) -> uvicorn.Server:
         config = uvicorn.Config(self.create_api(), host=self.settings.api_host,
@@ -372,13 +403,6 @@ def _answers_grpc(endpoint: str) -> bool:
         except grpc.FutureTimeoutError:
             return False
     return True
-
-
-def _stored_identity(settings: NodeSettings) -> Identity | None:
-    path = settings.state_dir / IDENTITY_FILE
-    if not path.exists():
-        return None
-    return Identity(**json.loads(path.read_text()))
 
 
 def _finite(value: float) -> float | None:

@@ -18,21 +18,31 @@ from starlette.exceptions import StarletteDeprecationWarning
 from apiary.chain.binding import SwarmContract
 from apiary.core.errors import ConfigError
 from apiary.core.settings import NodeSettings
+from apiary.core.tls import create_self_signed
 from apiary.node import runtime
 from apiary.node.api import create_app
 from apiary.node.api.deps import get_joiner, get_node
 from apiary.node.api.rounds import RoundEntry
+from apiary.node.founding import (
+    FoundingStatus,
+    KeyDelivery,
+    PublicContext,
+    SwarmAssignment,
+    WrappedFor,
+    WrappedKeys,
+)
+from apiary.node.identity import IDENTITY_FILE, Identity, PublicIdentity, ensure_identity
 from apiary.node.invites import InviteBook, Refused
 from apiary.node.joining import Joiner, JoiningNode, JoinProgress
 from apiary.node.keys import KeyRing
 from apiary.node.onboarding import (
+    AdminRole,
     Approval,
     Handover,
     JoinRequest,
     Pending,
     Removal,
     Sponsor,
-    TlsHandover,
     WrappedKey,
 )
 from apiary.node.ports import ReadinessFacts, SwarmLink
@@ -48,6 +58,7 @@ GOOD = {"Authorization": f"Bearer {TOKEN}"}
 ADDRESS = to_checksum_address("0x" + "ab" * 20)
 OTHER = to_checksum_address("0x" + "cd" * 20)
 READY = ReadinessFacts(member=True, upstream="chain", upstream_reachable=True, he_key=True)
+CERT = create_self_signed("newcomer", ["10.0.0.4"]).cert.decode()
 
 
 # ---------------------------------------------------------------------- stubs
@@ -57,10 +68,11 @@ READY = ReadinessFacts(member=True, upstream="chain", upstream_reachable=True, h
 class FakeMember:
     address: str
     endpoint: str
+    active: bool = True
 
 
 class FakeContract:
-    """The three things /v1/status reads of a contract."""
+    """What /v1/status and a sponsor under the admin rule read of a contract."""
 
     address = to_checksum_address("0x" + "11" * 20)
     sender = ADDRESS
@@ -68,10 +80,19 @@ class FakeContract:
     def members(self) -> list[FakeMember]:
         return [FakeMember(ADDRESS, "a:1"), FakeMember(OTHER, "b:2")]
 
+    def member(self, address: str) -> FakeMember:
+        return FakeMember(address, "", active=False)
+
+    def membership_rule(self) -> str:
+        return "admin"
+
+    def admin(self) -> str:
+        return OTHER
+
 
 def fake_link() -> SwarmLink:
     contract = cast(SwarmContract, FakeContract())
-    return SwarmLink(contract=contract, rpc_url="http://chain:8545", tls=None)
+    return SwarmLink(contract=contract, rpc_url="http://chain:8545", trust=None)
 
 
 @dataclasses.dataclass
@@ -91,8 +112,8 @@ HANDOVER = Handover(
     weights="AAAA", weights_digest="d" * 64,
     keys=[WrappedKey(epoch=0, wrapped={"ephemeral_public": "eA==", "nonce": "",
                                        "ciphertext": "Yw=="})],
-    tls=TlsHandover(ca_cert="CA PEM", cert="CERT PEM"),
 )
+SEALED = {"ephemeral_public": "eA==", "nonce": "", "ciphertext": "Yw=="}
 
 
 @dataclasses.dataclass
@@ -121,6 +142,59 @@ class FakeSponsor:
         return Removal(removed=address, key_epoch=1, from_round=3, delivered=[OTHER],
                        failed=[])
 
+    def admin_role(self) -> AdminRole:
+        self._call("admin_role", None)
+        return AdminRole(admin=ADDRESS, pending_admin=None)
+
+    def transfer_admin(self, address: str) -> AdminRole:
+        self._call("transfer_admin", address)
+        return AdminRole(admin=ADDRESS, pending_admin=address)
+
+    def accept_admin(self) -> AdminRole:
+        self._call("accept_admin", None)
+        return AdminRole(admin=ADDRESS, pending_admin=None)
+
+
+IDENTITY = PublicIdentity(name="basel", address=ADDRESS, x25519_public_key="22" * 32,
+                          endpoint="basel:50051", tls_certificate=CERT)
+
+
+@dataclasses.dataclass
+class FakeFounding:
+    """Answers each ceremony step (or raises `refusal`) and records what it was asked."""
+
+    refusal: Exception | None = None
+    calls: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+
+    def _call(self, name: str, argument: Any = None) -> None:
+        self.calls.append((name, argument))
+        if self.refusal is not None:
+            raise self.refusal
+
+    def public_identity(self) -> PublicIdentity:
+        return IDENTITY
+
+    def status(self) -> FoundingStatus:
+        self._call("status")
+        return FoundingStatus(state="no swarm", address=ADDRESS, contract=None)
+
+    def create_key(self) -> PublicContext:
+        self._call("create_key")
+        return PublicContext(public_context="cHVibGlj", digest="0x" + "ab" * 32)
+
+    def join_swarm(self, assignment: SwarmAssignment) -> FoundingStatus:
+        self._call("join_swarm", assignment)
+        return FoundingStatus(state="awaiting key", address=ADDRESS,
+                              contract=assignment.contract)
+
+    def wrap_keys(self) -> WrappedKeys:
+        self._call("wrap_keys")
+        return WrappedKeys(epoch=0, keys=[WrappedFor(address=OTHER, wrapped=SEALED)])
+
+    def accept_key(self, delivery: KeyDelivery) -> FoundingStatus:
+        self._call("accept_key", delivery)
+        return FoundingStatus(state="member", address=ADDRESS, contract=FakeContract.address)
+
 
 @dataclasses.dataclass
 class FakeJoiner:
@@ -145,6 +219,7 @@ class Api:
     joiner: FakeJoiner
     history: NodeState
     invites: InviteBook
+    founding: FakeFounding
 
 
 def record(round_number: int) -> RoundRecord:
@@ -163,17 +238,17 @@ def api(tmp_path: Path) -> Iterator[Api]:
     history = NodeState.open(tmp_path)
     for n in (1, 2):
         history.save(np.zeros(3), n, f"{n:064x}", record(n))
-    node, sponsor, joiner = FakeNode(), FakeSponsor(), FakeJoiner()
+    node, sponsor, joiner, founding = FakeNode(), FakeSponsor(), FakeJoiner(), FakeFounding()
     invites = InviteBook(tmp_path)
     app = create_app(settings, node=node, history=history, invites=invites, sponsor=sponsor,
-                     joiner=joiner)
+                     founding=founding, joiner=joiner)
     with TestClient(app) as client:
-        yield Api(client, app, node, sponsor, joiner, history, invites)
+        yield Api(client, app, node, sponsor, joiner, history, invites, founding)
 
 
 def join_body(**changes: Any) -> dict[str, Any]:
     body = {"invite": "i" * 43, "address": ADDRESS.lower(), "x25519_public_key": "11" * 32,
-            "endpoint": "10.0.0.4:50051", "csr": "-----BEGIN CERTIFICATE REQUEST-----"}
+            "endpoint": "10.0.0.4:50051", "tls_certificate": CERT}
     return {**body, **changes}
 
 
@@ -188,9 +263,17 @@ ADMIN_ROUTES = [
     ("DELETE", f"/v1/members/{ADDRESS}", None),
     ("POST", "/v1/join", {"sponsor_url": "http://sponsor:8000", "invite": "x" * 43}),
     ("GET", "/v1/join", None),
+    ("GET", "/v1/admin", None),
+    ("POST", "/v1/admin/transfer", {"address": OTHER}),
+    ("POST", "/v1/admin/accept", None),
+    ("POST", "/v1/he-key", None),
+    ("GET", "/v1/swarm", None),
+    ("POST", "/v1/swarm", {"contract": OTHER, "rpc_url": "http://chain:8545"}),
+    ("POST", "/v1/he-key/wrapped", None),
+    ("POST", "/v1/he-key/delivery", {"epoch": 0, "wrapped": SEALED}),
 ]
 OPEN_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/ready"), ("GET", "/metrics"),
-               ("POST", "/v1/members")}
+               ("GET", "/v1/identity"), ("POST", "/v1/members")}
 
 
 def test_the_admin_routes_listed_here_are_all_the_app_has(api: Api) -> None:
@@ -214,6 +297,7 @@ def test_admin_routes_refuse_a_missing_or_wrong_token(
     assert reply.headers["www-authenticate"] == "Bearer"
     assert "bearer token" in reply.json()["detail"]
     assert api.sponsor.calls == [] and api.joiner.started == []
+    assert api.founding.calls == []
     assert api.invites.snapshot() == {}
 
 
@@ -302,7 +386,8 @@ def test_model_reports_the_last_evaluation(api: Api) -> None:
 def test_model_before_any_round(tmp_path: Path) -> None:
     settings = NodeSettings(name="fresh", admin_token=TOKEN, state_dir=tmp_path)
     app = create_app(settings, node=FakeNode(), history=NodeState.open(tmp_path),
-                     invites=InviteBook(tmp_path), sponsor=FakeSponsor(), joiner=None)
+                     invites=InviteBook(tmp_path), sponsor=FakeSponsor(),
+                     founding=FakeFounding(), joiner=None)
     with TestClient(app) as client:
         body = client.get("/v1/model", headers=GOOD).json()
         assert body == {"node": "fresh", "round": 0, "params": 3, "weights_digest": None,
@@ -386,8 +471,10 @@ def test_refused_admission_answers_its_status_and_reason(api: Api, status: int) 
     {"x25519_public_key": "11" * 31},
     {"endpoint": "no-port"},
     {"endpoint": "host:port"},
-    {"csr": "x" * 8001},
-], ids=lambda c: next(iter(c)))
+    {"tls_certificate": "x" * 5000},
+    {"tls_certificate": "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"},
+    {"tls_certificate": ""},
+], ids=lambda c: f"{next(iter(c))}={str(next(iter(c.values())))[:12]}")
 def test_a_malformed_join_request_is_refused_before_the_sponsor(
     api: Api, changes: dict[str, str],
 ) -> None:
@@ -407,10 +494,10 @@ def sponsor_app(tmp_path: Path, link: SwarmLink | None) -> tuple[TestClient, Inv
     settings = NodeSettings(name="basel", admin_token=TOKEN, state_dir=tmp_path)
     invites = InviteBook(tmp_path)
     state = NodeState.open(tmp_path)
-    sponsor = Sponsor(node="basel", tls_dir=tmp_path / "tls", funding_wei=0, invites=invites,
-                      keys=KeyRing(tmp_path), current_model=state.current, link=lambda: link)
+    sponsor = Sponsor(node="basel", funding_wei=0, invites=invites, keys=KeyRing(tmp_path),
+                      current_model=state.current, link=lambda: link)
     app = create_app(settings, node=FakeNode(link=link), history=state, invites=invites,
-                     sponsor=sponsor, joiner=None)
+                     sponsor=sponsor, founding=FakeFounding(), joiner=None)
     return TestClient(app), invites
 
 
@@ -435,7 +522,7 @@ def test_invites_refused_by_the_real_sponsor(tmp_path: Path) -> None:
     assert reply.status_code == 409 and "already used" in reply.json()["detail"]
     valid, _ = invites.create(60)
     reply = client.post("/v1/members", json=join_body(invite=valid))
-    assert reply.status_code == 403 and "no swarm CA key" in reply.json()["detail"]
+    assert reply.status_code == 403 and "admin role" in reply.json()["detail"]
     assert all(v["used_by"] is None for v in invites.snapshot().values())
 
 
@@ -532,9 +619,11 @@ def test_a_real_joiner_reports_idle_before_it_starts(api: Api, tmp_path: Path) -
     def unused(*_args: Any) -> Any:
         raise AssertionError("an idle joiner touches nothing")
 
+    identity, tls = ensure_identity(tmp_path, "basel", "h:1")
     joiner = Joiner(JoiningNode(name="basel", state_dir=tmp_path, endpoint="h:1",
-                                param_count=3, keys=KeyRing(tmp_path), connect=unused,
-                                activate=unused, adopt=unused))
+                                identity=identity, tls=tls, param_count=3,
+                                keys=KeyRing(tmp_path), connect=unused, activate=unused,
+                                adopt=unused))
     api.app.dependency_overrides[get_joiner] = lambda: joiner
     reply = api.client.get("/v1/join", headers=GOOD)
     assert reply.status_code == 200
@@ -573,3 +662,93 @@ def test_a_runtime_outside_any_swarm_serves_its_state_and_is_not_ready(
         refused = client.post("/v1/members", json=join_body())
         assert refused.status_code == 409
         assert refused.json() == {"detail": "this node is not an active swarm member"}
+        identity = client.get("/v1/identity").json()
+        stored = Identity.load(tmp_path)
+        assert stored is not None and identity["address"] == stored.address
+        assert identity["x25519_public_key"] == stored.x25519_public
+        assert identity["tls_certificate"] == (tmp_path / "tls" / "node.pem").read_text()
+        assert stored.private_key not in str(identity)
+        assert client.get("/v1/swarm", headers=GOOD).json()["state"] == "no swarm"
+        nowhere = client.post("/v1/he-key/wrapped", headers=GOOD)
+        assert nowhere.status_code == 409 and "POST /v1/swarm first" in nowhere.json()["detail"]
+
+
+# ---------------------------------------------------------------------- founding ceremony
+
+
+def test_identity_is_open_and_holds_public_halves_only(api: Api) -> None:
+    reply = api.client.get("/v1/identity")
+    assert reply.status_code == 200
+    assert PublicIdentity.model_validate(reply.json()) == IDENTITY
+
+
+def test_the_ceremony_steps_reach_the_node(api: Api) -> None:
+    created = api.client.post("/v1/he-key", headers=GOOD)
+    assert created.status_code == 200 and created.json()["digest"] == "0x" + "ab" * 32
+    swarm = api.client.post("/v1/swarm", headers=GOOD,
+                            json={"contract": OTHER.lower(), "rpc_url": "http://chain:8545"})
+    assert swarm.status_code == 200 and swarm.json()["state"] == "awaiting key"
+    wrapped = api.client.post("/v1/he-key/wrapped", headers=GOOD).json()
+    assert wrapped == {"epoch": 0, "keys": [{"address": OTHER, "wrapped": SEALED}]}
+    delivered = api.client.post("/v1/he-key/delivery", headers=GOOD,
+                                json={"wrapped": SEALED})
+    assert delivered.status_code == 200 and delivered.json()["state"] == "member"
+    names = [name for name, _ in api.founding.calls]
+    assert names == ["create_key", "join_swarm", "wrap_keys", "accept_key"]
+    assert api.founding.calls[1][1] == SwarmAssignment(contract=OTHER,
+                                                       rpc_url="http://chain:8545")
+    assert api.founding.calls[3][1] == KeyDelivery(epoch=0, wrapped=SEALED)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/swarm", {"contract": "0x1234", "rpc_url": "http://chain:8545"}),
+    ("/v1/swarm", {"contract": OTHER, "rpc_url": "chain:8545"}),
+    ("/v1/swarm", {"rpc_url": "http://chain:8545"}),
+    ("/v1/he-key/delivery", {"epoch": -1, "wrapped": SEALED}),
+    ("/v1/he-key/delivery", {"epoch": 0}),
+    ("/v1/he-key/delivery", {"epoch": 0, "wrapped": "sealed"}),
+], ids=str)
+def test_malformed_ceremony_calls_are_refused_before_the_node(api: Api, path: str,
+                                                              body: dict[str, Any]) -> None:
+    reply = api.client.post(path, headers=GOOD, json=body)
+    assert reply.status_code == 422, reply.text
+    assert api.founding.calls == []
+
+
+@pytest.mark.parametrize("status", [409, 422, 502])
+def test_a_refused_ceremony_step_answers_its_status(api: Api, status: int) -> None:
+    api.founding.refusal = Refused(status, f"refused with {status}")
+    for path, body in (("/v1/he-key", None),
+                       ("/v1/swarm", {"contract": OTHER, "rpc_url": "http://c:1"}),
+                       ("/v1/he-key/wrapped", None),
+                       ("/v1/he-key/delivery", {"wrapped": SEALED})):
+        reply = api.client.post(path, headers=GOOD, json=body)
+        assert reply.status_code == status
+        assert reply.json() == {"detail": f"refused with {status}"}
+
+
+def test_a_nodes_identity_is_made_once_in_its_own_state_dir(tmp_path: Path) -> None:
+    identity, tls = ensure_identity(tmp_path, "basel", "basel.example:50051")
+    again, tls_again = ensure_identity(tmp_path, "basel", "basel.example:50051")
+    assert again == identity and tls_again == tls
+    assert (tmp_path / IDENTITY_FILE).stat().st_mode & 0o077 == 0
+    assert (tmp_path / "tls" / "node.key").stat().st_mode & 0o077 == 0
+    assert b"PRIVATE KEY" not in tls.cert and b"PRIVATE KEY" in tls.key
+    with pytest.raises(ConfigError, match="belongs to"):
+        ensure_identity(tmp_path, "basel", "basel.example:50051", "0x" + "ab" * 32)
+
+
+# ---------------------------------------------------------------------- the admin role
+
+
+def test_the_admin_role_routes(api: Api) -> None:
+    assert api.client.get("/v1/admin", headers=GOOD).json() == {"admin": ADDRESS,
+                                                                "pending_admin": None}
+    started = api.client.post("/v1/admin/transfer", headers=GOOD,
+                              json={"address": OTHER.lower()})
+    assert started.json() == {"admin": ADDRESS, "pending_admin": OTHER}
+    assert api.client.post("/v1/admin/accept", headers=GOOD).status_code == 200
+    assert api.client.post("/v1/admin/transfer", headers=GOOD,
+                           json={"address": "0x12"}).status_code == 422
+    assert api.sponsor.calls == [("admin_role", None), ("transfer_admin", OTHER),
+                                 ("accept_admin", None)]

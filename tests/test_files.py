@@ -12,8 +12,7 @@ import pytest
 
 from apiary.core import files
 from apiary.core.he import HEContext
-from apiary.core.tls import create_ca
-from apiary.node.founding import Identity, prepare_member_state
+from apiary.node.identity import ensure_identity
 from apiary.node.keys import KeyRing
 
 
@@ -95,13 +94,12 @@ def test_a_members_secrets_are_never_readable_by_others(
     tmp_path: Path, umask_022: None, replaced: dict[str, int], he: HEContext
 ) -> None:
     state = tmp_path / "alpha"
-    identity = Identity.create("alpha", "0x" + "ab" * 32)
-    prepare_member_state(state, identity, he, create_ca("test"), "127.0.0.1:50051",
-                         holds_ca_key=True)
+    ensure_identity(state, "alpha", "127.0.0.1:50051")
+    KeyRing(state).put(0, he.secret_bytes(), he.public_digest())
     KeyRing(state).put(1, he.secret_bytes(), he.public_digest())
-    secrets = {"identity.json", "he-secret.ctx", "node.key", "ca.key", "epoch-1.ctx"}
+    secrets = {"identity.json", "he-secret.ctx", "node.key", "epoch-1.ctx"}
     assert {name: replaced[name] for name in secrets} == dict.fromkeys(secrets, 0o600)
     written = {p.name: mode(p) for p in state.rglob("*") if p.is_file()}
     assert {n: m for n, m in written.items() if n in secrets} == dict.fromkeys(secrets, 0o600)
-    assert written["node.pem"] == written["ca.pem"] == 0o644
+    assert written["node.pem"] == 0o644
     assert json.loads((state / "identity.json").read_text())["name"] == "alpha"

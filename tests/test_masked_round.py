@@ -21,7 +21,9 @@ from apiary.chain.devnet import free_port
 from apiary.core.coefficients import SLOTS_PER_BLOCK, block_digest, weights_from_sample_counts
 from apiary.core.he import HEContext
 from apiary.core.masking import Masker, MaskSet
-from apiary.node.founding import FoundingMember, Identity, found_swarm
+from apiary.core.tls import create_self_signed
+from apiary.node.founding import found_swarm
+from apiary.node.identity import Identity
 from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.rounds import RoundOutcome
 from apiary.node.swarm import SwarmRound
@@ -85,7 +87,8 @@ def swarm(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[list[Member]
     identities = [Identity.create(f"h{i}", dev_keys[i + 1]) for i in range(3)]
     ports = [free_port() for _ in identities]
     admin = found_swarm(w3, dev_keys[0], he, PARAMS,
-                        [FoundingMember(ident, f"127.0.0.1:{port}")
+                        [ident.public(f"127.0.0.1:{port}",
+                                      create_self_signed(ident.name, ["127.0.0.1"]))
                          for ident, port in zip(identities, ports, strict=True)],
                         min_peers=2, enrol_window_s=30, commit_window_s=COMMIT_WINDOW_S)
     rng = np.random.default_rng(5)

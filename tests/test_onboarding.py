@@ -1,8 +1,14 @@
-"""Onboarding, transport identity and removal with real node processes and a real devnet."""
+"""Onboarding, transport identity, the admin role and removal with real node processes and
+a real devnet.
+
+The swarm is founded by the ceremony (every node made its own keys); the first founder is
+handed the admin role, then hands it to another member, which sponsors the newcomer.
+"""
 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +23,11 @@ from apiary.chain.binding import ContractRejected, SwarmContract
 from apiary.core.coefficients import block_digest
 from apiary.core.flat import weights_digest
 from apiary.core.he import HEContext
-from apiary.core.tls import TlsFiles, create_ca, create_key_and_csr, node_files
+from apiary.core.tls import TlsFiles, create_self_signed
 from apiary.core.transport import TransportError, push_update, sign_update
+from apiary.node.identity import Identity
 from apiary.node.keys import KeyRing
+from apiary.node.trust import TTL_S
 from apiary.tools.demo import DemoOptions, LocalSwarm
 from apiary.wire import apiary_pb2
 
@@ -49,11 +57,25 @@ def round_digests(swarm: LocalSwarm, names: tuple[str, ...], round_number: int) 
 
 def chain_state(contract: SwarmContract) -> dict[str, Any]:
     return {"members": contract.members(active_only=False),
-            "epochs": contract.key_epoch_count()}
+            "epochs": contract.key_epoch_count(), "admin": contract.admin()}
 
 
-def secret_key_fragments(he: HEContext) -> list[bytes]:
+def identity(swarm: LocalSwarm, name: str) -> Identity:
+    """The identity a node made for itself, read from its state directory."""
+    stored = Identity.load(swarm.state_dir(name))
+    assert stored is not None
+    return stored
+
+
+def swarm_key(swarm: LocalSwarm, epoch: int = 0, holder: str = "hungary") -> HEContext:
+    he = KeyRing(swarm.state_dir(holder)).get(epoch)
+    assert he is not None
+    return he
+
+
+def secret_key_fragments(he: HEContext | None) -> list[bytes]:
     """Byte runs of the secret context that its public part does not contain."""
+    assert he is not None
     secret, public = he.secret_bytes(), he.public_bytes()
     fragments = []
     for start in range(0, len(secret) - 48, 4099):
@@ -72,6 +94,31 @@ def leaks(text_or_bytes: bytes, fragments: list[bytes]) -> bool:
     return False
 
 
+def push_as(swarm: LocalSwarm, contract: SwarmContract, sender: str, target: str,
+            credentials: grpc.ChannelCredentials | None) -> grpc.StatusCode:
+    """Push a signed update of `sender` to `target`'s peer server; the status it ends with
+    (a push that passes the handshake is refused later, as its round is not open)."""
+    blocks = swarm_key(swarm).encrypt(np.zeros(contract.he_parameters().param_count))
+    header = apiary_pb2.UpdateHeader(round=contract.current_round() + 5, sample_count=1,
+                                     block_count=len(blocks),
+                                     block_digests=[block_digest(b) for b in blocks])
+    header = sign_update(header, contract.address, identity(swarm, sender).private_key)
+    try:
+        push_update(swarm.endpoint(target), header, blocks, timeout=5, credentials=credentials)
+    except TransportError as exc:
+        return exc.code
+    return grpc.StatusCode.OK
+
+
+def member_credentials(swarm: LocalSwarm, contract: SwarmContract,
+                       name: str) -> grpc.ChannelCredentials:
+    """`name`'s own TLS files, trusting every certificate the chain lists."""
+    own = TlsFiles.load(swarm.state_dir(name) / "tls")
+    assert own is not None
+    roots = b"".join(m.tls_certificate for m in contract.members(active_only=False))
+    return own.channel_credentials(roots)
+
+
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("onboarding")
@@ -84,32 +131,30 @@ def swarm(tmp_path_factory: pytest.TempPathFactory):
                          "round 1")
         w3 = Web3(Web3.HTTPProvider(local.rpc_url))
         assert local.contract_address is not None
-        admin_key = local.identities["cleveland"].private_key
-        yield local, SwarmContract.at(w3, local.contract_address, admin_key)
+        yield local, SwarmContract.at(w3, local.contract_address, identity(local, "va")
+                                      .private_key)
 
 
 def test_refused_invites_change_nothing(swarm) -> None:
     local, contract = swarm
     url = api(local, "cleveland")
-    hungary = local.identities["hungary"]
     before, invites_before = chain_state(contract), _invite_file(local)
+    certificate = create_self_signed("newcomer", ["127.0.0.1"]).cert.decode()
 
-    _, csr = create_key_and_csr("newcomer")
-
-    def join_request(invite: str, address: str, request: str = "not a csr") -> httpx.Response:
+    def join_request(invite: str, address: str, cert: str = "not a certificate") -> httpx.Response:
         return httpx.post(f"{url}/v1/members", timeout=30, json={
             "invite": invite, "address": address, "x25519_public_key": "11" * 32,
-            "endpoint": "127.0.0.1:1", "csr": request})
+            "endpoint": "127.0.0.1:1", "tls_certificate": cert})
 
-    assert join_request("x" * 43, "0x" + "12" * 20).status_code == 403
+    assert join_request("x" * 43, "0x" + "12" * 20, certificate).status_code == 403
     short = httpx.post(f"{url}/v1/invites", headers=admin_headers(), json={"ttl_s": 0.5}).json()
     time.sleep(1.0)
-    expired = join_request(short["invite"], "0x" + "12" * 20)
+    expired = join_request(short["invite"], "0x" + "12" * 20, certificate)
     assert expired.status_code == 410 and "expired" in expired.json()["detail"]
     fresh = httpx.post(f"{url}/v1/invites", headers=admin_headers(), json={}).json()
-    bad_csr = join_request(fresh["invite"], "0x" + "12" * 20)
-    assert bad_csr.status_code == 422
-    member_again = join_request(fresh["invite"], hungary.address, csr.decode())
+    bad_certificate = join_request(fresh["invite"], "0x" + "12" * 20)
+    assert bad_certificate.status_code == 422
+    member_again = join_request(fresh["invite"], local.addresses["hungary"], certificate)
     assert member_again.status_code == 409 and "already a member" in member_again.json()["detail"]
     assert httpx.post(f"{url}/v1/invites", json={}).status_code == 401
     assert httpx.post(f"{url}/v1/members", json={"invite": "x"}).status_code == 422
@@ -119,35 +164,64 @@ def test_refused_invites_change_nothing(swarm) -> None:
     assert all(v["used_by"] is None for v in after.values())
 
 
-def _invite_file(local: LocalSwarm) -> dict[str, Any]:
-    import json
-
-    path = local.state_dir("cleveland") / "invites.json"
+def _invite_file(local: LocalSwarm, name: str = "cleveland") -> dict[str, Any]:
+    path = local.state_dir(name) / "invites.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def test_a_fourth_hospital_joins_through_the_api_and_trains_with_the_swarm(swarm) -> None:
+def test_the_admin_role_moves_to_another_member_in_two_steps(swarm) -> None:
     local, contract = swarm
-    url = api(local, "cleveland")
+    assert contract.admin() == local.addresses["cleveland"], "the ceremony handed it over"
+    hungary = local.addresses["hungary"]
+    refused = httpx.post(f"{api(local, 'hungary')}/v1/admin/transfer", headers=admin_headers(),
+                         json={"address": local.addresses["va"]}, timeout=30)
+    assert refused.status_code == 403
+    started = httpx.post(f"{api(local, 'cleveland')}/v1/admin/transfer",
+                         headers=admin_headers(), json={"address": hungary}, timeout=30)
+    assert started.status_code == 200, started.text
+    assert started.json() == {"admin": local.addresses["cleveland"], "pending_admin": hungary}
+    not_theirs = httpx.post(f"{api(local, 'va')}/v1/admin/accept", headers=admin_headers(),
+                            timeout=30)
+    assert not_theirs.status_code == 409
+    accepted = httpx.post(f"{api(local, 'hungary')}/v1/admin/accept", headers=admin_headers(),
+                          timeout=30)
+    assert accepted.status_code == 200
+    assert accepted.json() == {"admin": hungary, "pending_admin": None}
+    assert contract.admin() == hungary
+
+
+def test_a_fourth_hospital_joins_through_a_member_that_is_not_the_first(swarm) -> None:
+    local, contract = swarm
+    url = api(local, "hungary")
     created = httpx.post(f"{url}/v1/invites", headers=admin_headers(), json={"ttl_s": 600})
     assert created.status_code == 201
     invite = created.json()["invite"]
-    assert invite not in (local.state_dir("cleveland") / "invites.json").read_text()
+    assert invite not in (local.state_dir("hungary") / "invites.json").read_text()
     started = time.monotonic()
-    local.start(NEWCOMER, ["--join", url, "--invite", invite])
+    local.start(NEWCOMER)
 
-    def joined() -> bool:
+    def answers() -> bool:
         try:
-            reply = httpx.get(f"{api(local, NEWCOMER)}/v1/join", headers=admin_headers())
+            return httpx.get(f"{api(local, NEWCOMER)}/v1/health").status_code == 200
         except httpx.HTTPError:
             return False
-        assert reply.json()["state"] != "failed", reply.json()
-        return reply.json()["state"] == "member"
+
+    local.wait_until(answers, 60, "the newcomer's API")
+    own = httpx.get(f"{api(local, NEWCOMER)}/v1/identity").json()
+    reply = httpx.post(f"{api(local, NEWCOMER)}/v1/join", headers=admin_headers(),
+                       json={"sponsor_url": url, "invite": invite}, timeout=30)
+    assert reply.status_code == 202, reply.text
+
+    def joined() -> bool:
+        progress = httpx.get(f"{api(local, NEWCOMER)}/v1/join", headers=admin_headers()).json()
+        assert progress["state"] != "failed", progress
+        return bool(progress["state"] == "member")
 
     local.wait_until(joined, 120, "the join")
-    progress = httpx.get(f"{api(local, NEWCOMER)}/v1/join", headers=admin_headers()).json()
-    address = progress["address"]
-    assert contract.member(address).active
+    address = own["address"]
+    record = contract.member(address)
+    assert record.active and record.tls_certificate == own["tls_certificate"].encode()
+    assert record.tls_certificate == (local.state_dir(NEWCOMER) / "tls" / "node.pem").read_bytes()
     assert time.monotonic() - started < 120
 
     def took_part() -> bool:
@@ -161,50 +235,56 @@ def test_a_fourth_hospital_joins_through_the_api_and_trains_with_the_swarm(swarm
 
     reused = httpx.post(f"{url}/v1/members", timeout=30, json={
         "invite": invite, "address": "0x" + "34" * 20, "x25519_public_key": "22" * 32,
-        "endpoint": "127.0.0.1:2", "csr": "x"})
+        "endpoint": "127.0.0.1:2", "tls_certificate": own["tls_certificate"]})
     assert reused.status_code == 409 and "already used" in reused.json()["detail"]
 
 
-def test_a_grpc_client_without_the_swarm_certificate_is_refused(swarm) -> None:
+def test_a_grpc_client_without_a_members_certificate_is_refused(swarm) -> None:
     local, contract = swarm
-    target = local.endpoint("hungary")
-    he = local.he
-    blocks = he.encrypt(np.zeros(contract.he_parameters().param_count))
-    header = apiary_pb2.UpdateHeader(round=contract.current_round(), sample_count=1,
-                                     block_count=len(blocks),
-                                     block_digests=[block_digest(b) for b in blocks])
-    header = sign_update(header, contract.address, local.identities["va"].private_key)
-    with pytest.raises(TransportError) as plain:
-        push_update(target, header, blocks, timeout=5)
-    assert plain.value.code == grpc.StatusCode.UNAVAILABLE
-    key, cert = create_ca("impostor")
-    stranger = node_files(key, cert, "stranger", ["127.0.0.1"])
-    with pytest.raises(TransportError) as forged:
-        push_update(target, header, blocks, timeout=5,
-                    credentials=stranger.channel_credentials())
-    assert forged.value.code == grpc.StatusCode.UNAVAILABLE
-    member = TlsFiles.load(local.state_dir("va") / "tls")
-    assert member is not None
-    with pytest.raises(TransportError) as duplicate_or_ok:
-        push_update(target, header, blocks, timeout=5, credentials=member.channel_credentials())
-    assert duplicate_or_ok.value.code in (grpc.StatusCode.ALREADY_EXISTS,
-                                          grpc.StatusCode.FAILED_PRECONDITION)
+    assert push_as(local, contract, "va", "hungary", None) == grpc.StatusCode.UNAVAILABLE
+    roots = b"".join(m.tls_certificate for m in contract.members())
+    stranger = create_self_signed("va", ["127.0.0.1"]).channel_credentials(roots)
+    assert push_as(local, contract, "va", "hungary", stranger) == grpc.StatusCode.UNAVAILABLE
+    own = member_credentials(local, contract, "va")
+    assert push_as(local, contract, "va", "hungary", own) == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_removed_member_cannot_read_later_aggregates_or_commit(swarm) -> None:
+def test_a_removed_member_is_refused_at_the_handshake_and_cannot_read_later_rounds(
+    swarm,
+) -> None:
     local, contract = swarm
-    gone = local.identities["va"]
-    old_key = KeyRing(local.state_dir("va")).get(0)
-    assert old_key is not None
-    reply = httpx.delete(f"{api(local, 'cleveland')}/v1/members/{gone.address}",
+    gone = local.addresses["va"]
+    old_key = swarm_key(local, 0, "va")
+    before = chain_state(contract)
+    refused = httpx.delete(f"{api(local, 'cleveland')}/v1/members/{gone}",
+                           headers=admin_headers(), timeout=60)
+    assert refused.status_code == 403, "cleveland handed the admin role to hungary"
+    assert chain_state(contract) == before
+    va_credentials = member_credentials(local, contract, "va")
+    reply = httpx.delete(f"{api(local, 'hungary')}/v1/members/{gone}",
                          headers=admin_headers(), timeout=60)
     assert reply.status_code == 200, reply.text
     removal = reply.json()
-    assert removal["failed"] == [] and gone.address not in removal["delivered"]
-    assert not contract.member(gone.address).active
+    assert removal["failed"] == [] and gone not in removal["delivered"]
+    assert not contract.member(gone).active
+
+    assert push_as(local, contract, "va", "hungary", va_credentials) == \
+        grpc.StatusCode.UNAVAILABLE, "the remover trusts the new member set at once"
+    deadline = time.monotonic() + TTL_S + 5
+    for other in ("cleveland", NEWCOMER):
+        while (code := push_as(local, contract, "va", other, va_credentials)) != \
+                grpc.StatusCode.UNAVAILABLE:
+            assert code == grpc.StatusCode.PERMISSION_DENIED, code
+            assert time.monotonic() < deadline, f"{other} still accepts va's handshake"
+            time.sleep(0.3)
+    for caller, target in (("cleveland", "hungary"), ("hungary", NEWCOMER),
+                           (NEWCOMER, "cleveland")):
+        code = push_as(local, contract, caller, target,
+                       member_credentials(local, contract, caller))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, (caller, target, code)
+
     epoch, from_round = removal["key_epoch"], removal["from_round"]
     assert contract.key_epoch(epoch)[0] == from_round
-
     stayers = tuple(n for n in (*FOUNDERS, NEWCOMER) if n != "va")
     local.wait_until(lambda: bool(round_digests(local, stayers, from_round))
                      and all(from_round in committed_rounds(local, n) for n in stayers),
@@ -213,35 +293,41 @@ def test_removed_member_cannot_read_later_aggregates_or_commit(swarm) -> None:
     emitted = contract.aggregated_blocks(from_round)
     _, _, weight_sum = contract.round_weights(from_round)
     blocks = [emitted[i].coefficients for i in range(params.block_count)]
-    new_key = KeyRing(local.state_dir("hungary")).get(epoch)
-    assert new_key is not None
-    model = new_key.decrypt(blocks, params.param_count) / weight_sum
+    model = swarm_key(local, epoch, "cleveland").decrypt(blocks, params.param_count) / weight_sum
     assert round_digests(local, stayers, from_round) == {weights_digest(model)}
     garbage = old_key.decrypt(blocks, params.param_count) / weight_sum
     assert np.median(np.abs(garbage - model)) > 1.0
 
-    va_contract = contract.as_account(gone.private_key)
     with pytest.raises(ContractRejected, match="NotMember"):
-        va_contract.enrol(contract.current_round(), epoch, 10)
+        contract.enrol(contract.current_round(), epoch, 10)
 
 
-def test_the_secret_key_never_appears_in_logs_api_or_chain(swarm) -> None:
+def test_no_secret_key_appears_in_logs_api_or_chain(swarm) -> None:
     local, contract = swarm
-    fragments = secret_key_fragments(local.he)
+    fragments = secret_key_fragments(swarm_key(local))
+    private = [identity(local, n).private_key.removeprefix("0x").encode()
+               for n in (*FOUNDERS, NEWCOMER)]
+    private += [identity(local, n).x25519_private.encode() for n in (*FOUNDERS, NEWCOMER)]
     for log_file in Path(local.out / "logs").glob("*.log"):
-        assert not leaks(log_file.read_bytes(), fragments), log_file
+        text = log_file.read_bytes()
+        assert not leaks(text, fragments), log_file
+        assert b"PRIVATE KEY" not in text and not any(p in text for p in private), log_file
     for name in ("cleveland", "hungary"):
-        for path in ("/v1/status", "/v1/rounds", "/v1/model", "/metrics", "/v1/health"):
+        for path in ("/v1/status", "/v1/rounds", "/v1/model", "/metrics", "/v1/health",
+                     "/v1/identity", "/v1/swarm"):
             body = httpx.get(f"{api(local, name)}{path}", headers=admin_headers()).content
             assert not leaks(body, fragments), (name, path)
+            assert b"PRIVATE KEY" not in body and not any(p in body for p in private)
     w3 = contract.w3
     for number in range(w3.eth.block_number + 1):
         block = w3.eth.get_block(number, full_transactions=True)
         for tx in block["transactions"]:
-            assert not leaks(bytes(tx["input"]), fragments), (number, tx["hash"].hex())
+            data = bytes(tx["input"])
+            assert not leaks(data, fragments), (number, tx["hash"].hex())
+            assert b"PRIVATE KEY" not in data
 
 
-def test_under_the_majority_rule_a_newcomer_waits_for_approvals(tmp_path: Path) -> None:
+def test_under_the_majority_rule_any_member_proposes_a_newcomer(tmp_path: Path) -> None:
     options = DemoOptions(mode="swarm", rounds=0, out_dir=tmp_path, admin_token=TOKEN,
                           round_deadline_s=10.0, min_peers=2, membership="majority")
     with LocalSwarm(options, (*FOUNDERS, NEWCOMER), joiners=(NEWCOMER,)) as local:
@@ -249,14 +335,14 @@ def test_under_the_majority_rule_a_newcomer_waits_for_approvals(tmp_path: Path) 
         local.start_all()
         local.wait_until(lambda: all(committed_rounds(local, n) for n in FOUNDERS), 120,
                          "round 1")
-        sponsor = api(local, "cleveland")
+        sponsor = api(local, "va")
         invite = httpx.post(f"{sponsor}/v1/invites", headers=admin_headers(), json={}).json()
         local.start(NEWCOMER, ["--join", sponsor, "--invite", invite["invite"]])
 
         def progress() -> dict[str, Any]:
             try:
-                return httpx.get(f"{api(local, NEWCOMER)}/v1/join",
-                                 headers=admin_headers()).json()
+                return dict(httpx.get(f"{api(local, NEWCOMER)}/v1/join",
+                                      headers=admin_headers()).json())
             except httpx.HTTPError:
                 return {"state": "starting"}
 
@@ -265,10 +351,10 @@ def test_under_the_majority_rule_a_newcomer_waits_for_approvals(tmp_path: Path) 
         state = progress()
         assert state["approvals"] == 1 and state["needed"] == 2
         address = state["address"]
-        reply = httpx.post(f"{api(local, 'va')}/v1/members/{address}/approval",
+        reply = httpx.post(f"{api(local, 'hungary')}/v1/members/{address}/approval",
                            headers=admin_headers(), timeout=30)
         assert reply.status_code == 200 and reply.json()["member"] is True
-        again = httpx.post(f"{api(local, 'hungary')}/v1/members/{address}/approval",
+        again = httpx.post(f"{api(local, 'cleveland')}/v1/members/{address}/approval",
                            headers=admin_headers(), timeout=30)
         assert again.status_code == 409
         local.wait_until(lambda: progress()["state"] == "member", 120, "the hand-over")

@@ -94,9 +94,11 @@ def _run_found(settings: Any) -> None:
 
 app.add_command(settings_command(
     "found", FoundingSettings, _run_found,
-    "Found a swarm: HE keys, TLS CA, each founding member's state directory, the contract "
-    "on chain. Does nothing if the swarm directory already names a live contract. Every "
-    "flag also reads an APIARY_* environment variable.",
+    "Found a swarm with nodes that are already running: the first founder creates the HE "
+    "key, the contract is deployed and admits every founder as its GET /v1/identity says, "
+    "each is told its swarm and gets the key sealed to it. Holds and writes no hospital's "
+    "key. Does nothing if the swarm directory already names a live contract. Every flag "
+    "also reads an APIARY_* environment variable.",
 ))
 
 

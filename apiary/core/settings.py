@@ -128,22 +128,29 @@ class CoordinatorSettings(ApiarySettings):
 
 
 class FoundingSettings(ApiarySettings):
-    """`apiary found`: deploy the contract and set up every founding member's state directory."""
+    """`apiary found`: the deployer's side of the founding ceremony. It drives the founders'
+    nodes over their admin APIs, deploys the contract and admits them; it holds no key of
+    theirs and writes none."""
 
     rpc_url: str = Field("http://127.0.0.1:8545", description="chain JSON-RPC endpoint")
     funding_key: str | None = Field(
-        None, description="Ethereum key that funds the members' accounts (default: anvil's 0)"
+        None, description="the deployer's Ethereum key: deploys the contract (whose admin it "
+        "is until handed on) and funds the members' accounts (default: anvil's account 0)"
     )
     founding_members: str = Field(
-        "", description="comma-separated name=host:port, each member's gRPC endpoint"
+        "", description="comma-separated name=URL of each founding node's admin API, e.g. "
+        "cleveland=http://cleveland:8000; the first creates the swarm's HE key"
     )
-    state_root: Path = Field(
-        Path("state"), description="holds each member's state directory, <state_root>/<name>"
+    admin_token: str = Field(
+        "change-me", description="bearer token of the founding nodes' admin APIs"
+    )
+    admin: str | None = Field(
+        None, description="hand the contract's admin role to this address, or to the founding "
+        "member of this name (whose node then accepts it)"
     )
     swarm_dir: Path = Field(
         Path("swarm"), description="where swarm.json and the public HE context are written"
     )
-    swarm_name: str = Field("apiary", description="the swarm's name (its TLS CA's common name)")
     model: str = Field(DEFAULT_TRAINING.model, description="model from the registry: mlp or cnn")
     dataset: str = Field(
         "heart", description="'heart' (bundled data) or a shard file: sizes the contract"
@@ -160,21 +167,26 @@ class FoundingSettings(ApiarySettings):
     )
     membership: str = Field("admin", description="who admits members: admin or majority")
     member_funding_eth: float = Field(
-        10.0, ge=0, description="ETH the funding key sends each member's fresh account for gas"
+        10.0, ge=0, description="ETH the deployer sends each member's account for gas"
     )
     chain_wait_s: float = Field(60.0, gt=0, description="seconds to wait for the chain to answer")
+    node_wait_s: float = Field(
+        120.0, gt=0, description="seconds to wait for the founding nodes' admin APIs to answer"
+    )
 
     @property
-    def member_endpoints(self) -> dict[str, str]:
-        """``{name: host:port}`` in the order given; the first keeps the CA key."""
+    def member_urls(self) -> dict[str, str]:
+        """``{name: admin API URL}`` in the order given; the first creates the HE key."""
         members: dict[str, str] = {}
         for item in filter(None, (i.strip() for i in self.founding_members.split(","))):
-            name, sep, endpoint = item.partition("=")
-            if not sep or not name.strip() or ":" not in endpoint:
-                raise ValueError(f"founding member {item!r}: expected name=host:port")
-            if name.strip() in members:
-                raise ValueError(f"founding member {name.strip()!r} is listed twice")
-            members[name.strip()] = endpoint.strip()
+            name, sep, url = item.partition("=")
+            name, url = name.strip(), url.strip().rstrip("/")
+            if not sep or not name or not url.startswith(("http://", "https://")):
+                raise ValueError(f"founding member {item!r}: expected name=http://host:port "
+                                 "(the node's admin API)")
+            if name in members:
+                raise ValueError(f"founding member {name!r} is listed twice")
+            members[name] = url
         return members
 
 

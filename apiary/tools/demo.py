@@ -21,25 +21,18 @@ from typing import Any
 import httpx
 import numpy as np
 
-from apiary.chain.devnet import dev_private_keys, free_port, running_devnet
+from apiary.chain.devnet import free_port, running_devnet
 from apiary.core.data.datasets import DatasetSpec
 from apiary.core.data.heart import HOSPITALS
 from apiary.core.data.shards import Shard
 from apiary.core.errors import ApiaryError
 from apiary.core.flat import param_count as count_params
-from apiary.core.he import HEContext
 from apiary.core.models import build_model
 from apiary.core.processes import stop_processes
-from apiary.core.tls import create_ca
+from apiary.core.settings import FoundingSettings
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig
-from apiary.node.founding import (
-    FoundingMember,
-    Identity,
-    found_swarm,
-    prepare_member_state,
-    write_context,
-    write_swarm_file,
-)
+from apiary.node.founder import found
+from apiary.node.founding import PUBLIC_CONTEXT_FILE
 from apiary.node.state import saved_history
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
@@ -228,8 +221,11 @@ def summarise_round(round_number: int, records: dict[str, dict[str, Any]]) -> di
 class LocalSwarm:
     """Hospitals as OS processes on this machine, on a devnet or around a coordinator.
 
-    Founds the swarm (shards, keys, contract or coordinator), starts, stops and restarts
-    nodes by name. Used by `apiary demo` and by the end-to-end tests.
+    Founds the swarm as a deployment does: the founders' nodes start with nothing but their
+    data and make their own keys, then the founding ceremony (`apiary found`'s code, in this
+    process) drives them over their admin APIs; in federated mode the coordinator follows
+    with the public HE context. Starts, stops and restarts nodes by name. Used by
+    `apiary demo` and by the end-to-end tests.
     """
 
     def __init__(self, options: DemoOptions, hospitals: tuple[str, ...] | None = None,
@@ -244,6 +240,8 @@ class LocalSwarm:
         self.extra_flags: list[str] = []
         self.contract_address: str | None = None
         self.rpc_url: str | None = None
+        self.addresses: dict[str, str] = {}
+        """Each founder's account, as the ceremony registered it."""
         self._stack = contextlib.ExitStack()
         self._children: list[NodeProcess] = []
 
@@ -258,53 +256,74 @@ class LocalSwarm:
         self._stack.close()
 
     def found(self) -> None:
+        """Start the founders' nodes and found the swarm with them (the nodes keep running)."""
+        self.start_founders()
+        self.run_ceremony()
+
+    def run_ceremony(self) -> None:
+        """Found the swarm with the founders' running nodes, as `apiary found` does."""
+        founded = found(self.founding_settings(), lambda line: self.emit(f"found: {line}"))
+        self.contract_address, self.addresses = founded.contract, dict(founded.members)
+        if self.options.mode == "federated":
+            self._start_coordinator()
+
+    def start_founders(self) -> list[NodeProcess]:
+        """Shards, the devnet, and every founder's node with nothing but its data: each makes
+        its own keys and waits to be founded."""
         options, out = self.options, self.out
-        for earlier in ("data", "state", "logs", "coordinator"):
+        if options.mode not in ("swarm", "federated"):
+            raise ValueError(f"unknown mode {options.mode!r}: use swarm or federated")
+        for earlier in ("data", "state", "logs", "coordinator", "swarm"):
             shutil.rmtree(out / earlier, ignore_errors=True)
         self.emit(f"writing the hospitals' shards to {out / 'data'}")
         self.data, self.heldout_path, sample = write_data(out, options.seed, options.dataset)
         self.params = count_params(
             build_model(options.model, sample.input_shape, sample.num_classes, options.seed)
         )
-        self.he = HEContext.create()
-        names = options.dataset.hospital_names
-        keys = dev_private_keys(len(names) + 1)
         self.ports = {name: (free_port(), free_port()) for name in self.hospitals}
-        founders = [n for n in self.hospitals if n not in self.joiners]
-        self.identities = {name: Identity.create(name, keys[names.index(name) + 1])
-                           for name in founders}
-        ca = create_ca(out.name)
-        for name in founders:
-            prepare_member_state(self.state_dir(name), self.identities[name], self.he, ca,
-                                 self.endpoint(name), holds_ca_key=name == founders[0])
-        if options.mode == "swarm":
-            chain = self._stack.enter_context(running_devnet())
-            self.emit(f"anvil devnet on {chain.rpc_url}; {founders[0]} deploys SwarmLearning "
-                      f"for {self.params} parameters and admits {len(founders)} founders")
-            members = [FoundingMember(self.identities[n], self.endpoint(n)) for n in founders]
-            window = max(1, round(options.round_deadline_s))
-            contract = found_swarm(chain.web3(), self.identities[founders[0]].private_key,
-                                   self.he, self.params, members, options.min_peers,
-                                   membership=options.membership, enrol_window_s=window,
-                                   commit_window_s=window)
-            self.rpc_url, self.contract_address = chain.rpc_url, contract.address
-            for name in founders:
-                write_swarm_file(self.state_dir(name), contract.address, chain.rpc_url)
-        elif options.mode == "federated":
-            port = free_port()
-            public = write_context(self.he, out / "coordinator", secret=False)
-            command = [sys.executable, "-m", "apiary.cli", "coordinator",
-                       "--coordinator-port", str(port),
-                       "--coordinator-context", str(public),
-                       "--coordinator-members", ",".join(self.hospitals),
-                       "--param-count", str(self.params),
-                       "--min-peers", str(options.min_peers),
-                       "--round-deadline-s", str(options.round_deadline_s)]
-            self._children.append(_spawn("coordinator", command, out / "logs", ""))
-            self.emit(f"coordinator on 127.0.0.1:{port} (public HE context only)")
-            self.extra_flags = ["--coordinator", f"127.0.0.1:{port}"]
-        else:
-            raise ValueError(f"unknown mode {options.mode!r}: use swarm or federated")
+        chain = self._stack.enter_context(running_devnet())
+        self.rpc_url = chain.rpc_url
+        self.coordinator_port = free_port()
+        if options.mode == "federated":
+            self.extra_flags = ["--coordinator", f"127.0.0.1:{self.coordinator_port}"]
+        nodes = [self.start(name) for name in self.founders]
+        for node in nodes:
+            _wait_healthy(node)
+        self.emit(f"anvil devnet on {chain.rpc_url}; {len(nodes)} founders made their own "
+                  "keys and wait to be founded")
+        return nodes
+
+    @property
+    def founders(self) -> list[str]:
+        return [n for n in self.hospitals if n not in self.joiners]
+
+    def founding_settings(self) -> FoundingSettings:
+        """What `apiary found` is given for this swarm: the founders' admin API URLs and
+        token, the chain; the first founder is handed the contract's admin role."""
+        options = self.options
+        if self.rpc_url is None:
+            raise DemoFailed("start the founders first (start_founders)")
+        window = max(1, round(options.round_deadline_s))
+        first = self.founders[0]
+        return FoundingSettings(
+            rpc_url=self.rpc_url,
+            founding_members=",".join(f"{n}={self.nodes[n].api_url}" for n in self.founders),
+            admin_token=options.admin_token, admin=first, swarm_dir=self.out / "swarm",
+            model=options.model, dataset=str(self.data[first]), min_peers=options.min_peers,
+            membership=options.membership, enrol_window_s=window, commit_window_s=window,
+        )
+
+    def _start_coordinator(self) -> None:
+        options, port = self.options, self.coordinator_port
+        command = [sys.executable, "-m", "apiary.cli", "coordinator",
+                   "--coordinator-port", str(port),
+                   "--coordinator-context", str(self.out / "swarm" / PUBLIC_CONTEXT_FILE),
+                   "--coordinator-members", ",".join(self.hospitals),
+                   "--param-count", str(self.params),
+                   "--min-peers", str(options.min_peers),
+                   "--round-deadline-s", str(options.round_deadline_s)]
+        self._children.append(_spawn("coordinator", command, self.out / "logs", ""))
+        self.emit(f"coordinator on 127.0.0.1:{port} (public HE context only)")
 
     def state_dir(self, name: str) -> Path:
         return self.out / "state" / name
@@ -313,8 +332,8 @@ class LocalSwarm:
         return f"127.0.0.1:{self.ports[name][1]}"
 
     def start(self, name: str, extra: list[str] | None = None) -> NodeProcess:
-        """Start a node; founders find their swarm in their state dir, joiners get `extra`
-        (`--join URL --invite TOKEN`)."""
+        """Start a node; a founder that took part in the ceremony finds its swarm in its
+        state dir, a joiner gets `extra` (`--join URL --invite TOKEN`)."""
         api_port, grpc_port = self.ports[name]
         command = _node_command(name, self.options, self.data[name], self.heldout_path,
                                 self.state_dir(name), api_port, grpc_port,
@@ -327,8 +346,10 @@ class LocalSwarm:
         return node
 
     def start_all(self) -> list[NodeProcess]:
-        """Start every founding member."""
-        return [self.start(name) for name in self.hospitals if name not in self.joiners]
+        """Every founding member's node, started unless it runs already."""
+        running = [name for name, node in self.nodes.items() if node.process.poll() is None]
+        return [self.nodes[name] if name in running else self.start(name)
+                for name in self.founders]
 
     def kill(self, name: str) -> None:
         node = self.nodes[name]
@@ -413,15 +434,17 @@ def run_demo(options: DemoOptions, emit: Callable[[str], None]) -> dict[str, Any
     joiners = (options.held_back,) if options.onboard else ()
     result: dict[str, Any] = {}
     with LocalSwarm(options, emit=emit, joiners=joiners) as swarm:
-        swarm.found()
+        swarm.start_founders()
+        if options.onboard:
+            newcomer = swarm.start(options.held_back)
+            emit(f"{options.held_back} is held back: it runs with only its data and waits to "
+                 f"be onboarded after round {options.onboard_after}")
+        swarm.run_ceremony()
         nodes = swarm.start_all()
         emit(f"started {len(nodes)} node processes (logs in {options.out_dir / 'logs'}); "
              f"{options.rounds} rounds of {options.epochs} local epochs")
         after_round = None
         if options.onboard:
-            newcomer = swarm.start(options.held_back)
-            emit(f"{options.held_back} is held back: it runs with only its data and waits to "
-                 f"be onboarded after round {options.onboard_after}")
 
             def after_round(round_number: int) -> list[tuple[NodeProcess, int]]:
                 if round_number != options.onboard_after:

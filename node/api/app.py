@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 
 from apiary.core.errors import ApiaryError
 from apiary.core.settings import NodeSettings
+from apiary.node.api import founding as ceremony
 from apiary.node.api import health, membership, metrics, rounds
-from apiary.node.api.deps import History, InviteIssuer, JoinControl, Sponsoring
+from apiary.node.api.deps import Founding, History, InviteIssuer, JoinControl, Sponsoring
 from apiary.node.ports import NodeView
 
 
@@ -24,6 +25,7 @@ def create_app(
     history: History,
     invites: InviteIssuer,
     sponsor: Sponsoring,
+    founding: Founding,
     joiner: JoinControl | None,
 ) -> FastAPI:
     """The admin API of one node; `joiner` is None on a node that does not join."""
@@ -38,11 +40,13 @@ def create_app(
     app.state.invites = invites
     app.state.sponsor = sponsor
     app.state.joiner = joiner
+    app.state.founding = founding
     app.state.metrics = metrics.NodeMetrics()
     app.add_exception_handler(ApiaryError, apiary_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     for router in (health.router, rounds.router, membership.router,
-                   membership.invitee_router, metrics.router):
+                   membership.invitee_router, ceremony.router, ceremony.open_router,
+                   metrics.router):
         app.include_router(router)
     return app
 

@@ -11,8 +11,16 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from apiary.core.settings import NodeSettings
+from apiary.node.founding import (
+    FoundingStatus,
+    KeyDelivery,
+    PublicContext,
+    SwarmAssignment,
+    WrappedKeys,
+)
+from apiary.node.identity import PublicIdentity
 from apiary.node.joining import JoinProgress
-from apiary.node.onboarding import Approval, Handover, JoinRequest, Pending, Removal
+from apiary.node.onboarding import AdminRole, Approval, Handover, JoinRequest, Pending, Removal
 from apiary.node.ports import NodeView
 
 
@@ -34,6 +42,20 @@ class Sponsoring(Protocol):
     def admit(self, request: JoinRequest) -> Handover | Pending: ...
     def approve(self, address: str) -> Approval: ...
     def remove(self, address: str) -> Removal: ...
+    def admin_role(self) -> AdminRole: ...
+    def transfer_admin(self, address: str) -> AdminRole: ...
+    def accept_admin(self) -> AdminRole: ...
+
+
+class Founding(Protocol):
+    """This node's part in founding a swarm (founding.FoundingCeremony); raises Refused."""
+
+    def public_identity(self) -> PublicIdentity: ...
+    def status(self) -> FoundingStatus: ...
+    def create_key(self) -> PublicContext: ...
+    def join_swarm(self, assignment: SwarmAssignment) -> FoundingStatus: ...
+    def wrap_keys(self) -> WrappedKeys: ...
+    def accept_key(self, delivery: KeyDelivery) -> FoundingStatus: ...
 
 
 class JoinControl(Protocol):
@@ -70,6 +92,11 @@ def get_sponsor(request: Request) -> Sponsoring:
     return sponsor
 
 
+def get_founding(request: Request) -> Founding:
+    founding: Founding = request.app.state.founding
+    return founding
+
+
 def get_joiner(request: Request) -> JoinControl | None:
     """None on a node that does not join (federated mode)."""
     joiner: JoinControl | None = request.app.state.joiner
@@ -82,6 +109,7 @@ HistoryDep = Annotated[History, Depends(get_history)]
 InvitesDep = Annotated[InviteIssuer, Depends(get_invites)]
 SponsorDep = Annotated[Sponsoring, Depends(get_sponsor)]
 JoinerDep = Annotated[JoinControl | None, Depends(get_joiner)]
+FoundingDep = Annotated[Founding, Depends(get_founding)]
 
 bearer = HTTPBearer(auto_error=False)
 

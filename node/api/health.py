@@ -28,7 +28,7 @@ class Ready(BaseModel):
 def not_ready_reasons(facts: ReadinessFacts) -> list[str]:
     reasons = []
     if not facts.member:
-        reasons.append("not an active swarm member (not joined yet, or removed)"
+        reasons.append("not an active swarm member (not founded or joined yet, or removed)"
                        if facts.upstream == "chain" else "not taking part in rounds")
     if not facts.upstream_reachable:
         reasons.append(f"the {facts.upstream} is unreachable")

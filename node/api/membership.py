@@ -20,9 +20,10 @@ from apiary.node.api.deps import (
     SponsorDep,
     require_admin,
 )
+from apiary.node.identity import EthAddress
 from apiary.node.invites import Refused
 from apiary.node.joining import JoinProgress
-from apiary.node.onboarding import Approval, EthAddress, Handover, JoinRequest, Pending, Removal
+from apiary.node.onboarding import AdminRole, Approval, Handover, JoinRequest, Pending, Removal
 
 MAX_INVITE_TTL_S = 30 * 86400
 
@@ -41,6 +42,10 @@ class InviteCreated(BaseModel):
     invite: str = Field(description="the token; shown only in this answer")
     expires_at: float
     sponsor: str
+
+
+class AdminTransfer(BaseModel):
+    address: EthAddress = Field(description="the account to hand the admin role to")
 
 
 class JoinStart(BaseModel):
@@ -66,8 +71,9 @@ def create_invite(request: InviteRequest, settings: SettingsDep,
 )
 def admit_member(request: JoinRequest, response: Response,
                  sponsor: SponsorDep) -> Handover | Pending:
-    """Called by a joining node with its invite: registers it on chain, then hands over
-    the swarm key wrapped to its X25519 key, its TLS certificate and the global model."""
+    """Called by a joining node with its invite: registers it on chain with its X25519 key
+    and TLS certificate, then hands over the swarm key wrapped to its X25519 key and the
+    global model."""
     answer = sponsor.admit(request)
     if isinstance(answer, Pending):
         response.status_code = 202
@@ -84,6 +90,27 @@ def approve_member(address: AddressPath, sponsor: SponsorDep) -> Approval:
 def remove_member(address: AddressPath, sponsor: SponsorDep) -> Removal:
     """Deactivate a member on chain and rotate the remaining members to a fresh HE key."""
     return sponsor.remove(address)
+
+
+@router.get("/v1/admin", response_model=AdminRole)
+def admin_role(sponsor: SponsorDep) -> AdminRole:
+    """Who holds the contract's admin role, and whom a hand-over was started to."""
+    return sponsor.admin_role()
+
+
+@router.post("/v1/admin/transfer", response_model=AdminRole,
+             responses={403: {"description": "this node is not the admin"}})
+def transfer_admin(request: AdminTransfer, sponsor: SponsorDep) -> AdminRole:
+    """Start handing the admin role to another account; it takes it with
+    ``POST /v1/admin/accept`` on its node."""
+    return sponsor.transfer_admin(request.address)
+
+
+@router.post("/v1/admin/accept", response_model=AdminRole,
+             responses={409: {"description": "no hand-over to this node was started"}})
+def accept_admin(sponsor: SponsorDep) -> AdminRole:
+    """Take the admin role handed to this node's account."""
+    return sponsor.accept_admin()
 
 
 @router.post("/v1/join", status_code=202, response_model=JoinProgress,
@@ -104,8 +131,8 @@ def join(request: JoinStart, node: NodeDep, joiner: JoinerDep) -> JoinProgress:
 @router.get("/v1/join", response_model=JoinProgress,
             responses={404: {"description": "this node does not join"}})
 def join_progress(joiner: JoinerDep) -> JoinProgress:
-    """Where this node's join stands: generating keys, requesting admission,
-    awaiting approval, verifying, member or failed."""
+    """Where this node's join stands: idle, requesting admission, awaiting approval,
+    verifying, member or failed."""
     if joiner is None:
         raise Refused(404, "this node does not join")
     return joiner.progress()

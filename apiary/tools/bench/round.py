@@ -32,8 +32,10 @@ from apiary.core.flat import flatten, param_count
 from apiary.core.he import HEContext
 from apiary.core.models import build_mlp_with_params
 from apiary.core.processes import stop_processes
+from apiary.core.tls import create_self_signed
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig, train_local
-from apiary.node.founding import FoundingMember, Identity, found_swarm
+from apiary.node.founding import found_swarm
+from apiary.node.identity import Identity
 from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.rounds import RoundOutcome
 from apiary.node.swarm import SwarmRound
@@ -116,7 +118,7 @@ def _one_round(
     identities = [Identity.create(f"node{i}", keys[i + 1]) for i in range(nodes)]
     ports = [free_port() for _ in identities]
     founders = [
-        FoundingMember(ident, f"127.0.0.1:{port}")
+        ident.public(f"127.0.0.1:{port}", create_self_signed(ident.name, ["127.0.0.1"]))
         for ident, port in zip(identities, ports, strict=True)
     ]
     contract = found_swarm(devnet.web3(), keys[0], he, params, founders, min_peers=nodes)
