@@ -1,5 +1,7 @@
 """docker-compose.yml without a Docker engine: it validates, it matches the CLI, and its own
-services — commands and environment exactly as written — run two swarm rounds here."""
+services — commands and environment exactly as written — run two swarm rounds here: the
+nodes start first and make their own keys, then the founder runs the founding ceremony over
+their admin APIs."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 
 from apiary.cli import app
 from apiary.core.paths import REPO_ROOT
+from apiary.core.settings import FoundingSettings
 from apiary.node.founder import param_count_for
 from apiary.tools.compose.check import project_problems, service_problems
 from apiary.tools.compose.demo import run_compose_demo
@@ -78,11 +81,27 @@ def test_coordinator_is_sized_and_staffed_like_the_founder() -> None:
     assert {services[n].environment["APIARY_NAME"] for n in names} == set(names)
 
 
+def test_the_founder_runs_after_the_nodes_and_holds_no_member_volume() -> None:
+    services = project().services
+    founder = services["founder"]
+    urls = FoundingSettings.model_construct(
+        founding_members=founder.environment["APIARY_FOUNDING_MEMBERS"]).member_urls
+    assert urls == {n: f"http://{n}:8000" for n in ("cleveland", "hungary", "switzerland")}
+    for name in urls:
+        assert founder.depends_on[name] == "service_healthy"
+        assert "founder" not in services[name].depends_on
+        assert services[name].healthcheck is not None
+        assert "/v1/health" in services[name].healthcheck[-1], "liveness, not membership"
+    assert [m.target for m in founder.mounts] == ["/swarm"]
+    assert founder.environment["APIARY_ADMIN"] == "cleveland"
+    assert founder.environment["APIARY_ADMIN_TOKEN"] == ENV["APIARY_ADMIN_TOKEN"]
+
+
 def test_profiles_add_the_coordinator_and_the_joining_hospital() -> None:
     compose = project()
     default = compose.start_order(())
     assert "coordinator" not in default and "va" not in default
-    assert default.index("founder") < default.index("cleveland")
+    assert default.index("cleveland") < default.index("founder")
     assert "coordinator" in compose.start_order(("federated",))
     joined = compose.start_order(("join",))
     assert joined.index("cleveland") < joined.index("va")
@@ -95,9 +114,10 @@ def test_host_names_ports_and_volumes_map_to_loopback_and_run_dirs(tmp_path: Pat
     grpc = {n: layout.port(n, 50051) for n in ("cleveland", "hungary", "switzerland")}
     founder = layout.environment("founder")
     assert founder["APIARY_RPC_URL"] == f"http://127.0.0.1:{rpc}"
+    api = {n: layout.port(n, 8000) for n in grpc}
     assert founder["APIARY_FOUNDING_MEMBERS"] == ",".join(
-        f"{n}=127.0.0.1:{p}" for n, p in grpc.items())
-    assert founder["APIARY_STATE_ROOT"] == f"{tmp_path}/roots/founder/state"
+        f"{n}=http://127.0.0.1:{p}" for n, p in api.items())
+    assert founder["APIARY_SWARM_DIR"] == f"{tmp_path}/roots/founder/swarm"
     node = layout.environment("hungary")
     assert node["APIARY_GRPC_PORT"] == str(grpc["hungary"])
     assert node["APIARY_API_PORT"] == str(layout.port("hungary", 8000))
@@ -106,8 +126,8 @@ def test_host_names_ports_and_volumes_map_to_loopback_and_run_dirs(tmp_path: Pat
     assert node["APIARY_NAME"] == "hungary"
     layout.prepare("founder")
     layout.prepare("hungary")
-    assert (tmp_path / "roots/founder/state/hungary").resolve() == \
-        (tmp_path / "roots/hungary/state").resolve() == tmp_path / "volumes/hungary-state"
+    assert (tmp_path / "roots/hungary/state").resolve() == tmp_path / "volumes/hungary-state"
+    assert (tmp_path / "roots/founder/swarm").resolve() == tmp_path / "volumes/swarm"
     health = layout.healthcheck("hungary")
     assert health is not None and health[0] == sys.executable
     assert f"http://127.0.0.1:{layout.port('hungary', 8000)}/v1/health" in health[-1]
@@ -143,15 +163,22 @@ def test_apiary_demo_runs_the_compose_services_for_two_rounds(tmp_path: Path) ->
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(result_file.read_text())
     assert result["services"] == ["devnet", "cleveland-shard", "hungary-shard",
-                                  "switzerland-shard", "founder", "cleveland", "hungary",
-                                  "switzerland"]
+                                  "switzerland-shard", "cleveland", "hungary", "switzerland",
+                                  "founder"]
     assert [r["round"] for r in result["rounds"]] == [1, 2]
     for row in result["rounds"]:
         assert row["identical_weights"], row
         assert row["contributors"] == 3
         assert set(row["node_accuracy"]) == {"cleveland", "hungary", "switzerland"}
-    swarm = json.loads((out / "compose/volumes/swarm/swarm.json").read_text())
+    volumes = out / "compose/volumes"
+    swarm = json.loads((volumes / "swarm/swarm.json").read_text())
     assert [m["name"] for m in swarm["members"]] == ["cleveland", "hungary", "switzerland"]
+    assert sorted(p.name for p in (volumes / "swarm").iterdir()) == ["he-public.ctx",
+                                                                   "swarm.json"]
+    for member in swarm["members"]:
+        own = json.loads((volumes / f"{member['name']}-state/identity.json").read_text())
+        assert own["address"] == member["address"], "each node made its own identity"
+    assert swarm["admin"] == swarm["members"][0]["address"]
     assert "all nodes held bitwise identical weights after every round: yes" in run.stdout
 
 

@@ -1,8 +1,11 @@
 """`apiary demo --compose FILE`: the compose file's own services, run here, for N rounds.
 
-With a profile that adds a node which is not a founding member (``--profile join``), the
-demo onboards it after round 1 exactly as the README tells a hospital's IT: an invite from
-the sponsor (the founder's first member), then ``POST /v1/join`` on the new node.
+The nodes start first and make their own keys; the one-shot founder then runs the founding
+ceremony over their admin APIs, and the demo waits for it to finish. With a profile that
+adds a node which is not a founding member (``--profile join``), the demo onboards it after
+round 1 exactly as the README tells a hospital's IT: an invite from the sponsor (the
+founding member the founder hands the admin role to, ``APIARY_ADMIN``), then
+``POST /v1/join`` on the new node.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
-from apiary.core.settings import FoundingSettings, NodeSettings
+from apiary.core.settings import FoundingSettings
 from apiary.tools.compose.check import project_problems
 from apiary.tools.compose.runner import ComposeRun
 from apiary.tools.compose.spec import ComposeError, load_project
@@ -40,10 +44,17 @@ def run_compose_demo(compose_file: Path, rounds: int, profiles: tuple[str, ...],
         nodes = run.nodes()
         if not nodes:
             raise ComposeError("no `apiary node` service is enabled")
+        for name in run.order:
+            if run.project.services[name].subcommand == "found":
+                run.wait_completed(name)
+                emit(f"{name} finished the founding ceremony")
         founders, sponsor = founding_members(run)
         members = [n for n in nodes if n.name in founders]
         newcomers = [n for n in nodes if n.name not in founders]
         token = run.admin_token(nodes)
+        if newcomers and sponsor is None:
+            raise ComposeError("no founding member holds the contract's admin role, so none "
+                               "can admit a newcomer: set APIARY_ADMIN on the founder")
         if newcomers and rounds <= ONBOARD_AFTER:
             rounds = ONBOARD_AFTER + 1
             emit(f"following {rounds} rounds: newcomers are onboarded after round {ONBOARD_AFTER}")
@@ -77,19 +88,20 @@ def run_compose_demo(compose_file: Path, rounds: int, profiles: tuple[str, ...],
 
 
 def founding_members(run: ComposeRun) -> tuple[list[str], str | None]:
-    """Node services the founder sets up, and the sponsor's API URL (its first member)."""
-    founder = next((run.project.services[n] for n in run.order
-                    if run.project.services[n].subcommand == "found"), None)
+    """The node services the founder founds the swarm with, and the sponsor's admin API URL
+    here: the founding member it hands the admin role to (None if it hands it to none)."""
+    founder = next((n for n in run.order if run.project.services[n].subcommand == "found"),
+                   None)
     if founder is None:
         return [n.name for n in run.nodes()], None
-    listed = founder.environment.get("APIARY_FOUNDING_MEMBERS", "")
-    hosts = [endpoint.rsplit(":", 1)[0] for endpoint in
-             FoundingSettings.model_construct(founding_members=listed).member_endpoints.values()]
-    if not hosts or hosts[0] not in run.project.services:
-        return hosts, None
-    api_port = run.project.services[hosts[0]].environment.get(
-        "APIARY_API_PORT", str(NodeSettings.model_fields["api_port"].default))
-    return hosts, f"http://127.0.0.1:{run.layout.port(hosts[0], int(api_port))}"
+    listed = run.project.services[founder].environment.get("APIARY_FOUNDING_MEMBERS", "")
+    local = run.layout.environment(founder).get("APIARY_FOUNDING_MEMBERS", "")
+    urls = FoundingSettings.model_construct(founding_members=listed).member_urls
+    local_urls = FoundingSettings.model_construct(founding_members=local).member_urls
+    services = {name: urlsplit(url).hostname or "" for name, url in urls.items()}
+    admin = run.project.services[founder].environment.get("APIARY_ADMIN")
+    sponsor = local_urls.get(admin) if admin else None
+    return list(services.values()), sponsor
 
 
 def compose_summary(result: dict[str, Any]) -> list[str]:

@@ -68,6 +68,14 @@ class ComposeRun:
                                  f"{', '.join(pending + unhealthy)}")
             time.sleep(0.1)
 
+    def wait_completed(self, name: str, timeout_s: float = 300.0) -> None:
+        """Wait for a one-shot service to exit 0 (as `service_completed_successfully`)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._met(name, "service_completed_successfully"):
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"service {name} did not finish within {timeout_s:g} s")
+            time.sleep(0.2)
+
     def nodes(self) -> list[NodeProcess]:
         """The `apiary node` services, as the demo's round follower sees them."""
         nodes = []
