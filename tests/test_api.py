@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 import warnings
 from collections.abc import Iterator
@@ -11,6 +12,10 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from eth_utils import to_checksum_address
 from fastapi import FastAPI
 from starlette.exceptions import StarletteDeprecationWarning
@@ -480,6 +485,27 @@ def test_a_malformed_join_request_is_refused_before_the_sponsor(
 ) -> None:
     reply = api.client.post("/v1/members", json=join_body(**changes))
     assert reply.status_code == 422, reply.text
+    assert api.sponsor.calls == []
+
+
+def signing_certificate() -> str:
+    """A self-signed P-256 certificate that may sign others: a CA, not a member's."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "would-be CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_certificate_that_can_sign_others_is_no_members(api: Api) -> None:
+    reply = api.client.post("/v1/members", json=join_body(tls_certificate=signing_certificate()))
+    assert reply.status_code == 422 and "may sign certificates" in reply.text
     assert api.sponsor.calls == []
 
 

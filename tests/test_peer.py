@@ -229,7 +229,8 @@ def test_only_active_members_certificates_pass_the_handshake(tls_relay: dict) ->
 
 
 def test_a_certificate_a_member_signs_for_someone_else_is_refused(tls_relay: dict) -> None:
-    """A member's certificate says CA:FALSE, so it vouches for itself only."""
+    """A member's certificate may not sign certificates (no keyCertSign), so TLS takes it
+    as a trust anchor for itself only."""
     member = tls_relay["tls"]["a"]
     issuer = x509.load_pem_x509_certificate(member.cert)
     signer = serialization.load_pem_private_key(member.key, password=None)
