@@ -32,7 +32,7 @@ from web3 import Web3
 from web3.exceptions import Web3Exception
 
 from apiary.chain.binding import SwarmContract
-from apiary.core.files import write_atomic, write_json
+from apiary.core.files import write_json
 from apiary.core.he import HEContext
 from apiary.core.keywrap import UnwrapError, WrappedSecret, unwrap, wrap, wrap_context
 from apiary.core.tls import TlsFiles, fingerprint
@@ -188,7 +188,6 @@ class FoundingCeremony:
                 log.info("node=%s created the swarm's HE key (digest 0x%s)", self.name,
                          he.public_digest().hex())
             public = he.public_bytes()
-            write_atomic(self.state_dir / PUBLIC_CONTEXT_FILE, public)
             return PublicContext(public_context=base64.b64encode(public).decode(),
                                  digest="0x" + he.public_digest().hex())
 
@@ -207,7 +206,9 @@ class FoundingCeremony:
             he = self.keys.get(0)
             if he is not None and he.public_digest() != contract.key_epoch(0)[1]:
                 raise Refused(409, "this node holds an HE key that is not the swarm's (its "
-                                   "digest differs from key epoch 0 on chain)")
+                                   "digest differs from key epoch 0 on chain), made for a "
+                                   f"founding that did not finish: remove {self.keys.path(0)} "
+                                   "to take the swarm's key")
             write_swarm_file(self.state_dir, contract.address, assignment.rpc_url)
             self._contract = contract
             log.info("node=%s is a founding member of swarm %s", self.name, contract.address)
