@@ -61,6 +61,7 @@ CHAIN_RACES = frozenset({
 })
 PUSH_TIMEOUT_S = 30.0
 FETCH_TIMEOUT_S = 10.0
+ENROL_TRIES = 3
 FETCH_EVERY_S = 2.0
 
 Train = Callable[[], tuple[np.ndarray, float, int]]
@@ -210,19 +211,27 @@ class SwarmRound:
         epoch = self.contract.round_timing(round_number).key_epoch
         if count == 0:
             started = time.perf_counter()
-            try:
-                self.contract.enrol(round_number, epoch, samples)
-            except ContractRejected as exc:
-                if exc.error == "NotMember":
-                    raise NotAMember(str(exc)) from exc
-                if exc.error == "WrongKeyEpoch":
-                    raise RoundFailed(f"round {round_number}: the key epoch changed while we "
-                                      "enrolled; retrying") from exc
-                if exc.error not in CHAIN_RACES:
-                    raise
-                log.warning("node=%s round=%d closed to newcomers before we enrolled (%s)",
-                            self.node, round_number, exc.error)
-                return None
+            for _ in range(ENROL_TRIES):
+                try:
+                    self.contract.enrol(round_number, epoch, samples)
+                    break
+                except ContractRejected as exc:
+                    if exc.error == "NotMember":
+                        raise NotAMember(str(exc)) from exc
+                    if exc.error == "WrongKeyEpoch":
+                        # A rotation landed first: enrol under the epoch it started.
+                        epoch = self.contract.round_timing(round_number).key_epoch
+                        log.warning("node=%s round=%d: the key epoch moved to %d while we "
+                                    "enrolled", self.node, round_number, epoch)
+                        continue
+                    if exc.error not in CHAIN_RACES:
+                        raise
+                    log.warning("node=%s round=%d closed to newcomers before we enrolled "
+                                "(%s)", self.node, round_number, exc.error)
+                    return None
+            else:
+                raise RoundFailed(f"round {round_number}: the key epoch kept changing while we "
+                                  "enrolled")
             seconds["enrol"] = time.perf_counter() - started
         else:
             samples = count
