@@ -112,12 +112,17 @@ class Approval(BaseModel):
     member: bool
 
 
-class Removal(BaseModel):
-    removed: str
+class Rotation(BaseModel):
+    """A new key epoch: where it starts, and which members got its key."""
+
     key_epoch: int
     from_round: int
     delivered: list[str]
     failed: list[str]
+
+
+class Removal(Rotation):
+    removed: str
 
 
 class AdminRole(BaseModel):
@@ -259,8 +264,40 @@ class Sponsor:
             raise Refused(409, str(exc)) from exc
         if link.trust is not None:
             link.trust.invalidate()
+        rotation = self._hand_out(link, fresh)
+        log.info("node=%s removed %s; key epoch %d from round %d delivered to %d members",
+                 self.node, address, rotation.key_epoch, rotation.from_round,
+                 len(rotation.delivered))
+        return Removal(removed=address, **rotation.model_dump())
+
+    def rotate(self) -> Rotation:
+        """Start a fresh HE key epoch now and hand it to every member ("rotate now").
+
+        Retryable: when a member missed the key (`failed`), calling again starts another
+        epoch from the first round nobody has encrypted yet, which supersedes this one.
+        """
+        link = self._link()
+        contract = link.contract
+        if contract.admin() != contract.sender:
+            raise Refused(403, "only the swarm admin's node rotates the key")
+        fresh = HEContext.create()
+        try:
+            contract.rotate_key(fresh.public_digest())
+        except ContractRejected as exc:
+            raise Refused(409, str(exc)) from exc
+        rotation = self._hand_out(link, fresh)
+        log.info("node=%s rotated to key epoch %d from round %d, delivered to %d members",
+                 self.node, rotation.key_epoch, rotation.from_round, len(rotation.delivered))
+        return rotation
+
+    def _hand_out(self, link: SwarmLink, fresh: HEContext) -> Rotation:
+        """Keep the newest epoch's key and deliver it, wrapped, to every other member."""
+        contract = link.contract
         epoch = contract.key_epoch_count() - 1
-        from_round, _ = contract.key_epoch(epoch)
+        from_round, digest = contract.key_epoch(epoch)
+        if digest != fresh.public_digest():
+            raise Refused(409, f"key epoch {epoch} on chain is not the key just created; "
+                               "another rotation landed at the same time: rotate again")
         self.keys.put(epoch, fresh.secret_bytes(), fresh.public_digest())
         delivered, failed = [], []
         for member in contract.members():
@@ -275,10 +312,8 @@ class Sponsor:
                 log.error("node=%s could not deliver key epoch %d to %s: %s",
                           self.node, epoch, member.address, exc.details())
                 failed.append(member.address)
-        log.info("node=%s removed %s; key epoch %d from round %d delivered to %d members",
-                 self.node, address, epoch, from_round, len(delivered))
-        return Removal(removed=address, key_epoch=epoch, from_round=from_round,
-                       delivered=delivered, failed=failed)
+        return Rotation(key_epoch=epoch, from_round=from_round, delivered=delivered,
+                        failed=failed)
 
     # ------------------------------------------------------------------ the admin role
 

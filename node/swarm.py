@@ -34,7 +34,7 @@ import numpy as np
 from eth_utils import keccak
 
 from apiary.chain.binding import ContractRejected, RoundInfo, SwarmContract
-from apiary.core.coefficients import block_digest, weights_from_sample_counts
+from apiary.core.coefficients import block_digest
 from apiary.core.he import HEContext
 from apiary.core.masking import Masker, MaskSet
 from apiary.core.transport import (
@@ -332,8 +332,10 @@ class SwarmRound:
         """Mask our blocks for this attempt's participants, send them, commit."""
         started = time.perf_counter()
         blocks = self._masked(round_number, attempt, participants, mine.blocks)
-        digests = [block_digest(b) for b in blocks]
+        digests = [block_digest(b) for b in blocks] if blocks is not None else []
         seconds["mask"] = seconds.get("mask", 0.0) + time.perf_counter() - started
+        if blocks is None:
+            return
 
         started = time.perf_counter()
         landed = self._send_racing(
@@ -352,14 +354,15 @@ class SwarmRound:
         seconds["exchange"] = seconds.get("exchange", 0.0) + time.perf_counter() - started
 
     def _masked(self, round_number: int, attempt: int, participants: list[str],
-                blocks: list[bytes]) -> list[bytes]:
+                blocks: list[bytes]) -> list[bytes] | None:
         if len(participants) < 2:
             log.warning("node=%s round=%d has a single participant: its update is the "
                         "aggregate, so it cannot be masked", self.node, round_number)
             return blocks
-        counts = [self.contract.commitment(round_number, p)[0] for p in participants]
-        mask_set = MaskSet(tuple(participants), tuple(weights_from_sample_counts(counts)),
-                           round_number, attempt)
+        ordered, weights, _ = self.contract.round_weights(round_number)
+        if ordered != participants:
+            return None  # a new attempt began meanwhile: the round loop starts over
+        mask_set = MaskSet(tuple(ordered), tuple(weights), round_number, attempt)
         return self._masker_for(participants).mask_bytes(blocks, mask_set)
 
     def _masker_for(self, participants: list[str]) -> Masker:

@@ -47,6 +47,7 @@ from apiary.node.onboarding import (
     JoinRequest,
     Pending,
     Removal,
+    Rotation,
     Sponsor,
     WrappedKey,
 )
@@ -146,6 +147,10 @@ class FakeSponsor:
         self._call("remove", address)
         return Removal(removed=address, key_epoch=1, from_round=3, delivered=[OTHER],
                        failed=[])
+
+    def rotate(self) -> Rotation:
+        self._call("rotate", None)
+        return Rotation(key_epoch=2, from_round=4, delivered=[OTHER], failed=[ADDRESS])
 
     def admin_role(self) -> AdminRole:
         self._call("admin_role", None)
@@ -266,6 +271,7 @@ ADMIN_ROUTES = [
     ("POST", "/v1/invites", {"ttl_s": 60}),
     ("POST", f"/v1/members/{ADDRESS}/approval", None),
     ("DELETE", f"/v1/members/{ADDRESS}", None),
+    ("POST", "/v1/keys/rotation", None),
     ("POST", "/v1/join", {"sponsor_url": "http://sponsor:8000", "invite": "x" * 43}),
     ("GET", "/v1/join", None),
     ("GET", "/v1/admin", None),
@@ -570,6 +576,14 @@ def test_removal(api: Api) -> None:
     assert api.sponsor.calls == [("remove", OTHER)]
 
 
+def test_rotate_now_answers_who_got_the_new_key(api: Api) -> None:
+    reply = api.client.post("/v1/keys/rotation", headers=GOOD)
+    assert reply.status_code == 200
+    assert reply.json() == {"key_epoch": 2, "from_round": 4, "delivered": [OTHER],
+                            "failed": [ADDRESS]}
+    assert api.sponsor.calls == [("rotate", None)]
+
+
 @pytest.mark.parametrize("method", ["POST", "DELETE"])
 @pytest.mark.parametrize("address", ["nope", "0x1234", "0x" + "zz" * 20, "1" * 40 + "00"])
 def test_a_non_address_in_the_path_is_422(api: Api, method: str, address: str) -> None:
@@ -589,7 +603,7 @@ def test_sponsor_refusals_map_to_their_status(api: Api, refusal: Exception,
                                               status: int) -> None:
     api.sponsor.refusal = refusal
     for method, path in (("POST", f"/v1/members/{ADDRESS}/approval"),
-                         ("DELETE", f"/v1/members/{ADDRESS}")):
+                         ("DELETE", f"/v1/members/{ADDRESS}"), ("POST", "/v1/keys/rotation")):
         reply = api.client.request(method, path, headers=GOOD)
         assert reply.status_code == status
         assert reply.json() == {"detail": str(refusal)}

@@ -301,6 +301,28 @@ def test_a_removed_member_is_refused_at_the_handshake_and_cannot_read_later_roun
     with pytest.raises(ContractRejected, match="NotMember"):
         contract.enrol(contract.current_round(), epoch, 10)
 
+    # "Rotate now": only the admin's node may, every member gets the key, rounds go on.
+    refused = httpx.post(f"{api(local, 'cleveland')}/v1/keys/rotation",
+                         headers=admin_headers(), timeout=60)
+    assert refused.status_code == 403
+    reply = httpx.post(f"{api(local, 'hungary')}/v1/keys/rotation", headers=admin_headers(),
+                       timeout=60)
+    assert reply.status_code == 200, reply.text
+    rotation = reply.json()
+    assert rotation["key_epoch"] == epoch + 1 and rotation["failed"] == []
+    assert sorted(rotation["delivered"]) == sorted(
+        local.addresses[n] for n in stayers if n != "hungary")
+    later = rotation["from_round"]
+    local.wait_until(lambda: bool(round_digests(local, stayers, later))
+                     and all(later in committed_rounds(local, n) for n in stayers),
+                     180, f"round {later} under the rotated key")
+    emitted = contract.aggregated_blocks(later)
+    _, _, weight_sum = contract.round_weights(later)
+    blocks = [emitted[i].coefficients for i in range(params.block_count)]
+    rotated = swarm_key(local, epoch + 1, NEWCOMER)
+    model = rotated.decrypt(blocks, params.param_count) / weight_sum
+    assert round_digests(local, stayers, later) == {weights_digest(model)}
+
 
 def test_no_secret_key_appears_in_logs_api_or_chain(swarm) -> None:
     local, contract = swarm

@@ -20,7 +20,15 @@ from apiary.node.founding import (
 )
 from apiary.node.identity import PublicIdentity
 from apiary.node.joining import JoinProgress
-from apiary.node.onboarding import AdminRole, Approval, Handover, JoinRequest, Pending, Removal
+from apiary.node.onboarding import (
+    AdminRole,
+    Approval,
+    Handover,
+    JoinRequest,
+    Pending,
+    Removal,
+    Rotation,
+)
 from apiary.node.ports import NodeView
 
 
@@ -42,6 +50,7 @@ class Sponsoring(Protocol):
     def admit(self, request: JoinRequest) -> Handover | Pending: ...
     def approve(self, address: str) -> Approval: ...
     def remove(self, address: str) -> Removal: ...
+    def rotate(self) -> Rotation: ...
     def admin_role(self) -> AdminRole: ...
     def transfer_admin(self, address: str) -> AdminRole: ...
     def accept_admin(self) -> AdminRole: ...

@@ -23,7 +23,15 @@ from apiary.node.api.deps import (
 from apiary.node.identity import EthAddress
 from apiary.node.invites import Refused
 from apiary.node.joining import JoinProgress
-from apiary.node.onboarding import AdminRole, Approval, Handover, JoinRequest, Pending, Removal
+from apiary.node.onboarding import (
+    AdminRole,
+    Approval,
+    Handover,
+    JoinRequest,
+    Pending,
+    Removal,
+    Rotation,
+)
 
 MAX_INVITE_TTL_S = 30 * 86400
 
@@ -90,6 +98,13 @@ def approve_member(address: AddressPath, sponsor: SponsorDep) -> Approval:
 def remove_member(address: AddressPath, sponsor: SponsorDep) -> Removal:
     """Deactivate a member on chain and rotate the remaining members to a fresh HE key."""
     return sponsor.remove(address)
+
+
+@router.post("/v1/keys/rotation", response_model=Rotation)
+def rotate_key(sponsor: SponsorDep) -> Rotation:
+    """Start a fresh HE key epoch now and deliver it to every member (retry when a member
+    is listed under `failed`)."""
+    return sponsor.rotate()
 
 
 @router.get("/v1/admin", response_model=AdminRole)
