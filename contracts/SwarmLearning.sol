@@ -516,9 +516,7 @@ contract SwarmLearning {
         onlyActiveMember
         onlyCurrentRound(round)
     {
-        Round storage r = _rounds[round];
-        if (r.attempt == 0) revert ParticipantsNotFixed(round);
-        if (r.isSealed) revert RoundSealedAlready(round);
+        Round storage r = _openAttempt(round);
         if (attempt != r.attempt) revert WrongAttempt(attempt, r.attempt);
         if (keyEpoch_ + 1 != r.keyEpochPlusOne) revert WrongKeyEpoch(keyEpoch_, r.keyEpochPlusOne - 1);
         if (!_isParticipant(r, msg.sender)) revert NotParticipant(round, msg.sender);
@@ -536,9 +534,7 @@ contract SwarmLearning {
     /// others start a new attempt (and re-mask); with fewer than minPeers left the round is
     /// abandoned and the next one opens, every model unchanged.
     function dropAbsent(uint256 round) external onlyActiveMember onlyCurrentRound(round) {
-        Round storage r = _rounds[round];
-        if (r.attempt == 0) revert ParticipantsNotFixed(round);
-        if (r.isSealed) revert RoundSealedAlready(round);
+        Round storage r = _openAttempt(round);
         uint256 n = r.participants.length;
         if (r.commitCount == n) revert NobodyAbsent(round, r.attempt);
         uint256 closesAt = r.attemptStartedAt + commitWindow;
@@ -565,9 +561,7 @@ contract SwarmLearning {
         onlyActiveMember
         onlyCurrentRound(round)
     {
-        Round storage r = _rounds[round];
-        if (r.attempt == 0) revert ParticipantsNotFixed(round);
-        if (r.isSealed) revert RoundSealedAlready(round);
+        Round storage r = _openAttempt(round);
         uint256 n = r.participants.length;
         if (r.commitCount < n) revert NotEnoughContributors(r.commitCount, n);
         if (withheld.length == 0 || withheld.length > n) revert NobodyAbsent(round, r.attempt);
@@ -616,6 +610,13 @@ contract SwarmLearning {
     function _open(uint256 round) private {
         currentRound = round;
         _rounds[round].openedAt = block.timestamp;
+    }
+
+    /// @dev The round's state while an attempt is open: participants fixed, not yet sealed.
+    function _openAttempt(uint256 round) private view returns (Round storage r) {
+        r = _rounds[round];
+        if (r.attempt == 0) revert ParticipantsNotFixed(round);
+        if (r.isSealed) revert RoundSealedAlready(round);
     }
 
     function _isParticipant(Round storage r, address account) private view returns (bool) {
