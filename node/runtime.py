@@ -187,7 +187,7 @@ class NodeRuntime:
         trust = (MemberTrust(connect(address, rpc_url, private_key), self.tls) if self.tls
                  else None)
         self.driver = SwarmRound(
-            contract, he, inbox, private_key, settings.name, settings.round_deadline_s,
+            contract, he, inbox, private_key, settings.name,
             settings.relay_takeover_s, settings.round_timeout_s, keys=self.keys,
             credentials=trust.channel_credentials if trust else None,
             x25519_private=x25519,

@@ -87,7 +87,6 @@ class SwarmRound:
     inbox: Inbox
     private_key: str
     node: str
-    round_deadline_s: float
     relay_takeover_s: float
     round_timeout_s: float
     keys: KeyRing | None = None

@@ -100,7 +100,7 @@ def swarm(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[list[Member]
             PeerService(admin.as_account(ident.private_key), inbox, ident.name),
             "127.0.0.1", port))
         driver = SwarmRound(contract, he, inbox, ident.private_key, ident.name,
-                            round_deadline_s=30, relay_takeover_s=5, round_timeout_s=90,
+                            relay_takeover_s=5, round_timeout_s=90,
                             x25519_private=bytes.fromhex(ident.x25519_private))
         members.append(Member(ident, contract, inbox, driver,
                               rng.normal(0, 0.3, PARAMS), samples))

@@ -57,7 +57,7 @@ class Member:
         self.server = start_peer_server(PeerService(contract, self.inbox, name), "127.0.0.1",
                                         port)
         self.driver = SwarmRound(contract, he, self.inbox, identity.private_key, name,
-                                 round_deadline_s=10, relay_takeover_s=3, round_timeout_s=60,
+                                 relay_takeover_s=3, round_timeout_s=60,
                                  keys=self.keys,
                                  x25519_private=bytes.fromhex(identity.x25519_private))
         self.weights = np.random.default_rng(len(name) * 7 + SAMPLES[name]).normal(

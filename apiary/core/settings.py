@@ -91,9 +91,6 @@ class NodeSettings(ApiarySettings):
     seed: int = Field(
         DEFAULT_TRAINING.seed, description="swarm seed: initial model and per-round shuffling"
     )
-    round_deadline_s: float = Field(
-        30.0, description="seconds after its own commit a relay waits for missing members"
-    )
     relay_takeover_s: float = Field(
         5.0, description="extra seconds each backup relay waits before taking over"
     )

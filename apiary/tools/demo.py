@@ -57,6 +57,7 @@ class DemoOptions:
     model: str = DEFAULT_TRAINING.model
     out_dir: Path = Path("runs/demo")
     round_deadline_s: float = 20.0
+    """The swarm's enrolment and commit windows on chain (and the coordinator's deadline)."""
     timeout_s: float = 280.0
     admin_token: str = field(default_factory=lambda: os.urandom(12).hex())
     onboard: bool = False
@@ -114,8 +115,7 @@ def _node_command(name: str, options: DemoOptions, data: Path, heldout: Path, st
         "--api-port", str(api_port), "--grpc-port", str(grpc_port),
         "--rounds", str(training.rounds), "--epochs", str(training.epochs),
         "--lr", str(training.lr), "--batch-size", str(training.batch_size),
-        "--seed", str(training.seed), "--round-deadline-s", str(options.round_deadline_s),
-        "--relay-takeover-s", "3",
+        "--seed", str(training.seed), "--relay-takeover-s", "3",
         *extra,
     ]  # fmt: skip
 

@@ -49,7 +49,6 @@ TARGET_SECONDS_EXCLUDING_TRAIN = 3.0
 INPUT_DIM = 15
 NUM_CLASSES = 2
 ROWS_PER_NODE = 256
-ROUND_DEADLINE_S = 60.0
 MAX_AGGREGATE_ERROR = 1e-4
 """CKKS at scale 2^40 averages to ~1e-8; anything near this bound means a broken round."""
 STOP_GRACE_S = 10.0
@@ -190,7 +189,7 @@ def _node_main(spec: _NodeSpec, ready: Any, go: Any, done: Any) -> None:
         server = start_peer_server(PeerService(peer, inbox, spec.name), "127.0.0.1", spec.port)
         driver = SwarmRound(
             contract, HEContext.from_bytes(spec.secret), inbox, spec.private_key, spec.name,
-            round_deadline_s=ROUND_DEADLINE_S, relay_takeover_s=spec.round_timeout_s,
+            relay_takeover_s=spec.round_timeout_s,
             round_timeout_s=spec.round_timeout_s, x25519_private=spec.x25519_private,
         )  # fmt: skip
         model = build_mlp_with_params(spec.params, INPUT_DIM, NUM_CLASSES, spec.seed)
