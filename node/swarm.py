@@ -198,6 +198,8 @@ class SwarmRound:
     def _enrol(self, round_number: int, train: Train,
                seconds: dict[str, float]) -> _Contribution | None:
         """Train, enrol and encrypt, unless the round's participants are fixed without us."""
+        if not self.contract.member(self.me).active:
+            raise NotAMember(f"{self.me} is not an active member of the swarm any more")
         info = self.contract.round_info(round_number)
         count, _, _ = self.contract.commitment(round_number, self.me)
         if count == 0 and (info.participants_fixed or info.sealed):

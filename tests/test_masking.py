@@ -363,7 +363,9 @@ def test_tenseal_masked_ciphertexts_decrypt_only_in_aggregate(he: HEContext) -> 
         for k in range(len(masked[0]))
     ]
     expected = sum(w * x for w, x in zip(weights, xs, strict=True))
-    assert np.max(np.abs(he.decrypt(total, length) - expected)) < 1e-6
+    # The weighted *mean* is what nodes use; CKKS noise on the sum grows with Σw.
+    error = np.max(np.abs(he.decrypt(total, length) - expected)) / sum(weights)
+    assert error < 1e-7
 
 
 # Errors
