@@ -292,10 +292,11 @@ class SwarmContract:
 
     # ------------------------------------------------------------------ transactions
 
-    def _send(self, name: str, *args: Any, gas: int | None = None) -> TxResult:
+    def _send(self, name: str, *args: Any, gas: int | None = None,
+              extra_gas: int = 0) -> TxResult:
         call = getattr(self.contract.functions, name)(*args)
         receipt = _transact(self.w3, self.account, call, name, self._errors, gas=gas,
-                            nonce_lock=self._nonce_lock)
+                            extra_gas=extra_gas, nonce_lock=self._nonce_lock)
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
 
@@ -346,13 +347,8 @@ class SwarmContract:
         against an earlier state is too low. Simulate, then allow for rewriting the whole
         participant list.
         """
-        call = getattr(self.contract.functions, name)(*args)
-        try:
-            estimate = call.estimate_gas({"from": self.account.address}, block_identifier="pending")
-        except ContractLogicError as exc:
-            raise _decode_revert(name, exc, self._errors) from exc
         room = PARTICIPANT_WRITE_GAS * (self.active_member_count() + 1)
-        return self._send(name, *args, gas=int(estimate * GAS_HEADROOM) + room)
+        return self._send(name, *args, extra_gas=room)
 
     def enrol(self, round_number: int, key_epoch: int, sample_count: int) -> TxResult:
         return self._send_with_room("enrol", round_number, key_epoch, sample_count)
@@ -537,16 +533,19 @@ def _transact(
     errors: dict[bytes, tuple[str, list[str], list[str]]],
     gas: int | None = None,
     nonce_lock: threading.Lock | None = None,
+    extra_gas: int = 0,
 ) -> TxReceipt:
     """Simulate, then sign and send; a revert in simulation raises ContractRejected.
 
     With ``gas`` given the simulation is one ``eth_call`` instead of a gas estimate (which
-    re-executes the call many times: costly for megabyte-sized aggregates).
+    re-executes the call many times: costly for megabyte-sized aggregates); otherwise the
+    estimate gets its headroom plus ``extra_gas``.
     """
     params: TxParams = {"from": account.address}
     try:
         if gas is None:
-            gas = int(call.estimate_gas(params, block_identifier="pending") * GAS_HEADROOM)
+            estimate = call.estimate_gas(params, block_identifier="pending")
+            gas = int(estimate * GAS_HEADROOM) + extra_gas
         else:
             call.call(params, block_identifier="pending")
     except ContractLogicError as exc:

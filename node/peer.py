@@ -55,9 +55,10 @@ class Inbox:
             held.append(update)
             return True
 
-    def senders(self, round_number: int, attempt: int) -> set[str]:
+    def copies(self, round_number: int, attempt: int) -> dict[str, list[ReceivedUpdate]]:
+        """Every copy held for (round, attempt), by sender."""
         with self._lock:
-            return set(self._updates.get((round_number, attempt), {}))
+            return {s: list(u) for s, u in self._updates.get((round_number, attempt), {}).items()}
 
     def matching(self, round_number: int, attempt: int, sender: str,
                  digests: list[bytes]) -> ReceivedUpdate | None:

@@ -271,7 +271,7 @@ class SwarmRound:
         due = timing.attempt_started_at + 2 * self.params.commit_window_s
         if self.contract.chain_time() < due:
             return
-        missing = self._collect(round_number, info.attempt, participants)
+        _, missing = self._collect(round_number, info.attempt, participants)
         if not missing:
             return
         if self._send_racing(lambda: self.contract.drop_withheld(round_number, missing)):
@@ -279,26 +279,33 @@ class SwarmRound:
                         "holds their blocks", self.node, round_number, info.attempt,
                         ", ".join(missing))
 
-    def _collect(self, round_number: int, attempt: int, participants: list[str]) -> list[str]:
-        """Participants whose committed blocks we lack, after asking the other members for
-        them (at most every FETCH_EVERY_S)."""
-        missing = []
+    def _collect(self, round_number: int, attempt: int,
+                 participants: list[str]) -> tuple[dict[str, ReceivedUpdate], list[str]]:
+        """The participants' updates that match their commitments for this attempt, and the
+        participants whose updates we still lack after asking the other members for them
+        (at most every FETCH_EVERY_S)."""
+        held: dict[str, ReceivedUpdate] = {}
+        wanted: dict[str, list[bytes]] = {}
         for sender in participants:
-            _, _, digests = self.contract.commitment(round_number, sender)
-            if self.inbox.matching(round_number, attempt, sender, digests) is None:
-                missing.append(sender)
+            _, committed_attempt, digests = self.contract.commitment(round_number, sender)
+            update = (self.inbox.matching(round_number, attempt, sender, digests)
+                      if committed_attempt == attempt else None)
+            if update is None:
+                wanted[sender] = digests
+            else:
+                held[sender] = update
         now = time.monotonic()
         key = (round_number, attempt)
-        if not missing or now - self._fetched_at.get(key, 0.0) < FETCH_EVERY_S:
-            return missing
+        if not wanted or now - self._fetched_at.get(key, 0.0) < FETCH_EVERY_S:
+            return held, list(wanted)
         self._fetched_at[key] = now
         members = [m for m in self.contract.members() if m.address != self.me]
-        still = []
-        for sender in missing:
-            if not any(self._fetch(round_number, attempt, sender, m.endpoint)
-                       for m in members):
-                still.append(sender)
-        return still
+        for sender, digests in wanted.items():
+            if any(self._fetch(round_number, attempt, sender, m.endpoint) for m in members):
+                update = self.inbox.matching(round_number, attempt, sender, digests)
+                if update is not None:
+                    held[sender] = update
+        return held, [s for s in participants if s not in held]
 
     def _fetch(self, round_number: int, attempt: int, sender: str, endpoint: str) -> bool:
         try:
@@ -436,15 +443,9 @@ class SwarmRound:
 
     def _aggregate(self, round_number: int, attempt: int) -> bool:
         participants = self.contract.participants(round_number)
-        if self._collect(round_number, attempt, participants):
+        held, missing = self._collect(round_number, attempt, participants)
+        if missing:
             return False
-        held: dict[str, ReceivedUpdate] = {}
-        for sender in participants:
-            _, committed_attempt, digests = self.contract.commitment(round_number, sender)
-            update = self.inbox.matching(round_number, attempt, sender, digests)
-            if committed_attempt != attempt or update is None:
-                return False
-            held[sender] = update
         count = self.params.block_count
         todo = [i for i in range(count)
                 if self.contract.aggregate_digest(round_number, i) == bytes(32)]

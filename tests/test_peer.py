@@ -78,9 +78,8 @@ def signed_header(blocks: list[bytes], contract: str, key: str, *, round_number:
 
 def held(relay: dict) -> dict[str, list[list[bytes]]]:
     """Every copy the inbox holds for round 1, attempt 1, by sender."""
-    inbox = relay["inbox"]
-    return {s: [u.blocks for u in inbox._updates[(1, 1)][s]]
-            for s in inbox.senders(1, 1)}
+    return {s: [u.blocks for u in copies]
+            for s, copies in relay["inbox"].copies(1, 1).items()}
 
 
 def refused(relay: dict, chunks: list, code: grpc.StatusCode, words: str) -> None:
