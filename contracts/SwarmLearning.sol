@@ -24,7 +24,7 @@ contract SwarmLearning {
     uint256 public constant MAX_WEIGHT_SUM = 1024;
     /// @notice Most active members at once (bounds the per-coefficient accumulators).
     uint256 public constant MAX_MEMBERS = 64;
-    /// @notice Largest sample count a member may report for one round.
+    /// @notice Largest dataset size a member may register (and so enrol with).
     uint256 public constant MAX_SAMPLE_COUNT = 2 ** 32 - 1;
     /// @notice Largest TLS certificate (PEM bytes) a member may register.
     uint256 public constant MAX_CERTIFICATE_BYTES = 4096;
@@ -44,6 +44,7 @@ contract SwarmLearning {
         string endpoint;
         bytes32 x25519PublicKey;
         bytes tlsCertificate;
+        uint256 datasetSize;
         uint256 approvals;
         uint256 epoch;
     }
@@ -55,11 +56,13 @@ contract SwarmLearning {
 
     /// @notice A member's record: where peers reach it, the X25519 key its secrets are
     /// wrapped to and its pairwise masks derive from, and the self-signed TLS certificate
-    /// (PEM) every member's gRPC trusts while it is active.
+    /// (PEM) every member's gRPC trusts while it is active, and the dataset size approved at
+    /// admission: the most samples it may enrol with, so no member outweighs what it holds.
     struct Member {
         string endpoint;
         bytes32 x25519PublicKey;
         bytes tlsCertificate;
+        uint256 datasetSize;
         bool active;
         bool exists;
     }
@@ -79,6 +82,7 @@ contract SwarmLearning {
         mapping(address => uint256) sampleCounts;
         mapping(address => uint256) committedAttempt;
         mapping(address => bytes32[]) digests;
+        mapping(bytes32 => address) committedBy;
         mapping(uint256 => bytes32) aggregateDigests;
     }
 
@@ -125,7 +129,9 @@ contract SwarmLearning {
     uint256 private _proposalEpoch;
     KeyEpoch[] private _keyEpochs;
 
-    event MemberAdded(address indexed member, string endpoint, bytes32 x25519PublicKey);
+    event MemberAdded(
+        address indexed member, string endpoint, bytes32 x25519PublicKey, uint256 datasetSize
+    );
     event MemberRemoved(address indexed member, uint256 keyEpoch, uint256 fromRound);
     event AdminTransferStarted(address indexed previousAdmin, address indexed newAdmin);
     event AdminTransferred(address indexed previousAdmin, address indexed newAdmin);
@@ -169,6 +175,8 @@ contract SwarmLearning {
     error NotPendingAdmin(address caller);
     error WrongBlockCount(uint256 got, uint256 expected);
     error InvalidSampleCount(uint256 got);
+    error SampleCountAboveDataset(uint256 got, uint256 datasetSize);
+    error DuplicateCommitment(uint256 round, address owner);
     error NothingCommitted(uint256 round);
     error NotEnoughContributors(uint256 have, uint256 need);
     error BlockOutOfRange(uint256 blockIndex, uint256 blockCount);
@@ -258,24 +266,26 @@ contract SwarmLearning {
 
     // ------------------------------------------------------------------ membership
 
-    /// @notice Admit `account` with its gRPC endpoint, X25519 public key and TLS
-    /// certificate. Under the Majority rule the admin may do so only while founding (before
+    /// @notice Admit `account` with its gRPC endpoint, X25519 public key, TLS certificate
+    /// and dataset size. Under the Majority rule the admin may do so only while founding (before
     /// any member enrolled).
     /// @param account the member's Ethereum account.
     /// @param endpoint its gRPC endpoint, host:port.
     /// @param x25519PublicKey its X25519 public key.
     /// @param tlsCertificate the PEM of the self-signed certificate its node made.
+    /// @param datasetSize the training samples it holds: the most it may enrol with.
     function addMember(
         address account,
         string calldata endpoint,
         bytes32 x25519PublicKey,
-        bytes calldata tlsCertificate
+        bytes calldata tlsCertificate,
+        uint256 datasetSize
     ) external onlyAdmin {
         bool founding = lastFinalizedRound == 0 && _rounds[currentRound].enrolled.length == 0;
         if (membershipRule == MembershipRule.Majority && !founding) {
             revert WrongMembershipRule(membershipRule);
         }
-        _admit(account, endpoint, x25519PublicKey, tlsCertificate);
+        _admit(account, endpoint, x25519PublicKey, tlsCertificate, datasetSize);
     }
 
     /// @notice Majority rule: an active member proposes `account`; its approval counts.
@@ -283,19 +293,22 @@ contract SwarmLearning {
     /// @param endpoint its gRPC endpoint, host:port.
     /// @param x25519PublicKey its X25519 public key.
     /// @param tlsCertificate the PEM of the self-signed certificate its node made.
+    /// @param datasetSize the training samples it holds: what the approvers approve.
     function proposeMember(
         address account,
         string calldata endpoint,
         bytes32 x25519PublicKey,
-        bytes calldata tlsCertificate
+        bytes calldata tlsCertificate,
+        uint256 datasetSize
     ) external onlyActiveMember {
         if (membershipRule != MembershipRule.Majority) revert WrongMembershipRule(membershipRule);
-        _checkCandidate(account, endpoint, x25519PublicKey, tlsCertificate);
+        _checkCandidate(account, endpoint, x25519PublicKey, tlsCertificate, datasetSize);
         _proposalEpoch += 1;
         Proposal storage p = _proposals[account];
         p.endpoint = endpoint;
         p.x25519PublicKey = x25519PublicKey;
         p.tlsCertificate = tlsCertificate;
+        p.datasetSize = datasetSize;
         p.approvals = 0;
         p.epoch = _proposalEpoch;
         emit MemberProposed(account, msg.sender);
@@ -318,17 +331,19 @@ contract SwarmLearning {
         p.approvals += 1;
         emit MemberApproved(account, msg.sender, p.approvals);
         if (p.approvals * 2 > activeMemberCount) {
-            _admit(account, p.endpoint, p.x25519PublicKey, p.tlsCertificate);
+            _admit(account, p.endpoint, p.x25519PublicKey, p.tlsCertificate, p.datasetSize);
         }
     }
 
     /// @dev Reverts unless `account` can be admitted with these: a non-zero account, an
-    /// endpoint, a non-zero X25519 key and a certificate of 1..MAX_CERTIFICATE_BYTES bytes.
+    /// endpoint, a non-zero X25519 key, a certificate of 1..MAX_CERTIFICATE_BYTES bytes and a
+    /// dataset size of 1..MAX_SAMPLE_COUNT.
     function _checkCandidate(
         address account,
         string memory endpoint,
         bytes32 x25519PublicKey,
-        bytes memory tlsCertificate
+        bytes memory tlsCertificate,
+        uint256 datasetSize
     ) private view {
         if (account == address(0) || bytes(endpoint).length == 0 || x25519PublicKey == bytes32(0)) {
             revert InvalidMember(account);
@@ -336,6 +351,7 @@ contract SwarmLearning {
         if (tlsCertificate.length == 0 || tlsCertificate.length > MAX_CERTIFICATE_BYTES) {
             revert InvalidCertificate(account, tlsCertificate.length);
         }
+        if (datasetSize == 0 || datasetSize > MAX_SAMPLE_COUNT) revert InvalidSampleCount(datasetSize);
         if (_members[account].exists) revert MemberExists(account);
     }
 
@@ -344,14 +360,15 @@ contract SwarmLearning {
         address account,
         string memory endpoint,
         bytes32 x25519PublicKey,
-        bytes memory tlsCertificate
+        bytes memory tlsCertificate,
+        uint256 datasetSize
     ) private {
-        _checkCandidate(account, endpoint, x25519PublicKey, tlsCertificate);
+        _checkCandidate(account, endpoint, x25519PublicKey, tlsCertificate, datasetSize);
         if (activeMemberCount >= MAX_MEMBERS) revert TooManyMembers(MAX_MEMBERS);
-        _members[account] = Member(endpoint, x25519PublicKey, tlsCertificate, true, true);
+        _members[account] = Member(endpoint, x25519PublicKey, tlsCertificate, datasetSize, true, true);
         _memberList.push(account);
         activeMemberCount += 1;
-        emit MemberAdded(account, endpoint, x25519PublicKey);
+        emit MemberAdded(account, endpoint, x25519PublicKey, datasetSize);
     }
 
     /// @notice Start a new HE key epoch now: from the first round nobody has encrypted yet
@@ -427,6 +444,7 @@ contract SwarmLearning {
     /// @return endpoint its gRPC endpoint.
     /// @return x25519PublicKey its X25519 public key.
     /// @return tlsCertificate the PEM of its TLS certificate.
+    /// @return datasetSize the most samples it may enrol with.
     /// @return active whether it is a member now.
     function member(address account)
         external
@@ -435,11 +453,12 @@ contract SwarmLearning {
             string memory endpoint,
             bytes32 x25519PublicKey,
             bytes memory tlsCertificate,
+            uint256 datasetSize,
             bool active
         )
     {
         Member storage m = _members[account];
-        return (m.endpoint, m.x25519PublicKey, m.tlsCertificate, m.active);
+        return (m.endpoint, m.x25519PublicKey, m.tlsCertificate, m.datasetSize, m.active);
     }
 
     /// @notice Every account ever admitted, in admission order.
@@ -478,7 +497,9 @@ contract SwarmLearning {
         Round storage r = _rounds[round];
         if (r.attempt != 0) revert ParticipantsFixedAlready(round, r.attempt);
         if (r.sampleCounts[msg.sender] != 0) revert AlreadyEnrolled(round, msg.sender);
-        if (sampleCount == 0 || sampleCount > MAX_SAMPLE_COUNT) revert InvalidSampleCount(sampleCount);
+        if (sampleCount == 0) revert InvalidSampleCount(sampleCount);
+        uint256 datasetSize = _members[msg.sender].datasetSize;
+        if (sampleCount > datasetSize) revert SampleCountAboveDataset(sampleCount, datasetSize);
         (uint256 expected,) = keyEpochFor(round);
         if (keyEpoch_ != expected) revert WrongKeyEpoch(keyEpoch_, expected);
         r.keyEpochPlusOne = expected + 1;
@@ -510,7 +531,9 @@ contract SwarmLearning {
         emit ParticipantsFixed(round, 1, r.enrolled);
     }
 
-    /// @notice Commit to this attempt's masked update: one keccak256 digest per block.
+    /// @notice Commit to this attempt's masked update: one keccak256 digest per block. A
+    /// list of digests another participant committed in this round is refused, so nobody
+    /// can pass off a captured update as its own.
     function commit(uint256 round, uint256 attempt, uint256 keyEpoch_, bytes32[] calldata blockDigests)
         external
         onlyActiveMember
@@ -524,6 +547,10 @@ contract SwarmLearning {
         if (blockDigests.length != blockCount) {
             revert WrongBlockCount(blockDigests.length, blockCount);
         }
+        bytes32 fingerprint = keccak256(abi.encodePacked(blockDigests));
+        address owner = r.committedBy[fingerprint];
+        if (owner != address(0) && owner != msg.sender) revert DuplicateCommitment(round, owner);
+        r.committedBy[fingerprint] = msg.sender;
         r.committedAttempt[msg.sender] = attempt;
         r.digests[msg.sender] = blockDigests;
         r.commitCount += 1;

@@ -30,6 +30,8 @@ MEMBERSHIP_RULES = ("admin", "majority")
 RECEIPT_POLL_SECONDS = 0.01
 PARTICIPANT_WRITE_GAS = 45_000
 """Gas to (re)write one entry of a round's participant list: a fresh storage slot."""
+MAX_DATASET_SIZE = 2**32 - 1
+"""The contract's MAX_SAMPLE_COUNT: the largest dataset size a member may register."""
 
 
 class ContractRejected(ApiaryError):
@@ -69,6 +71,8 @@ class MemberInfo:
     x25519_public_key: bytes
     tls_certificate: bytes
     """PEM of the self-signed certificate the member's node made (empty if unknown)."""
+    dataset_size: int
+    """The dataset size approved at admission: the most samples it may enrol with."""
     active: bool
 
 
@@ -222,9 +226,10 @@ class SwarmContract:
         return int(self._view("lastFinalizedRound"))
 
     def member(self, address: str) -> MemberInfo:
-        endpoint, key, certificate, active = self._view("member", to_checksum_address(address))
+        endpoint, key, certificate, dataset_size, active = self._view(
+            "member", to_checksum_address(address))
         return MemberInfo(to_checksum_address(address), endpoint, bytes(key), bytes(certificate),
-                          active)
+                          int(dataset_size), active)
 
     def members(self, *, active_only: bool = True) -> list[MemberInfo]:
         found = [self.member(a) for a in self._view("memberAddresses")]
@@ -301,12 +306,13 @@ class SwarmContract:
                         receipt["blockNumber"])
 
     def add_member(self, address: str, endpoint: str, x25519_public_key: bytes,
-                   tls_certificate: bytes) -> TxResult:
-        """Admit `address` (admin only) with its endpoint, X25519 key and the PEM of its
-        node's self-signed TLS certificate."""
+                   tls_certificate: bytes, dataset_size: int) -> TxResult:
+        """Admit `address` (admin only) with its endpoint, X25519 key, the PEM of its node's
+        self-signed TLS certificate and its dataset size (the most samples it may enrol
+        with)."""
         _check_x25519(x25519_public_key)
         return self._send("addMember", to_checksum_address(address), endpoint, x25519_public_key,
-                          tls_certificate)
+                          tls_certificate, dataset_size)
 
     def remove_member(self, address: str, context_digest: bytes) -> TxResult:
         """Deactivate `address` and start key epoch `context_digest` in one transaction."""
@@ -314,11 +320,11 @@ class SwarmContract:
                                     context_digest)
 
     def propose_member(self, address: str, endpoint: str, x25519_public_key: bytes,
-                       tls_certificate: bytes) -> TxResult:
+                       tls_certificate: bytes, dataset_size: int) -> TxResult:
         """Majority rule: propose `address` with what `add_member` takes."""
         _check_x25519(x25519_public_key)
         return self._send("proposeMember", to_checksum_address(address), endpoint,
-                          x25519_public_key, tls_certificate)
+                          x25519_public_key, tls_certificate, dataset_size)
 
     def approve_member(self, address: str) -> TxResult:
         return self._send("approveMember", to_checksum_address(address))

@@ -83,7 +83,8 @@ def found_swarm(
         enrol_window_s=enrol_window_s, commit_window_s=commit_window_s,
     )
     for m in members:
-        contract.add_member(m.address, m.endpoint, m.x25519_bytes, m.certificate_bytes)
+        contract.add_member(m.address, m.endpoint, m.x25519_bytes, m.certificate_bytes,
+                            m.dataset_size)
     return contract
 
 
@@ -149,6 +150,8 @@ class FoundingCeremony:
     tls: TlsFiles
     keys: KeyRing
     param_count: int
+    dataset_size: int
+    """The training samples this node holds, registered on chain at admission."""
     connect: Callable[[str, str, str], SwarmContract]
     """(contract address, chain RPC URL, private key) -> the contract sending as this node."""
     enter: Callable[[], None]
@@ -161,7 +164,7 @@ class FoundingCeremony:
     _contract: SwarmContract | None = field(default=None, repr=False)
 
     def public_identity(self) -> PublicIdentity:
-        return self.identity.public(self.endpoint, self.tls)
+        return self.identity.public(self.endpoint, self.tls, self.dataset_size)
 
     def status(self) -> FoundingStatus:
         stored = read_swarm_file(self.state_dir)
@@ -234,6 +237,9 @@ class FoundingCeremony:
                 problems.append("another X25519 key")
             if _fingerprint(record.tls_certificate) != fingerprint(self.tls.cert):
                 problems.append("another TLS certificate")
+            if record.dataset_size != me.dataset_size:
+                problems.append(f"dataset size {record.dataset_size} instead of "
+                                f"{me.dataset_size}")
         if params.param_count != self.param_count:
             problems.append(f"{params.param_count} model parameters, but this node's model "
                             f"has {self.param_count}")

@@ -19,6 +19,7 @@ from eth_account import Account
 from eth_utils import is_address, to_checksum_address
 from pydantic import AfterValidator, BaseModel, Field
 
+from apiary.chain.binding import MAX_DATASET_SIZE
 from apiary.core.errors import ConfigError
 from apiary.core.files import write_private_json
 from apiary.core.tls import TlsFiles, create_self_signed, endpoint_host
@@ -78,10 +79,10 @@ class Identity:
         state_dir.mkdir(parents=True, exist_ok=True)
         return write_private_json(state_dir / IDENTITY_FILE, asdict(self))
 
-    def public(self, endpoint: str, tls: TlsFiles) -> PublicIdentity:
+    def public(self, endpoint: str, tls: TlsFiles, dataset_size: int) -> PublicIdentity:
         return PublicIdentity(name=self.name, address=self.address,
                               x25519_public_key=self.x25519_public, endpoint=endpoint,
-                              tls_certificate=tls.cert.decode())
+                              tls_certificate=tls.cert.decode(), dataset_size=dataset_size)
 
 
 class PublicIdentity(BaseModel):
@@ -92,6 +93,9 @@ class PublicIdentity(BaseModel):
     x25519_public_key: str = Field(description="hex, 32 bytes: key wraps and pairwise masks")
     endpoint: str = Field(description="its gRPC endpoint, host:port")
     tls_certificate: str = Field(description="PEM of the self-signed certificate it made")
+    dataset_size: int = Field(ge=1, le=MAX_DATASET_SIZE,
+                              description="its training samples: registered on chain as the "
+                                          "most it may enrol a round with")
 
     @property
     def x25519_bytes(self) -> bytes:

@@ -71,6 +71,8 @@ class JoiningNode:
     tls: TlsFiles
     """This node's own TLS key and self-signed certificate."""
     param_count: int
+    dataset_size: int
+    """Its training samples, registered on chain at admission."""
     keys: KeyRing
     connect: Callable[[str, str, str], SwarmContract]
     """(contract address, chain RPC URL, private key) -> the contract sending as this node."""
@@ -133,7 +135,7 @@ class Joiner:
         self.state = "requesting admission"
         body = {"invite": invite, "address": identity.address,
                 "x25519_public_key": identity.x25519_public, "endpoint": node.endpoint,
-                "tls_certificate": node.tls.cert.decode()}
+                "tls_certificate": node.tls.cert.decode(), "dataset_size": node.dataset_size}
         while True:
             reply = httpx.post(f"{self.sponsor}/v1/members", json=body, timeout=120)
             if reply.status_code == 202:
@@ -156,6 +158,9 @@ class Joiner:
             raise JoinFailed("the chain lists this node with another X25519 key")
         if record.tls_certificate != node.tls.cert:
             raise JoinFailed("the chain lists this node with another TLS certificate")
+        if record.dataset_size != node.dataset_size:
+            raise JoinFailed(f"the chain registers {record.dataset_size} samples for this node, "
+                             f"not {node.dataset_size}")
         write_swarm_file(node.state_dir, handover.contract, handover.rpc_url)
         for item in handover.keys:
             _, digest = contract.key_epoch(item.epoch)

@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from apiary.chain.binding import ContractRejected, SwarmContract
+from apiary.chain.binding import MAX_DATASET_SIZE, ContractRejected, SwarmContract
 from apiary.core.he import HEContext
 from apiary.core.keywrap import WrappedSecret, wrap, wrap_context
 from apiary.core.tls import MAX_CERTIFICATE_BYTES, check_member_certificate
@@ -53,6 +53,9 @@ class JoinRequest(BaseModel):
     tls_certificate: str = Field(max_length=MAX_CERTIFICATE_BYTES,
                                  description="PEM of the self-signed EC P-256 certificate "
                                              "of its TLS key (registered on chain)")
+    dataset_size: int = Field(ge=1, le=MAX_DATASET_SIZE,
+                              description="the newcomer's training samples: registered on "
+                                          "chain as the most it may enrol a round with")
 
     @field_validator("x25519_public_key")
     @classmethod
@@ -182,9 +185,11 @@ class Sponsor:
                     raise Refused(403, "under the admin rule only the node holding the "
                                        "contract's admin role admits members; ask that "
                                        "node's admin for an invite")
-                contract.add_member(request.address, request.endpoint, key, certificate)
+                contract.add_member(request.address, request.endpoint, key, certificate,
+                                    request.dataset_size)
             elif contract.proposal_approvals(request.address) == 0:
-                contract.propose_member(request.address, request.endpoint, key, certificate)
+                contract.propose_member(request.address, request.endpoint, key, certificate,
+                                        request.dataset_size)
         except ContractRejected as exc:
             raise Refused(409, str(exc)) from exc
         if not contract.member(request.address).active:
@@ -204,7 +209,8 @@ class Sponsor:
             link.trust.invalidate()
         handover = self._handover(link, request.address, key)
         invites.mark_used(request.invite, request.address)
-        log.info("node=%s admitted %s (%s)", self.node, request.address, request.endpoint)
+        log.info("node=%s admitted %s (%s, %d samples)", self.node, request.address,
+                 request.endpoint, request.dataset_size)
         return handover
 
     def _handover(self, link: SwarmLink, address: str, x25519_public: bytes) -> Handover:

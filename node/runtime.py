@@ -132,7 +132,8 @@ class NodeRuntime:
         return JoiningNode(
             name=self.settings.name, state_dir=self.settings.state_dir,
             endpoint=self.settings.endpoint, identity=self.identity, tls=self.tls,
-            param_count=self.trainer.param_count, keys=self.keys, connect=connect,
+            param_count=self.trainer.param_count, dataset_size=self.trainer.sample_count,
+            keys=self.keys, connect=connect,
             activate=self._become_member, adopt=self._adopt_handover,
         )
 
@@ -322,8 +323,9 @@ class NodeRuntime:
         return FoundingCeremony(
             name=self.settings.name, state_dir=self.settings.state_dir,
             endpoint=self.settings.endpoint, identity=self.identity, tls=self.tls,
-            keys=self.keys, param_count=self.trainer.param_count, connect=connect,
-            enter=self._enter_swarm, entered=self.ready.is_set, rpc_url=self.settings.rpc_url,
+            keys=self.keys, param_count=self.trainer.param_count,
+            dataset_size=self.trainer.sample_count, connect=connect, enter=self._enter_swarm,
+            entered=self.ready.is_set, rpc_url=self.settings.rpc_url,
         )
 
     def start_api(self) -> uvicorn.Server:

@@ -198,7 +198,8 @@ class SwarmRound:
     def _enrol(self, round_number: int, train: Train,
                seconds: dict[str, float]) -> _Contribution | None:
         """Train, enrol and encrypt, unless the round's participants are fixed without us."""
-        if not self.contract.member(self.me).active:
+        record = self.contract.member(self.me)
+        if not record.active:
             raise NotAMember(f"{self.me} is not an active member of the swarm any more")
         info = self.contract.round_info(round_number)
         count, _, _ = self.contract.commitment(round_number, self.me)
@@ -209,6 +210,11 @@ class SwarmRound:
         started = time.perf_counter()
         weights, train_loss, samples = train()
         seconds["train"] = time.perf_counter() - started
+        if samples > record.dataset_size:
+            log.warning("node=%s round=%d: %d training samples, but the swarm approved %d at "
+                        "admission; enrolling with %d", self.node, round_number, samples,
+                        record.dataset_size, record.dataset_size)
+            samples = record.dataset_size
         epoch = self.contract.round_timing(round_number).key_epoch
         if count == 0:
             started = time.perf_counter()

@@ -166,6 +166,7 @@ class FakeSponsor:
 
 
 IDENTITY = PublicIdentity(name="basel", address=ADDRESS, x25519_public_key="22" * 32,
+                          dataset_size=120,
                           endpoint="basel:50051", tls_certificate=CERT)
 
 
@@ -258,7 +259,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
 
 def join_body(**changes: Any) -> dict[str, Any]:
     body = {"invite": "i" * 43, "address": ADDRESS.lower(), "x25519_public_key": "11" * 32,
-            "endpoint": "10.0.0.4:50051", "tls_certificate": CERT}
+            "endpoint": "10.0.0.4:50051", "tls_certificate": CERT, "dataset_size": 120}
     return {**body, **changes}
 
 
@@ -661,7 +662,7 @@ def test_a_real_joiner_reports_idle_before_it_starts(api: Api, tmp_path: Path) -
 
     identity, tls = ensure_identity(tmp_path, "basel", "h:1")
     joiner = Joiner(JoiningNode(name="basel", state_dir=tmp_path, endpoint="h:1",
-                                identity=identity, tls=tls, param_count=3,
+                                identity=identity, tls=tls, param_count=3, dataset_size=5,
                                 keys=KeyRing(tmp_path), connect=unused, activate=unused,
                                 adopt=unused))
     api.app.dependency_overrides[get_joiner] = lambda: joiner

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.chain
 
 RAGGED_PARAMS = 2 * SLOTS_PER_BLOCK + 1000
 CERT = create_self_signed("candidate", ["127.0.0.1"]).cert
+DATASET_SIZE = 10_000
+"""What the tests admit members with: above every sample count they enrol with."""
 
 
 @dataclass
@@ -49,7 +51,7 @@ def make_swarm(
     hospitals = [admin.as_account(k) for k in keys[1 : members + 1]]
     for i, hospital in enumerate(hospitals):
         admin.add_member(hospital.sender, f"127.0.0.1:{50051 + i}", bytes([i + 1]) * 32,
-                         create_self_signed(f"h{i}", ["127.0.0.1"]).cert)
+                         create_self_signed(f"h{i}", ["127.0.0.1"]).cert, DATASET_SIZE)
     return Swarm(admin, hospitals, admin.as_account(keys[-1]))
 
 
@@ -205,7 +207,10 @@ def test_bad_enrolments_are_rejected(w3, dev_keys, he) -> None:
     rejects(lambda: swarm.outsider.enrol(1, 0, 10), "NotMember", swarm.admin)
     rejects(lambda: swarm.members[0].enrol(1, 0, 10), "AlreadyEnrolled", swarm.admin)
     rejects(lambda: swarm.members[1].enrol(1, 0, 0), "InvalidSampleCount", swarm.admin)
-    rejects(lambda: swarm.members[1].enrol(1, 0, 2**32), "InvalidSampleCount", swarm.admin)
+    rejects(lambda: swarm.members[1].enrol(1, 0, DATASET_SIZE + 1), "SampleCountAboveDataset",
+            swarm.admin)
+    rejects(lambda: swarm.members[1].enrol(1, 0, 2**32 - 1), "SampleCountAboveDataset",
+            swarm.admin)
     rejects(lambda: swarm.members[1].enrol(1, 1, 10), "WrongKeyEpoch", swarm.admin)
     rejects(lambda: swarm.members[1].enrol(2, 0, 10), "RoundNotOpen", swarm.admin)
     rejects(lambda: swarm.members[1].enrol(0, 0, 10), "RoundNotOpen", swarm.admin)
@@ -411,31 +416,39 @@ def test_only_the_admin_manages_members(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
     newcomer = swarm.outsider.sender
     key = b"\x09" * 32
-    rejects(lambda: swarm.members[0].add_member(newcomer, "127.0.0.1:1", key, CERT), "NotAdmin",
+    rejects(lambda: swarm.members[0].add_member(newcomer, "127.0.0.1:1", key, CERT, DATASET_SIZE),
+            "NotAdmin",
             swarm.admin)
-    rejects(lambda: swarm.outsider.add_member(newcomer, "127.0.0.1:1", key, CERT), "NotAdmin",
+    rejects(lambda: swarm.outsider.add_member(newcomer, "127.0.0.1:1", key, CERT, DATASET_SIZE),
+            "NotAdmin",
             swarm.admin)
     rejects(lambda: swarm.members[0].remove_member(swarm.members[1].sender, b"\x01" * 32),
             "NotAdmin", swarm.admin)
-    rejects(lambda: swarm.admin.add_member(swarm.members[0].sender, "x:1", key, CERT),
+    rejects(lambda: swarm.admin.add_member(swarm.members[0].sender, "x:1", key, CERT, DATASET_SIZE),
             "MemberExists", swarm.admin)
-    rejects(lambda: swarm.admin.add_member(newcomer, "", key, CERT), "InvalidMember",
+    rejects(lambda: swarm.admin.add_member(newcomer, "", key, CERT, DATASET_SIZE), "InvalidMember",
             swarm.admin)
-    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", b"\0" * 32, CERT), "InvalidMember",
+    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", b"\0" * 32, CERT, DATASET_SIZE),
+            "InvalidMember",
             swarm.admin)
-    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", key, b""), "InvalidCertificate",
+    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", key, b"", DATASET_SIZE),
+            "InvalidCertificate",
             swarm.admin)
     too_long = b"x" * (MAX_CERTIFICATE_BYTES + 1)
-    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", key, too_long),
+    rejects(lambda: swarm.admin.add_member(newcomer, "h:1", key, too_long, DATASET_SIZE),
             "InvalidCertificate", swarm.admin)
+    for size in (0, 2**32):
+        rejects(lambda size=size: swarm.admin.add_member(newcomer, "h:1", key, CERT, size),
+                "InvalidSampleCount", swarm.admin)
 
 
 def test_a_member_record_holds_its_tls_certificate(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
     newcomer = swarm.outsider.sender
-    swarm.admin.add_member(newcomer, "h:1", b"\x09" * 32, CERT)
+    swarm.admin.add_member(newcomer, "h:1", b"\x09" * 32, CERT, DATASET_SIZE)
     record = swarm.admin.member(newcomer)
     assert record.active and record.tls_certificate == CERT
+    assert record.dataset_size == DATASET_SIZE
     assert record.x25519_public_key == b"\x09" * 32 and record.endpoint == "h:1"
     certificates = [m.tls_certificate for m in swarm.admin.members()]
     assert len(set(certificates)) == 3 and all(c.startswith(b"-----BEGIN CERTIFICATE")
@@ -475,8 +488,8 @@ def test_removal_during_a_round_abandons_it_and_the_next_round_uses_the_new_key(
         swarm.members[1].enrol(1, 0, 10)
         gone.enrol(1, 0, 10)
     if moment == "committed":
-        for member in swarm.members:
-            member.commit(1, 1, 0, [digest])
+        for i, member in enumerate(swarm.members):
+            member.commit(1, 1, 0, [bytes([i + 1]) * 32])
     swarm.admin.remove_member(gone.sender, fresh.public_digest())
     info = swarm.admin.round_info(1)
     assert info.sealed and not info.finalized
@@ -519,12 +532,14 @@ def test_majority_rule_admits_a_member_only_with_more_than_half(w3, dev_keys, he
                        membership="majority")
     assert swarm.admin.membership_rule() == "majority"
     candidate, key = swarm.outsider.sender, b"\x07" * 32
-    rejects(lambda: swarm.outsider.propose_member(candidate, "127.0.0.1:9", key, CERT),
+    rejects(lambda: swarm.outsider.propose_member(candidate, "127.0.0.1:9", key, CERT,
+                                                  DATASET_SIZE),
             "NotMember", swarm.admin)
-    rejects(lambda: swarm.members[0].propose_member(candidate, "127.0.0.1:9", key, b""),
+    rejects(lambda: swarm.members[0].propose_member(candidate, "127.0.0.1:9", key, b"",
+                                                    DATASET_SIZE),
             "InvalidCertificate", swarm.admin)
     rejects(lambda: swarm.members[0].approve_member(candidate), "NoProposal", swarm.admin)
-    swarm.members[0].propose_member(candidate, "127.0.0.1:9", key, CERT)
+    swarm.members[0].propose_member(candidate, "127.0.0.1:9", key, CERT, DATASET_SIZE)
     assert swarm.admin.proposal_approvals(candidate) == 1
     rejects(lambda: swarm.members[0].approve_member(candidate), "AlreadyApproved", swarm.admin)
     swarm.members[1].approve_member(candidate)
@@ -540,14 +555,15 @@ def test_majority_rule_closes_admin_admission_after_founding(w3, dev_keys, he) -
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK,
                        membership="majority")
     swarm.members[0].enrol(1, 0, 10)
-    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT),
+    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT,
+                                           DATASET_SIZE),
             "WrongMembershipRule", swarm.admin)
 
 
 def test_admin_rule_has_no_proposals(w3, dev_keys, he) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
     rejects(lambda: swarm.members[0].propose_member(swarm.outsider.sender, "h:1",
-                                                    b"\x05" * 32, CERT),
+                                                    b"\x05" * 32, CERT, DATASET_SIZE),
             "WrongMembershipRule", swarm.admin)
 
 
@@ -583,9 +599,10 @@ def test_admin_role_moves_in_two_steps(w3, dev_keys, he) -> None:
     heir.accept_admin()
     assert swarm.admin.admin() == heir.sender and swarm.admin.pending_admin() is None
     rejects(lambda: swarm.admin.rotate_key(he.public_digest()), "NotAdmin", swarm.admin)
-    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT),
+    rejects(lambda: swarm.admin.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT,
+                                           DATASET_SIZE),
             "NotAdmin", swarm.admin)
-    heir.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT)
+    heir.add_member(swarm.outsider.sender, "h:1", b"\x05" * 32, CERT, DATASET_SIZE)
     assert swarm.admin.member(swarm.outsider.sender).active
 
 
@@ -594,14 +611,13 @@ def test_withheld_blocks_drop_committed_participants_only_when_the_round_is_stuc
 ) -> None:
     swarm = make_swarm(w3, dev_keys, he, members=3, params=SLOTS_PER_BLOCK, min_peers=2,
                        commit_window_s=10)
-    digest = block_digest(he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0])
     for member in swarm.members:
         member.enrol(1, 0, 10)
     withholder = swarm.members[2].sender
     rejects(lambda: swarm.members[0].drop_withheld(1, [withholder]), "NotEnoughContributors",
             swarm.admin)
-    for member in swarm.members:
-        member.commit(1, 1, 0, [digest])
+    for i, member in enumerate(swarm.members):
+        member.commit(1, 1, 0, [bytes([i + 1]) * 32])
     pass_time(w3, 11)
     rejects(lambda: swarm.members[0].drop_withheld(1, [withholder]), "WindowOpen", swarm.admin)
     pass_time(w3, 10)
@@ -615,3 +631,28 @@ def test_withheld_blocks_drop_committed_participants_only_when_the_round_is_stuc
     info = swarm.admin.round_info(1)
     assert (info.attempt, info.contributors, info.committed) == (2, 2, 0)
     assert swarm.admin.participants(1) == [m.sender for m in swarm.members[:2]]
+
+
+def test_a_member_enrols_with_at_most_the_dataset_size_it_was_admitted_with(w3, dev_keys,
+                                                                            he) -> None:
+    """One member with 31 real samples once declared 2^32 - 1 and took 99.7 % of the weight."""
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
+    small = swarm.outsider
+    swarm.admin.add_member(small.sender, "h:9", b"\x09" * 32, CERT, 31)
+    rejects(lambda: small.enrol(1, 0, 2**32 - 1), "SampleCountAboveDataset", swarm.admin)
+    rejects(lambda: small.enrol(1, 0, 32), "SampleCountAboveDataset", swarm.admin)
+    small.enrol(1, 0, 31)
+    assert swarm.admin.commitment(1, small.sender)[0] == 31
+
+
+def test_a_member_cannot_commit_another_members_digests(w3, dev_keys, he) -> None:
+    """Free-riding: committing a captured update's digests as one's own is refused."""
+    swarm = make_swarm(w3, dev_keys, he, members=2, params=SLOTS_PER_BLOCK)
+    for member in swarm.members:
+        member.enrol(1, 0, 10)
+    digests = [block_digest(he.encrypt(np.ones(SLOTS_PER_BLOCK))[0])]
+    swarm.members[0].commit(1, 1, 0, digests)
+    rejects(lambda: swarm.members[1].commit(1, 1, 0, digests), "DuplicateCommitment",
+            swarm.admin)
+    swarm.members[1].commit(1, 1, 0, [block_digest(he.encrypt(np.zeros(SLOTS_PER_BLOCK))[0])])
+    assert swarm.admin.round_info(1).committed == 2

@@ -43,6 +43,7 @@ from tests.test_onboarding import leaks, secret_key_fragments
 
 TOKEN = "found-test-token"
 PARAMS = 1074
+DATASET_SIZE = 303
 
 
 def settings(tmp_path: Path, rpc_url: str, **extra: object) -> FoundingSettings:
@@ -108,7 +109,8 @@ def founder(state_dir: Path, name: str, port: int) -> Founder:
 
     ceremony = FoundingCeremony(
         name=name, state_dir=state_dir, endpoint=f"127.0.0.1:{port}", identity=identity,
-        tls=tls, keys=KeyRing(state_dir), param_count=PARAMS, connect=connect, enter=enter,
+        tls=tls, keys=KeyRing(state_dir), param_count=PARAMS, dataset_size=DATASET_SIZE,
+        connect=connect, enter=enter,
         entered=lambda: holder[0].entered,
     )
     holder.append(Founder(ceremony))

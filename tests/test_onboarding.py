@@ -144,7 +144,8 @@ def test_refused_invites_change_nothing(swarm) -> None:
     def join_request(invite: str, address: str, cert: str = "not a certificate") -> httpx.Response:
         return httpx.post(f"{url}/v1/members", timeout=30, json={
             "invite": invite, "address": address, "x25519_public_key": "11" * 32,
-            "endpoint": "127.0.0.1:1", "tls_certificate": cert})
+            "endpoint": "127.0.0.1:1", "tls_certificate": cert,
+            "dataset_size": 50})
 
     assert join_request("x" * 43, "0x" + "12" * 20, certificate).status_code == 403
     short = httpx.post(f"{url}/v1/invites", headers=admin_headers(), json={"ttl_s": 0.5}).json()
@@ -235,7 +236,8 @@ def test_a_fourth_hospital_joins_through_a_member_that_is_not_the_first(swarm) -
 
     reused = httpx.post(f"{url}/v1/members", timeout=30, json={
         "invite": invite, "address": "0x" + "34" * 20, "x25519_public_key": "22" * 32,
-        "endpoint": "127.0.0.1:2", "tls_certificate": own["tls_certificate"]})
+        "endpoint": "127.0.0.1:2", "tls_certificate": own["tls_certificate"],
+        "dataset_size": own["dataset_size"]})
     assert reused.status_code == 409 and "already used" in reused.json()["detail"]
 
 

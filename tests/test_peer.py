@@ -34,6 +34,7 @@ from tests.test_transport import bad_update_streams, raw_push
 pytestmark = pytest.mark.chain
 
 PARAMS = 2 * SLOTS_PER_BLOCK
+DATASET_SIZE = 10_000
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def relay(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[dict]:
     c = admin.as_account(dev_keys[3])
     for i, member in enumerate((a, b, c)):
         admin.add_member(member.sender, f"127.0.0.1:{60000 + i}", bytes([i + 1]) * 32,
-                         create_self_signed(f"m{i}", ["127.0.0.1"]).cert)
+                         create_self_signed(f"m{i}", ["127.0.0.1"]).cert, DATASET_SIZE)
     a.enrol(1, 0, 25)
     b.enrol(1, 0, 25)
     w3.provider.make_request("evm_increaseTime", [2])  # type: ignore[arg-type]
@@ -191,7 +192,7 @@ def tls_relay(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[dict]:
     members = {name: admin.as_account(dev_keys[i + 1]) for i, name in enumerate("abcd")}
     for i, name in enumerate("abc"):
         admin.add_member(members[name].sender, f"127.0.0.1:{61000 + i}", bytes([i + 1]) * 32,
-                         tls[name].cert)
+                         tls[name].cert, DATASET_SIZE)
     trust = MemberTrust(admin.as_account(dev_keys[2]), tls["b"], ttl_s=60)
     port = free_port()
     server = start_peer_server(PeerService(admin.as_account(dev_keys[2]), Inbox(), "b",
@@ -262,6 +263,6 @@ def test_a_removed_member_is_refused_at_once_and_a_newcomer_trusted(tls_relay: d
     assert fetch_as(tls_relay, gone) == grpc.StatusCode.UNAVAILABLE
     assert fetch_as(tls_relay, as_member(tls_relay, "a")) == grpc.StatusCode.NOT_FOUND
     admin.add_member(tls_relay["members"]["d"].sender, "127.0.0.1:61003", b"\x04" * 32,
-                     tls_relay["tls"]["d"].cert)
+                     tls_relay["tls"]["d"].cert, DATASET_SIZE)
     trust.invalidate()
     assert fetch_as(tls_relay, as_member(tls_relay, "d")) == grpc.StatusCode.NOT_FOUND

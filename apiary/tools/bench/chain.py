@@ -19,6 +19,9 @@ from apiary.core.he import HEContext
 from apiary.core.tls import create_self_signed
 from apiary.tools.bench.report import machine, table
 
+DATASET_SIZE = 1_000
+"""Samples every benchmark member is admitted with (above what it enrols with)."""
+
 
 def bench_chain(
     node_counts: Sequence[int] = (3, 5, 10),
@@ -43,8 +46,9 @@ def bench_chain(
             )
             members = [contract.as_account(k) for k in keys[1 : nodes + 1]]
             for i, member in enumerate(members):
+                certificate = create_self_signed(f"node{i}", ["127.0.0.1"]).cert
                 contract.add_member(member.sender, f"127.0.0.1:{50100 + i}", bytes([i + 1]) * 32,
-                                    create_self_signed(f"node{i}", ["127.0.0.1"]).cert)
+                                    certificate, DATASET_SIZE)
             commit_gas = []
             for i, member in enumerate(members):
                 commit_gas.append(member.enrol(1, 0, 100 + i).gas_used)
