@@ -21,6 +21,8 @@ from apiary.core.settings import ChainSettings
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 STOP_GRACE_S = 10.0
+STATE_INTERVAL_S = 2
+"""Seconds between two writes of the devnet's state file."""
 
 
 class DevnetError(ApiaryError, RuntimeError):
@@ -91,7 +93,17 @@ class Devnet:
             "--gas-limit", str(s.block_gas_limit),
             "--no-request-size-limit",
             "--silent",
+            *self._state_flags(),
         ]  # fmt: skip
+
+    def _state_flags(self) -> list[str]:
+        """Load the chain from the state file and write it back every STATE_INTERVAL_S, so
+        even a killed devnet comes back with the swarm's contract on it."""
+        path = self.settings.devnet_state
+        if path is None:
+            return []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return ["--state", str(path), "--state-interval", str(STATE_INTERVAL_S)]
 
     def start(self, timeout: float = 20.0) -> Devnet:
         _check_can_listen(self.settings.devnet_host, self.settings.devnet_port)

@@ -20,6 +20,8 @@ from apiary.core.settings import (
 )
 from apiary.core.training import DEFAULT_TRAINING
 
+DEFAULT_DEVNET_STATE = Path("devnet/state.json")
+"""Where `apiary devnet` keeps the chain unless told otherwise."""
 
 def _progress(message: str) -> None:
     click.echo(f"  … {message}", err=True)
@@ -44,13 +46,25 @@ def app(debug: bool) -> None:
 @click.option("--port", type=int, default=None, help="listen port [env APIARY_DEVNET_PORT]")
 @click.option("--gas-limit", type=int, default=None,
               help="block gas limit [env APIARY_BLOCK_GAS_LIMIT]")
-def devnet(host: str | None, port: int | None, gas_limit: int | None) -> None:
+@click.option("--state", "state_file", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="keep the chain in this file across restarts "
+              "[env APIARY_DEVNET_STATE; default devnet/state.json]")
+@click.option("--in-memory", is_flag=True, help="keep no state file: a restart starts empty")
+def devnet(host: str | None, port: int | None, gas_limit: int | None,
+           state_file: Path | None, in_memory: bool) -> None:
     """Run a local anvil devnet in the foreground (Ctrl-C stops it)."""
-    settings = ChainSettings.load(devnet_host=host, devnet_port=port, block_gas_limit=gas_limit)
+    settings = ChainSettings.load(devnet_host=host, devnet_port=port, block_gas_limit=gas_limit,
+                                  devnet_state=state_file)
+    if in_memory:
+        settings = settings.model_copy(update={"devnet_state": None})
+    elif settings.devnet_state is None:
+        settings = settings.model_copy(update={"devnet_state": DEFAULT_DEVNET_STATE})
     from apiary.chain.devnet import DEV_MNEMONIC, Devnet
 
     with Devnet(settings) as chain:
-        click.echo(f"anvil devnet on {chain.rpc_url} (chain id 31337)")
+        kept = (f"state kept in {settings.devnet_state}" if settings.devnet_state
+                else "state in memory only")
+        click.echo(f"anvil devnet on {chain.rpc_url} (chain id 31337); {kept}")
         click.echo(f"dev accounts from the mnemonic: {DEV_MNEMONIC}")
         click.echo(f"block gas limit {settings.block_gas_limit:,}; Ctrl-C to stop")
         stopping: list[bool] = []
