@@ -23,13 +23,16 @@ from web3 import Web3
 from web3.exceptions import Web3Exception
 
 from apiary.chain.binding import SwarmContract
+from apiary.core.backoff import Backoff
 from apiary.core.errors import ConfigError
 from apiary.core.he import HEContext
 from apiary.core.settings import NodeSettings
 from apiary.core.tls import TlsFiles
 from apiary.node.api import create_app
+from apiary.node.contribution import ContributionStore
 from apiary.node.federated import FederatedRound
 from apiary.node.founding import FoundingCeremony, read_swarm_file
+from apiary.node.guard import ModelGuard
 from apiary.node.identity import Identity, ensure_identity
 from apiary.node.invites import InviteBook
 from apiary.node.joining import Joiner, JoiningNode
@@ -52,6 +55,36 @@ PROBE_TIMEOUT_S = 2.0
 
 class NodeConfigError(ConfigError, ValueError):
     """The node's settings are incomplete or inconsistent."""
+
+
+class ContractGone(ConfigError):
+    """The chain answers but no longer holds the swarm's contract."""
+
+
+@dataclass
+class Outage:
+    """Waits out a chain or coordinator that does not answer: one line when it goes away,
+    one when it is back, growing waits in between."""
+
+    node: str
+    upstream: str
+    backoff: Backoff = field(default_factory=Backoff)
+    since: float | None = None
+
+    def failed(self, exc: Exception) -> float:
+        """Seconds to wait before trying again."""
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("node=%s cannot reach %s (%s); retrying with back-off", self.node,
+                        self.upstream, _first_line(exc))
+        return self.backoff.next()
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            log.info("node=%s reached %s again after %.0f s", self.node, self.upstream,
+                     time.monotonic() - self.since)
+        self.since = None
+        self.backoff.reset()
 
 
 @dataclass
@@ -169,6 +202,11 @@ class NodeRuntime:
         if not address or not private_key:
             raise NodeConfigError("swarm mode needs a contract address and a private key")
         contract = connect(address, rpc_url, private_key)
+        if not contract.w3.eth.get_code(contract.address):
+            raise ContractGone(
+                f"the chain at {rpc_url} holds no swarm contract at {contract.address} (a devnet "
+                "restarted without its state file?): restore the chain's state, or found the "
+                "swarm anew with empty state directories")
         params = contract.he_parameters()
         if params.param_count != self.trainer.param_count:
             raise NodeConfigError(
@@ -191,7 +229,7 @@ class NodeRuntime:
             contract, he, inbox, private_key, settings.name,
             settings.relay_takeover_s, settings.round_timeout_s, keys=self.keys,
             credentials=trust.channel_credentials if trust else None,
-            x25519_private=x25519,
+            x25519_private=x25519, store=ContributionStore(settings.state_dir, contract.address),
         )
         self.link = SwarmLink(contract, rpc_url, trust)
         peer_contract = connect(address, rpc_url, private_key)
@@ -224,7 +262,7 @@ class NodeRuntime:
                      self.state.round, last)
             outcome = self.driver.fetch_aggregate(last, self.trainer.param_count)
             outcome.committed = False
-            self._adopt(outcome)
+            self._adopt(outcome, consecutive=False)
 
     def run(self) -> None:
         if self.settings.join and not self.ready.is_set():
@@ -241,14 +279,16 @@ class NodeRuntime:
         self.load_or_initialise()
         target = self.settings.rounds
         assert self.driver is not None
+        outage = Outage(self.settings.name, self._upstream())
         while not self.stop_event.is_set():
-            self.catch_up()
-            if target and self.state.round >= target:
-                log.info("node=%s reached round %d; stopping", self.settings.name, target)
-                return
-            round_number = self.driver.current_round()
-            self.phase = f"round {round_number}"
+            round_number = 0
             try:
+                self.catch_up()
+                if target and self.state.round >= target:
+                    log.info("node=%s reached round %d; stopping", self.settings.name, target)
+                    return
+                round_number = self.driver.current_round()
+                self.phase = f"round {round_number}"
                 outcome = self.driver.run(round_number, self._train_for(round_number),
                                           self.trainer.param_count)
             except NotAMember as exc:
@@ -261,10 +301,45 @@ class NodeRuntime:
                 continue
             except RoundFailed as exc:
                 log.error("node=%s round=%d failed: %s", self.settings.name, round_number, exc)
-                time.sleep(1.0)
+                self.stop_event.wait(1.0)
                 continue
+            except (OSError, Web3Exception) as exc:
+                self.phase = "waiting for the chain"
+                self._check_contract_exists()
+                self.stop_event.wait(outage.failed(exc))
+                continue
+            except Exception as exc:  # one round's failure must never stop the node
+                log.error("node=%s round=%d failed unexpectedly (%s: %s); retrying",
+                          self.settings.name, round_number, type(exc).__name__, exc)
+                log.debug("node=%s round=%d failure", self.settings.name, round_number,
+                          exc_info=True)
+                self.stop_event.wait(outage.backoff.next())
+                continue
+            outage.recovered()
             self._adopt(outcome)
         self.phase = "stopped"
+
+    def _upstream(self) -> str:
+        if self.link is not None:
+            return f"the chain at {self.link.rpc_url}"
+        return f"the coordinator at {self.settings.coordinator}"
+
+    def _check_contract_exists(self) -> None:
+        """Stop, saying why, when the chain answers but no longer holds the swarm's contract
+        (a devnet restarted without its state file): nothing here can bring it back."""
+        if self.link is None:
+            return
+        contract = self.link.contract
+        try:
+            code = contract.w3.eth.get_code(contract.address)
+        except (OSError, Web3Exception):
+            return  # the chain is still away: wait for it
+        if not code:
+            self.phase = "stopped: the swarm's contract is gone"
+            raise ContractGone(
+                f"the chain at {self.link.rpc_url} no longer holds the swarm's contract "
+                f"{contract.address} (a devnet restarted without its state file?): restore the "
+                "chain's state, or found the swarm anew with empty state directories")
 
     def _train_for(self, round_number: int) -> Train:
         def train() -> tuple[np.ndarray, float, int]:
@@ -275,7 +350,19 @@ class NodeRuntime:
 
         return train
 
-    def _adopt(self, outcome: RoundOutcome) -> None:
+    def _guard(self) -> ModelGuard:
+        s = self.settings
+        return ModelGuard(s.guard_max_weight, s.guard_change_ratio, s.guard_change_factor)
+
+    def _adopt(self, outcome: RoundOutcome, *, consecutive: bool = True) -> None:
+        """Take the round's global model, unless it fails the model check."""
+        guard = self._guard()
+        reason = guard.verdict(outcome.weights, self.weights, self.state.recent_changes(),
+                               consecutive=consecutive)
+        if reason is not None:
+            self._reject(outcome, reason)
+            return
+        change = guard.change(outcome.weights, self.weights)
         self.weights = outcome.weights
         own, held = self.trainer.evaluate(self.weights)
         digest = self.trainer.digest(self.weights)
@@ -294,6 +381,7 @@ class NodeRuntime:
             aggregate_digests=outcome.aggregate_digests,
             committed=outcome.committed,
             relay=outcome.relay,
+            change_norm=change,
         )
         self.state.save(self.weights, outcome.round, digest, record)
         self.phase = f"round {outcome.round} done"
@@ -387,6 +475,23 @@ class NodeRuntime:
                               upstream_reachable=reachable, he_key=he_key)
 
 
+    def _reject(self, outcome: RoundOutcome, reason: str) -> None:
+        """Record the round as rejected and keep the model held."""
+        digest = self.state.weights_digest or self.trainer.digest(self.weights)
+        record = RoundRecord(
+            round=outcome.round, contributors=outcome.contributors,
+            weight_sum=outcome.weight_sum, accuracy=None, auc=None, loss=None,
+            train_loss=outcome.train_loss, heldout_accuracy=None, heldout_auc=None,
+            weights_digest=digest, seconds={k: round(v, 4) for k, v in outcome.seconds.items()},
+            aggregate_digests=outcome.aggregate_digests, committed=outcome.committed,
+            relay=outcome.relay, status="rejected", reason=reason,
+        )
+        self.state.save(self.weights, outcome.round, digest, record)
+        self.phase = f"round {outcome.round} rejected"
+        log.error("node=%s round=%d aggregate rejected, keeping the model held (%s): %s",
+                  self.settings.name, outcome.round, digest[:12], reason)
+
+
 def connect(address: str, rpc_url: str, private_key: str) -> SwarmContract:
     """The swarm contract at `address`, sending as `private_key`."""
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 120}))
@@ -405,6 +510,11 @@ def _answers_grpc(endpoint: str) -> bool:
         except grpc.FutureTimeoutError:
             return False
     return True
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _finite(value: float) -> float | None:

@@ -8,6 +8,7 @@ temporary file and a rename, so a crash never leaves half a file behind.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 from apiary.core.files import replacing, write_json
 
 STATE_FILE = "state.json"
+
+log = logging.getLogger("apiary.node.state")
 
 
 def saved_history(directory: Path) -> list[dict[str, Any]]:
@@ -46,6 +49,11 @@ class RoundRecord:
     aggregate_digests: list[str] = field(default_factory=list)
     committed: bool = True
     relay: bool = False
+    status: str = "adopted"
+    """adopted, or rejected: the aggregate failed the model check and the model stayed."""
+    reason: str | None = None
+    change_norm: float | None = None
+    """How far (L2 norm) the adopted model moved from the one held before."""
 
 
 @dataclass
@@ -72,16 +80,41 @@ class NodeState:
         directory.mkdir(parents=True, exist_ok=True)
         state = cls(directory)
         if state.state_path.exists():
-            raw = json.loads(state.state_path.read_text())
-            state.round = int(raw["round"])
-            state.weights_digest = raw.get("weights_digest")
-            state.history = [RoundRecord(**r) for r in raw.get("history", [])]
+            try:
+                raw = json.loads(state.state_path.read_text())
+                state.round = int(raw["round"])
+                state.weights_digest = raw.get("weights_digest")
+                state.history = [RoundRecord(**r) for r in raw.get("history", [])]
+            except (ValueError, KeyError, TypeError) as exc:
+                kept = state.state_path.with_suffix(".json.unreadable")
+                state.state_path.replace(kept)
+                log.error("%s is unreadable (%s): kept it as %s and starting from round 0; "
+                          "the node catches up from the swarm", state.state_path, exc, kept)
+                state = cls(directory)
         return state
 
+    def recent_changes(self) -> list[float]:
+        """The model changes of the adopted rounds, oldest first."""
+        with self._lock:
+            return [r.change_norm for r in self.history
+                    if r.status == "adopted" and r.change_norm is not None]
+
     def load_weights(self) -> np.ndarray | None:
+        """The saved global weights; None when there are none, or they are unreadable or not
+        finite (a node must never crash-loop on its own state)."""
         if not self.weights_path.exists():
             return None
-        return np.load(self.weights_path)
+        try:
+            weights = np.load(self.weights_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            log.error("%s is unreadable (%s): starting from the initial model", self.weights_path,
+                      exc)
+            return None
+        if weights.dtype.kind != "f" or not np.all(np.isfinite(weights)):
+            log.error("%s holds weights that are not finite numbers: starting from the initial "
+                      "model", self.weights_path)
+            return None
+        return weights
 
     def save(self, weights: np.ndarray, round_number: int, digest: str,
              record: RoundRecord | None = None) -> None:

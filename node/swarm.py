@@ -44,6 +44,7 @@ from apiary.core.transport import (
     push_update,
     sign_update,
 )
+from apiary.node.contribution import ContributionStore, SavedContribution
 from apiary.node.keys import KeyRing
 from apiary.node.peer import Inbox
 from apiary.node.rounds import NotAMember, RoundAbandoned, RoundFailed, RoundOutcome
@@ -94,6 +95,8 @@ class SwarmRound:
     """Makes the TLS credentials of one peer call (the members trusted change over time);
     None for plaintext."""
     x25519_private: bytes | None = None
+    store: ContributionStore | None = None
+    """Where the round's encrypted update is kept, so a restart re-sends the same blocks."""
     _masker: Masker | None = field(default=None, init=False, repr=False)
     _masker_peers: set[str] = field(default_factory=set, init=False, repr=False)
     _relay_clock: dict[tuple[int, int], tuple[float, int, float]] = field(
@@ -182,6 +185,8 @@ class SwarmRound:
 
         final = self.contract.round_info(round_number)
         self.inbox.prune(round_number + 1)
+        if self.store is not None:
+            self.store.discard_through(round_number)
         if not final.finalized:
             raise RoundAbandoned(f"round {round_number} closed without an aggregate (fewer "
                                  f"than {self.params.min_peers} participants were left, or "
@@ -207,6 +212,11 @@ class SwarmRound:
             log.info("node=%s round=%d started without us; waiting for it", self.node,
                      round_number)
             return None
+        saved = self.store.load(round_number) if self.store is not None else None
+        if count != 0 and saved is not None and saved.samples == count:
+            log.info("node=%s round=%d resumes with the update it encrypted before it "
+                     "restarted", self.node, round_number)
+            return _Contribution(saved.epoch, saved.blocks, saved.samples, saved.train_loss)
         started = time.perf_counter()
         weights, train_loss, samples = train()
         seconds["train"] = time.perf_counter() - started
@@ -245,6 +255,8 @@ class SwarmRound:
         started = time.perf_counter()
         blocks = self.context_for(round_number, epoch).encrypt(weights)
         seconds["encrypt"] = time.perf_counter() - started
+        if self.store is not None:
+            self.store.save(SavedContribution(round_number, epoch, samples, train_loss, blocks))
         log.info("node=%s round=%d enrolled with %d samples under key epoch %d", self.node,
                  round_number, samples, epoch)
         return _Contribution(epoch, blocks, samples, train_loss)
@@ -349,6 +361,19 @@ class SwarmRound:
         digests = [block_digest(b) for b in blocks] if blocks is not None else []
         seconds["mask"] = seconds.get("mask", 0.0) + time.perf_counter() - started
         if blocks is None:
+            return
+
+        _, committed_attempt, committed = self.contract.commitment(round_number, self.me)
+        if committed_attempt == attempt:
+            mine.committed_attempt = attempt
+            if committed != digests:
+                log.error("node=%s round=%d attempt=%d committed before a restart, but the "
+                          "update it committed is lost: the swarm will drop this node from the "
+                          "round", self.node, round_number, attempt)
+                return
+            log.info("node=%s round=%d attempt=%d committed before a restart; sending the "
+                     "same blocks again", self.node, round_number, attempt)
+            self._exchange(round_number, attempt, blocks, digests, mine.samples)
             return
 
         started = time.perf_counter()

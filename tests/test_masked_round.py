@@ -22,7 +22,9 @@ from apiary.core.coefficients import SLOTS_PER_BLOCK, block_digest, weights_from
 from apiary.core.he import HEContext
 from apiary.core.masking import Masker, MaskSet
 from apiary.core.tls import create_self_signed
+from apiary.node.contribution import ContributionStore
 from apiary.node.founding import found_swarm
+from apiary.node.guard import ModelGuard
 from apiary.node.identity import Identity
 from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.rounds import RoundOutcome
@@ -88,7 +90,7 @@ def swarm(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[list[Member]
     ports = [free_port() for _ in identities]
     admin = found_swarm(w3, dev_keys[0], he, PARAMS,
                         [ident.public(f"127.0.0.1:{port}",
-                                      create_self_signed(ident.name, ["127.0.0.1"]))
+                                      create_self_signed(ident.name, ["127.0.0.1"]), 1000)
                          for ident, port in zip(identities, ports, strict=True)],
                         min_peers=2, enrol_window_s=30, commit_window_s=COMMIT_WINDOW_S)
     rng = np.random.default_rng(5)
@@ -219,3 +221,64 @@ def test_a_member_that_commits_and_withholds_its_blocks_is_dropped(swarm, he) ->
         threading.Thread(target=commit_when_fixed, daemon=True).start()
 
     run_survivors(swarm, swarm[2], withhold)
+
+
+def test_a_valid_committed_aggregate_of_random_coefficients_is_caught_before_adoption(
+    swarm, he
+) -> None:
+    """A member commits and sends blocks of random coefficients: the contract accepts them
+    (they match the digests it committed) and the aggregate decrypts to garbage, which the
+    model check refuses on every honest node."""
+    attacker = swarm[2]
+    rng = np.random.default_rng(9)
+
+    def random_blocks(round_number, attempt, participants, blocks):  # type: ignore[no-untyped-def]
+        return [rng.integers(0, he.modulus, len(b) // 8, dtype=np.uint64).astype(">u8").tobytes()
+                for b in blocks]
+
+    attacker.driver._masked = random_blocks  # type: ignore[method-assign]
+    for member in swarm:
+        member.start()
+    outcomes = [m.result() for m in swarm[:2]]
+    for member, outcome in zip(swarm[:2], outcomes, strict=True):
+        assert attacker.identity.address in outcome.contributors
+        reason = ModelGuard().verdict(outcome.weights, member.weights, [])
+        assert reason is not None and ("exceeds the bound" in reason or "not finite" in reason)
+    assert outcomes[0].aggregate_digests == outcomes[1].aggregate_digests
+
+
+def test_a_member_restarted_after_its_commit_sends_the_blocks_it_committed(
+    swarm, he, tmp_path
+) -> None:
+    """It crashed between its commit and sending its blocks. Restarted, it reuses the update
+    it encrypted before (kept in its state directory) instead of encrypting anew, so its
+    blocks match its commitment and the round finishes in its first attempt, with it."""
+    crashing = swarm[2]
+    crashing.driver.store = ContributionStore(tmp_path, crashing.contract.address)
+
+    def crash(*_: object) -> None:
+        raise SystemExit("killed after its commit")
+
+    crashing.driver._exchange = crash  # type: ignore[method-assign]
+    for member in swarm:
+        member.start()
+    assert crashing.thread is not None
+    crashing.thread.join(60)
+    assert isinstance(crashing.error, SystemExit)
+    assert crashing.contract.commitment(1, crashing.identity.address)[1] == 1
+
+    crashing.error = None
+    crashing.driver = SwarmRound(
+        crashing.contract, he, crashing.inbox, crashing.identity.private_key, "restarted",
+        relay_takeover_s=5, round_timeout_s=90,
+        x25519_private=bytes.fromhex(crashing.identity.x25519_private),
+        store=ContributionStore(tmp_path, crashing.contract.address))
+    crashing.weights = crashing.weights + 1.0  # retraining would give other weights
+    crashing.start()
+    outcomes = [m.result() for m in swarm]
+    crashing.weights = crashing.weights - 1.0
+    expected = weighted_mean(swarm)
+    for outcome in outcomes:
+        assert np.max(np.abs(outcome.weights - expected)) < 1e-6
+    assert swarm[0].contract.round_info(1).attempt == 1, "nobody was dropped"
+    assert list((tmp_path / "round-updates").glob("*")) == [], "discarded once the round ended"

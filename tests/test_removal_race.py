@@ -107,7 +107,8 @@ def test_removal_at_any_moment_never_mixes_keys(w3: Web3, dev_keys: list[str], h
     identities = {n: Identity.create(n, dev_keys[i + 1]) for i, n in enumerate(NAMES)}
     ports = {n: free_port() for n in NAMES}
     founders = [identities[n].public(f"127.0.0.1:{ports[n]}",
-                                     create_self_signed(n, ["127.0.0.1"])) for n in NAMES]
+                                     create_self_signed(n, ["127.0.0.1"]), 1000)
+                for n in NAMES]
     admin = found_swarm(w3, dev_keys[0], he, PARAMS, founders, min_peers=2,
                         enrol_window_s=10, commit_window_s=5)
     members = {n: Member(n, identities[n], admin.as_account(identities[n].private_key), he,

@@ -27,8 +27,11 @@ class NodeMetrics:
         self.heldout_accuracy = Gauge("apiary_heldout_accuracy",
                                       "global model accuracy on the held-out set", labels,
                                       registry=self.registry)
-        self.rounds = Gauge("apiary_rounds_completed", "rounds completed", labels,
-                            registry=self.registry)
+        self.rounds = Gauge("apiary_rounds_completed", "rounds whose model this node adopted",
+                            labels, registry=self.registry)
+        self.rejected = Gauge("apiary_rounds_rejected",
+                              "rounds whose aggregate failed the model check (model kept)",
+                              labels, registry=self.registry)
         self.phase_seconds = Gauge("apiary_phase_seconds",
                                    "seconds of each phase in the last round", ["node", "phase"],
                                    registry=self.registry)
@@ -36,9 +39,13 @@ class NodeMetrics:
     def render(self, node: str, snapshot: dict[str, Any]) -> str:
         """The Prometheus text format, after setting the gauges from a state snapshot."""
         self.round.labels(node).set(snapshot["round"])
-        self.rounds.labels(node).set(len(snapshot["history"]))
-        if snapshot["history"]:
-            last = snapshot["history"][-1]
+        history = snapshot["history"]
+        rejected = sum(1 for r in history if r.get("status") == "rejected")
+        self.rounds.labels(node).set(len(history) - rejected)
+        self.rejected.labels(node).set(rejected)
+        adopted = [r for r in history if r.get("status", "adopted") == "adopted"]
+        if adopted:
+            last = adopted[-1]
             self.accuracy.labels(node).set(last["accuracy"] or 0.0)
             if last["heldout_accuracy"] is not None:
                 self.heldout_accuracy.labels(node).set(last["heldout_accuracy"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
@@ -29,6 +29,11 @@ class RoundEntry(BaseModel):
     aggregate_digests: list[str] = Field(default_factory=list)
     committed: bool = Field(True, description="false for a round caught up from the chain")
     relay: bool = Field(False, description="this node relayed the round's aggregate")
+    status: Literal["adopted", "rejected"] = Field(
+        "adopted", description="rejected: the aggregate failed the model check; the node "
+        "kept its model")
+    reason: str | None = Field(None, description="why the aggregate was rejected")
+    change_norm: float | None = Field(None, description="L2 norm of the model's change")
 
 
 class RoundHistory(BaseModel):
@@ -52,6 +57,8 @@ class NodeStatus(BaseModel):
     samples: int
     members: list[Member]
     last_metrics: RoundEntry | None
+    rejected_rounds: list[int] = Field(
+        default_factory=list, description="rounds whose aggregate failed the model check")
 
 
 class Evaluation(BaseModel):
@@ -93,6 +100,8 @@ def node_status(settings: SettingsDep, node: NodeDep, history: HistoryDep) -> No
         params=node.param_count,
         samples=node.sample_count,
         members=members,
+        rejected_rounds=[r["round"] for r in snapshot["history"]
+                         if r.get("status") == "rejected"],
         last_metrics=RoundEntry.model_validate(last) if last else None,
     )
 

@@ -49,6 +49,7 @@ TARGET_SECONDS_EXCLUDING_TRAIN = 3.0
 INPUT_DIM = 15
 NUM_CLASSES = 2
 ROWS_PER_NODE = 256
+DATASET_SIZE = ROWS_PER_NODE
 MAX_AGGREGATE_ERROR = 1e-4
 """CKKS at scale 2^40 averages to ~1e-8; anything near this bound means a broken round."""
 STOP_GRACE_S = 10.0
@@ -117,7 +118,8 @@ def _one_round(
     identities = [Identity.create(f"node{i}", keys[i + 1]) for i in range(nodes)]
     ports = [free_port() for _ in identities]
     founders = [
-        ident.public(f"127.0.0.1:{port}", create_self_signed(ident.name, ["127.0.0.1"]))
+        ident.public(f"127.0.0.1:{port}", create_self_signed(ident.name, ["127.0.0.1"]),
+                     DATASET_SIZE)
         for ident, port in zip(identities, ports, strict=True)
     ]
     contract = found_swarm(devnet.web3(), keys[0], he, params, founders, min_peers=nodes)

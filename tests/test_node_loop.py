@@ -1,0 +1,110 @@
+"""The node's round loop: it never dies on one round, never adopts poison, waits outages out.
+
+The trainer, state and model check are the node's own, on the bundled data; the round
+driver is scripted here, because what is under test is the loop's reaction to each outcome
+(the real chain rounds that produce such outcomes are in test_masked_round and test_soak).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apiary.core.data.sample import write_sample_shard
+from apiary.core.settings import NodeSettings
+from apiary.node import runtime
+from apiary.node.invites import InviteBook
+from apiary.node.keys import KeyRing
+from apiary.node.rounds import RoundOutcome
+from apiary.node.state import NodeState
+from apiary.node.trainer import LocalTrainer
+
+TOKEN = "loop-test-token-0123456789"
+
+
+@dataclass
+class ScriptedDriver:
+    """Plays one step per round: an exception to raise, or weights to return."""
+
+    steps: list[Callable[[np.ndarray], np.ndarray]]
+    round: int = 1
+    seen: list[int] = field(default_factory=list)
+
+    def current_round(self) -> int:
+        return self.round
+
+    def last_finalized_round(self) -> int:
+        return 0
+
+    def run(self, round_number: int, train, param_count: int) -> RoundOutcome:  # type: ignore[no-untyped-def]
+        self.seen.append(round_number)
+        weights, _, _ = train()
+        step = self.steps.pop(0)
+        result = step(weights)
+        self.round += 1
+        return RoundOutcome(round=round_number, weights=result, weight_sum=2,
+                            contributors=["a", "b"], aggregate_digests=[])
+
+    def fetch_aggregate(self, round_number: int, param_count: int) -> RoundOutcome:
+        raise AssertionError("nothing to catch up")
+
+
+def raising(exc: Exception) -> Callable[[np.ndarray], np.ndarray]:
+    def step(_: np.ndarray) -> np.ndarray:
+        raise exc
+    return step
+
+
+@pytest.fixture
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> runtime.NodeRuntime:
+    monkeypatch.setattr(runtime.Backoff, "__init__", lambda self: None)  # no waiting
+    monkeypatch.setattr(runtime.Backoff, "next", lambda self: 0.0)
+    monkeypatch.setattr(runtime.Backoff, "reset", lambda self: None)
+    data = tmp_path / "va.npz"
+    write_sample_shard("va", data)
+    settings = NodeSettings(name="va", admin_token=TOKEN, state_dir=tmp_path / "state",
+                            data=data, rounds=3)
+    trainer = LocalTrainer.from_files("va", data, None, settings.model, settings.seed,
+                                      settings.epochs, settings.lr, settings.batch_size)
+    node = runtime.NodeRuntime(settings, trainer, NodeState.open(settings.state_dir),
+                               KeyRing(settings.state_dir), InviteBook(settings.state_dir))
+    node.ready.set()
+    return node
+
+
+def test_poison_is_rejected_and_failures_do_not_stop_the_loop(node, caplog) -> None:
+    poison = np.random.default_rng(1).uniform(-1e5, 1e5)
+    driver = ScriptedDriver([
+        raising(ValueError("scale out of bounds")),      # round 1: an unexpected error
+        raising(ConnectionError("chain refused")),        # round 1 again: an outage
+        lambda w: w + poison,                             # round 1: a poisoned aggregate
+        lambda w: w,                                      # round 2: honest
+        lambda w: w * 1e9,                                # round 3: poisoned again
+    ])
+    node.driver = driver
+    node.run()
+    history = node.state.snapshot()["history"]
+    assert [(r["round"], r["status"]) for r in history] == [
+        (1, "rejected"), (2, "adopted"), (3, "rejected")]
+    assert "exceeds the bound" in history[0]["reason"]
+    initial = node.trainer.initial_weights()
+    assert driver.seen == [1, 1, 1, 2, 3]
+    adopted = node.state.load_weights()
+    assert adopted is not None and np.all(np.isfinite(adopted))
+    assert np.max(np.abs(adopted)) < 1e3 and adopted.shape == initial.shape
+    assert history[2]["weights_digest"] == history[1]["weights_digest"], "model kept"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("failed unexpectedly (ValueError: scale out of bounds)" in m for m in messages)
+    assert sum("cannot reach" in m for m in messages) == 1
+    assert any("aggregate rejected" in m and "round=1" in m for m in messages)
+
+
+def test_a_node_restarted_on_poisoned_saved_weights_starts_again(node) -> None:
+    node.state.save(np.full(node.trainer.param_count, np.nan), 4, "bad")
+    node.load_or_initialise()
+    assert np.all(np.isfinite(node.weights))
+    assert node.state.round == 0
