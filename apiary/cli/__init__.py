@@ -305,6 +305,28 @@ def bench_round_command(nodes: tuple[int, ...], params: tuple[int, ...], rows: i
     write_json(json_path, result)
 
 
+@bench.command("soak")
+@click.option("--nodes", type=int, default=5, show_default=True, help="honest node processes")
+@click.option("--rounds", type=int, default=50, show_default=True, help="rounds to run")
+@click.option("--chaos-every-s", type=float, default=25.0, show_default=True,
+              help="seconds between two chaos actions (kill -9, pause, devnet restart)")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/soak"),
+              show_default=True, help="where the nodes keep their data, state and logs")
+@json_option
+def bench_soak_command(nodes: int, rounds: int, chaos_every_s: float, out_dir: Path,
+                       json_path: Path | None) -> None:
+    """Many rounds of real node processes under chaos and a malicious member."""
+    from apiary.tools.soak import SoakOptions, run_soak, write_report
+
+    if nodes < 3 or rounds < 4 or chaos_every_s <= 0:
+        raise click.BadParameter("use at least 3 nodes, 4 rounds and a positive chaos period")
+    report = run_soak(SoakOptions(nodes=nodes, rounds=rounds, chaos_every_s=chaos_every_s,
+                                  out_dir=out_dir), _progress)
+    click.echo(report.table())
+    if json_path is not None:
+        write_report(report, json_path)
+
+
 def _run_coordinator(settings: Any) -> None:
     from apiary.coordinator.main import run_coordinator
 

@@ -29,7 +29,7 @@ from apiary.core.errors import ApiaryError
 from apiary.core.flat import param_count as count_params
 from apiary.core.models import build_model
 from apiary.core.processes import stop_processes
-from apiary.core.settings import FoundingSettings
+from apiary.core.settings import ChainSettings, FoundingSettings
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig
 from apiary.node.founder import found
 from apiary.node.founding import PUBLIC_CONTEXT_FILE
@@ -230,8 +230,10 @@ class LocalSwarm:
 
     def __init__(self, options: DemoOptions, hospitals: tuple[str, ...] | None = None,
                  emit: Callable[[str], None] | None = None,
-                 joiners: tuple[str, ...] = ()) -> None:
+                 joiners: tuple[str, ...] = (), keep_devnet_state: bool = False) -> None:
         self.options = options
+        self.keep_devnet_state = keep_devnet_state
+        """Keep the devnet's chain in a state file, so that it can be restarted."""
         self.hospitals = hospitals or options.dataset.hospital_names
         self.joiners = joiners
         self.emit = emit or (lambda _msg: None)
@@ -273,7 +275,7 @@ class LocalSwarm:
         options, out = self.options, self.out
         if options.mode not in ("swarm", "federated"):
             raise ValueError(f"unknown mode {options.mode!r}: use swarm or federated")
-        for earlier in ("data", "state", "logs", "coordinator", "swarm"):
+        for earlier in ("data", "state", "logs", "coordinator", "swarm", "devnet"):
             shutil.rmtree(out / earlier, ignore_errors=True)
         self.emit(f"writing the hospitals' shards to {out / 'data'}")
         self.data, self.heldout_path, sample = write_data(out, options.seed, options.dataset)
@@ -281,7 +283,10 @@ class LocalSwarm:
             build_model(options.model, sample.input_shape, sample.num_classes, options.seed)
         )
         self.ports = {name: (free_port(), free_port()) for name in self.hospitals}
-        chain = self._stack.enter_context(running_devnet())
+        chain_settings = (ChainSettings.load(devnet_state=out / "devnet" / "state.json")
+                          if self.keep_devnet_state else None)
+        chain = self._stack.enter_context(running_devnet(chain_settings))
+        self.devnet = chain
         self.rpc_url = chain.rpc_url
         self.coordinator_port = free_port()
         if options.mode == "federated":
@@ -350,6 +355,14 @@ class LocalSwarm:
         running = [name for name, node in self.nodes.items() if node.process.poll() is None]
         return [self.nodes[name] if name in running else self.start(name)
                 for name in self.founders]
+
+    def restart_devnet(self) -> None:
+        """Stop the devnet (it writes its state file) and start it again on the same port."""
+        if not self.keep_devnet_state:
+            raise DemoFailed("the devnet keeps no state file: a restart would lose the swarm")
+        self.devnet.stop()
+        self.devnet.start()
+        self.emit(f"devnet restarted on {self.devnet.rpc_url} from its state file")
 
     def kill(self, name: str) -> None:
         node = self.nodes[name]
