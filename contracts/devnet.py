@@ -120,9 +120,12 @@ class Devnet:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
+                state = self.settings.devnet_state
+                also = (f", or is its state file {state} unreadable (move it aside, or start "
+                        "with --in-memory)" if state is not None and state.exists() else "")
                 raise DevnetError(
                     f"anvil exited with {process.returncode}; "
-                    f"is port {self.settings.devnet_port} already in use?"
+                    f"is port {self.settings.devnet_port} already in use{also}?"
                 )
             with contextlib.suppress(Exception):
                 if w3.is_connected():

@@ -137,3 +137,28 @@ def test_a_bug_keeps_its_traceback_and_click_keeps_its_usage_errors() -> None:
     assert usage.exit_code == 2 and "Usage:" in usage.output
     debug = CliRunner().invoke(_group(ConfigError("bad")), ["--debug", "fail"])
     assert isinstance(debug.exception, ConfigError)
+
+
+@pytest.mark.parametrize("args", [["--nodes", "2"], ["--rounds", "1"], ["--chaos-every-s", "0"]])
+def test_bench_soak_refuses_a_run_too_small_to_mean_anything(tmp_path: Path,
+                                                            args: list[str]) -> None:
+    run = apiary("bench", "soak", *args, cwd=tmp_path)
+    assert run.returncode == 2 and "at least 3 nodes" in run.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_guard_bound_must_be_a_positive_number(tmp_path: Path, value: str) -> None:
+    run = apiary("node", "--guard-max-weight", value, cwd=tmp_path)
+    assert run.returncode == 2
+    assert "guard_max_weight" in one_error_line(run)
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_devnet_whose_chain_is_unreadable_says_so(tmp_path: Path) -> None:
+    (tmp_path / "devnet").mkdir()
+    (tmp_path / "devnet" / "state.json").write_text("{ not json")
+    run = apiary("devnet", "--port", str(free_port()), cwd=tmp_path)
+    assert run.returncode != 0
+    line = one_error_line(run)
+    assert "anvil exited" in line and "devnet/state.json unreadable" in line
