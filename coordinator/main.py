@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from apiary.coordinator.server import service_from_settings, start_server
+from apiary.coordinator.server import serve
 from apiary.core.settings import CoordinatorSettings
 
 log = logging.getLogger("apiary.coordinator")
@@ -21,14 +21,18 @@ def run_coordinator(settings: CoordinatorSettings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    service = service_from_settings(settings)
-    server, port = start_server(service, settings.coordinator_host, settings.coordinator_port)
+    for noisy in ("web3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    service, server, port = serve(settings)
     rounds = service.rounds
+    names = [service.members.name(a) for a in rounds.members]
     print(
-        f"coordinator listening on {settings.coordinator_host}:{port} "
-        f"(public HE context only): {len(rounds.members)} members ({', '.join(rounds.members)}), "
-        f"{service.param_count} parameters, min_peers {rounds.min_peers}, "
-        f"round deadline {rounds.round_deadline_s:g} s; Ctrl-C to stop",
+        f"coordinator listening on {settings.coordinator_host}:{port} (mutual TLS with the "
+        f"members of swarm {service.members.contract_address}; public HE context only): "
+        f"{len(names)} members ({', '.join(names)}), {service.param_count} parameters, "
+        f"min_peers {rounds.min_peers}, round deadline {rounds.round_deadline_s:g} s, "
+        f"at round {rounds.current_round} (state in {settings.coordinator_state}); "
+        "Ctrl-C to stop",
         flush=True,
     )
     stop = threading.Event()

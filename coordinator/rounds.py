@@ -4,6 +4,11 @@ No background thread closes a round at its deadline. Every observer (a push, a w
 `GetAggregate`, a status query) first closes the round if it is due, and waiters sleep
 until the deadline, so from the outside a round closes exactly when it becomes due and
 a stopped server leaves no timer behind.
+
+Members are identified by their Ethereum address (the server authenticated the caller
+before anything reaches this class); who is a member is asked of `members` each time, so
+a member removed on chain no longer counts towards a complete round. With a `RoundStore`
+every acknowledged update and every closed round is on disk before anyone hears of it.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
+from apiary.coordinator.store import Aggregate, RoundStore
 from apiary.core.coefficients import (
     block_digest,
     block_from_bytes,
@@ -28,6 +33,8 @@ from apiary.core.coefficients import (
 from apiary.core.transport import ReceivedUpdate, TransportError
 from apiary.wire import apiary_pb2
 
+__all__ = ["KEEP_ROUNDS", "Aggregate", "Rounds"]
+
 log = logging.getLogger("apiary.coordinator")
 
 KEEP_ROUNDS = 16
@@ -37,49 +44,58 @@ POLL_S = 0.5
 """How often a waiting `GetAggregate` checks that its caller is still there."""
 
 
-@dataclass(frozen=True)
-class Aggregate:
-    """A closed round: Σ wᵢ·ctᵢ mod q per block, over the contributors in name order."""
-
-    round: int
-    weight_sum: int
-    contributors: tuple[str, ...]
-    blocks: tuple[bytes, ...]
-    digests: tuple[bytes, ...]
-
-
 class Rounds:
     """Thread-safe round state; every refusal raises `TransportError` and changes nothing."""
 
     def __init__(
         self,
-        members: Sequence[str],
+        members: Callable[[], Sequence[str]],
         *,
         modulus: int,
         min_peers: int,
         round_deadline_s: float,
         keep_rounds: int = KEEP_ROUNDS,
+        store: RoundStore | None = None,
+        name_of: Callable[[str], str] = str,
     ) -> None:
-        names = [m.strip() for m in members]
-        if not names or any(not n for n in names):
-            raise ValueError("the coordinator needs at least one member, each with a name")
-        if len(set(names)) != len(names):
-            raise ValueError(f"member names must be unique, got {sorted(names)}")
-        if not 1 <= min_peers <= len(names):
-            raise ValueError(f"min_peers is {min_peers}; it must be in [1, {len(names)}]")
+        if min_peers < 1:
+            raise ValueError(f"min_peers is {min_peers}; it must be at least 1")
         if round_deadline_s <= 0:
             raise ValueError(f"round_deadline_s is {round_deadline_s}; it must be positive")
-        self.members: tuple[str, ...] = tuple(sorted(names))
+        self._members = members
+        self.name_of = name_of
+        """The name a member goes by in logs and aggregates (its address if it has none)."""
         self.modulus = modulus
         self.min_peers = min_peers
         self.round_deadline_s = round_deadline_s
         self._keep = keep_rounds
+        self._store = store
         self._cond = threading.Condition()
         self._round = 1
         self._pending: dict[str, ReceivedUpdate] = {}
         self._opened_at: float | None = None
         self._closed: OrderedDict[int, Aggregate] = OrderedDict()
         self._stopped = False
+        if store is not None:
+            self._resume(store)
+
+    def _resume(self, store: RoundStore) -> None:
+        saved = store.load()
+        self._round = saved.round
+        for aggregate in sorted(saved.closed, key=lambda a: a.round)[-self._keep:]:
+            self._closed[aggregate.round] = aggregate
+        self._pending = {u.header.sender: u for u in saved.pending}
+        if self._pending:
+            self._opened_at = time.monotonic()
+        if saved.round > 1 or self._pending:
+            log.info("resuming at round %d with %d update(s) of it and the aggregates of "
+                     "rounds %s", self._round, len(self._pending),
+                     ", ".join(map(str, self._closed)) or "none")
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The members' addresses, as `members` lists them now."""
+        return tuple(sorted(self._members()))
 
     # ------------------------------------------------------------------ observers
 
@@ -95,17 +111,10 @@ class Rounds:
             self._close_if_due()
             return sorted(self._pending)
 
-    def check_member(self, name: str) -> None:
-        if name not in self.members:
-            raise TransportError(
-                grpc.StatusCode.PERMISSION_DENIED, f"{name!r} is not a member of this federation"
-            )
-
     # ------------------------------------------------------------------ pushes
 
     def admit(self, header: apiary_pb2.UpdateHeader) -> None:
-        """Refuse a push before its blocks are read: non-member, closed round, duplicate."""
-        self.check_member(header.sender)
+        """Refuse a push before its blocks are read: closed round, duplicate."""
         with self._cond:
             self._close_if_due()
             self._check_open(header)
@@ -114,10 +123,11 @@ class Rounds:
         """Record a validated update; close the round if it is now complete or due.
         Returns how many members the round holds after this one."""
         header = update.header
-        self.check_member(header.sender)
         with self._cond:
             self._close_if_due()
             self._check_open(header)
+            if self._store is not None:
+                self._store.save_pending(update)
             if not self._pending:
                 self._opened_at = time.monotonic()
             self._pending[header.sender] = update
@@ -125,7 +135,7 @@ class Rounds:
             log.info(
                 "round %d: accepted the update of %s (%d samples, %d blocks); %d of %d members in",
                 header.round,
-                header.sender,
+                self.name_of(header.sender),
                 header.sample_count,
                 len(update.blocks),
                 held,
@@ -146,7 +156,8 @@ class Rounds:
         if header.sender in self._pending:
             raise TransportError(
                 grpc.StatusCode.ALREADY_EXISTS,
-                f"round {header.round}: {header.sender} has already pushed its update",
+                f"round {header.round}: {self.name_of(header.sender)} has already pushed its "
+                "update",
             )
 
     # ------------------------------------------------------------------ aggregates
@@ -217,7 +228,7 @@ class Rounds:
         held = len(self._pending)
         if not held:
             return
-        everyone = held == len(self.members)
+        everyone = set(self._pending) >= set(self._members())
         late = (
             self._opened_at is not None
             and time.monotonic() >= self._opened_at + self.round_deadline_s
@@ -226,20 +237,24 @@ class Rounds:
             self._close()
 
     def _close(self) -> None:
-        senders = sorted(self._pending)
+        senders = sorted(self._pending, key=self.name_of)
         updates = [self._pending[s] for s in senders]
         weights = weights_from_sample_counts([u.header.sample_count for u in updates])
         blocks = []
         for i in range(len(updates[0].blocks)):
             matrix = np.stack([block_from_bytes(u.blocks[i], self.modulus) for u in updates])
             blocks.append(block_to_bytes(weighted_sum(matrix, weights, self.modulus)))
+        names = [self.name_of(s) for s in senders]
         aggregate = Aggregate(
             round=self._round,
             weight_sum=sum(weights),
-            contributors=tuple(senders),
+            contributors=tuple(names),
             blocks=tuple(blocks),
             digests=tuple(block_digest(b) for b in blocks),
         )
+        held = sorted({*self._closed, self._round})[-self._keep:]
+        if self._store is not None:
+            self._store.save_closed(aggregate, held)
         self._closed[self._round] = aggregate
         while len(self._closed) > self._keep:
             self._closed.popitem(last=False)
@@ -248,7 +263,7 @@ class Rounds:
             self._round,
             len(senders),
             len(self.members),
-            ", ".join(senders),
+            ", ".join(names),
             weights,
             aggregate.weight_sum,
         )

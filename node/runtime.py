@@ -28,8 +28,10 @@ from apiary.core.errors import ConfigError
 from apiary.core.he import HEContext
 from apiary.core.settings import NodeSettings
 from apiary.core.tls import TlsFiles
+from apiary.core.transport import TransportError
 from apiary.node.api import create_app
 from apiary.node.contribution import ContributionStore
+from apiary.node.federated import CHANNEL_OPTIONS as FEDERATED_CHANNEL_OPTIONS
 from apiary.node.federated import FederatedRound
 from apiary.node.founding import FoundingCeremony, read_swarm_file
 from apiary.node.guard import ModelGuard
@@ -185,12 +187,27 @@ class NodeRuntime:
         if self.ready.is_set():
             return
         if self.settings.mode == "federated":
-            assert self.settings.coordinator is not None
-            self.driver = FederatedRound(self.settings.coordinator, self._founding_key(),
-                                         self.settings.name, self.settings.round_timeout_s)
+            self.driver = self._federated_round()
         else:
             self.activate()
         self.ready.set()
+
+    def _federated_round(self) -> FederatedRound:
+        """The coordinator's client: this node's keys sign and authenticate its updates."""
+        settings = self.settings
+        assert settings.coordinator is not None
+        stored = read_swarm_file(settings.state_dir) or {}
+        address = settings.contract or stored.get("contract")
+        if not address or self.identity is None or self.tls is None:
+            raise NodeConfigError("federated mode needs the swarm's contract address (from "
+                                  "the founding ceremony, or --contract) and this node's identity")
+        return FederatedRound(
+            settings.coordinator, self._founding_key(), settings.name,
+            settings.round_timeout_s, private_key=self.identity.private_key,
+            address=self.identity.address, contract_address=address, tls=self.tls,
+            certificate=settings.coordinator_cert, saved_round=lambda: self.state.round,
+            stop=self.stop_event,
+        )
 
     def activate(self) -> None:
         """Connect to the contract, check it fits this node, start the peer server."""
@@ -455,7 +472,9 @@ class NodeRuntime:
         activated = self.ready.is_set() and self.phase != "removed"
         if self.settings.mode == "federated":
             coordinator = self.settings.coordinator
-            reachable = coordinator is not None and _answers_grpc(coordinator)
+            driver = self.driver
+            reachable = (coordinator is not None and isinstance(driver, FederatedRound)
+                         and _answers_coordinator(driver))
             return ReadinessFacts(member=activated and self.driver is not None,
                                   upstream="coordinator", upstream_reachable=reachable,
                                   he_key=self.keys.has(0))
@@ -503,8 +522,14 @@ def _answers_rpc(rpc_url: str) -> bool:
     return bool(probe.is_connected())
 
 
-def _answers_grpc(endpoint: str) -> bool:
-    with grpc.insecure_channel(endpoint) as channel:
+def _answers_coordinator(driver: FederatedRound) -> bool:
+    """The coordinator completes a mutual-TLS handshake with this node."""
+    try:
+        credentials = driver.credentials()
+    except TransportError:
+        return False
+    with grpc.secure_channel(driver.coordinator, credentials,
+                             options=list(FEDERATED_CHANNEL_OPTIONS)) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=PROBE_TIMEOUT_S)
         except grpc.FutureTimeoutError:

@@ -1,8 +1,10 @@
 """What a node keeps on disk so that a restart resumes where it stopped.
 
 ``global.npy`` holds the current global weights (float64, exactly as decrypted) and
-``state.json`` the round they came from and the per-round history. Writes go through a
-temporary file and a rename, so a crash never leaves half a file behind.
+``state.json`` the round they came from and the per-round history, one record per round in
+round order. Writes go through a temporary file and a rename, so a crash never leaves half
+a file behind. The history only grows: a round's record is never replaced, and no round
+older than the saved one is adopted (`HistoryConflict`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from apiary.core.errors import ApiaryError
 from apiary.core.files import replacing, write_json
 
 STATE_FILE = "state.json"
@@ -31,6 +34,10 @@ def saved_history(directory: Path) -> list[dict[str, Any]]:
         return []
     history: list[dict[str, Any]] = json.loads(path.read_text())["history"]
     return history
+
+
+class HistoryConflict(ApiaryError, RuntimeError):
+    """A round would go backwards or overwrite the node's saved history; nothing is saved."""
 
 
 @dataclass
@@ -119,15 +126,25 @@ class NodeState:
     def save(self, weights: np.ndarray, round_number: int, digest: str,
              record: RoundRecord | None = None) -> None:
         with self._lock:
+            if record is not None:
+                self._check_new(round_number, record)
             self._weights = weights
             with replacing(self.weights_path) as fh:
                 np.save(fh, weights)
             self.round = round_number
             self.weights_digest = digest
             if record is not None:
-                self.history = [r for r in self.history if r.round != record.round]
-                self.history.append(record)
+                self.history = sorted([*self.history, record], key=lambda r: r.round)
             self._write_json()
+
+    def _check_new(self, round_number: int, record: RoundRecord) -> None:
+        if record.round != round_number:
+            raise HistoryConflict(f"a record of round {record.round} cannot be saved as "
+                                  f"round {round_number}")
+        if round_number <= self.round or any(r.round == round_number for r in self.history):
+            raise HistoryConflict(
+                f"round {round_number} is not after the saved round {self.round} in "
+                f"{self.state_path}; the node's history is never rewritten")
 
     def _write_json(self) -> None:
         payload = {

@@ -77,8 +77,14 @@ def test_coordinator_is_sized_and_staffed_like_the_founder() -> None:
     assert int(coordinator["APIARY_PARAM_COUNT"]) == param_count_for(
         founder["APIARY_MODEL"], founder["APIARY_DATASET"])
     names = [m.split("=")[0] for m in founder["APIARY_FOUNDING_MEMBERS"].split(",")]
-    assert coordinator["APIARY_COORDINATOR_MEMBERS"].split(",") == names
     assert {services[n].environment["APIARY_NAME"] for n in names} == set(names)
+    # Its members are the chain's; it reads the swarm the founder wrote and publishes the
+    # certificate every node pins, in the same volume.
+    assert coordinator["APIARY_COORDINATOR_SWARM"] == founder["APIARY_SWARM_DIR"] == "/swarm"
+    for name in names:
+        node = services[name]
+        assert node.environment["APIARY_COORDINATOR_CERT"] == "/swarm/coordinator.pem"
+        assert "/swarm" in [m.target for m in node.mounts]
 
 
 def test_the_founder_runs_after_the_nodes_and_holds_no_member_volume() -> None:

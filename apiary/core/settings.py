@@ -79,6 +79,10 @@ class NodeSettings(ApiarySettings):
         None, description="the swarm's secret HE context file (default: in the state dir)"
     )
     coordinator: str | None = Field(None, description="coordinator host:port (federated)")
+    coordinator_cert: Path = Field(
+        Path("swarm/coordinator.pem"), description="the coordinator's TLS certificate "
+        "(federated; the coordinator writes it as coordinator.pem next to swarm.json)"
+    )
     join: str | None = Field(None, description="join the swarm through this sponsor's API URL")
     invite: str | None = Field(None, description="the sponsor's invite token (with --join)")
     join_funding_eth: float = Field(
@@ -106,11 +110,24 @@ class CoordinatorSettings(ApiarySettings):
 
     coordinator_host: str = Field("127.0.0.1", description="address the coordinator listens on")
     coordinator_port: int = Field(50060, ge=0, le=65535, description="gRPC port of the coordinator")
-    coordinator_context: Path | None = Field(
-        None, description="file holding the public HE context (never the secret one)"
+    coordinator_swarm: Path = Field(
+        Path("swarm"), description="the swarm directory apiary found wrote (swarm.json, the "
+        "public HE context); the coordinator publishes coordinator.pem there"
     )
-    coordinator_members: str = Field("", description="comma-separated names of the member nodes")
-    param_count: int | None = Field(None, ge=1, description="parameters in the flat model vector")
+    coordinator_state: Path = Field(
+        Path("coordinator-state"), description="the coordinator's TLS key and its rounds"
+    )
+    coordinator_context: Path | None = Field(
+        None, description="file holding the public HE context, never the secret one "
+        "(default: he-public.ctx in the swarm directory)"
+    )
+    rpc_url: str | None = Field(
+        None, description="chain JSON-RPC endpoint (default: swarm.json's)"
+    )
+    param_count: int | None = Field(
+        None, ge=1, description="parameters in the flat model vector (checked against the "
+        "contract's, which is the default)"
+    )
     min_peers: int = Field(2, ge=1, description="fewest updates a round may close with")
     round_deadline_s: float = Field(
         60.0,
@@ -118,10 +135,6 @@ class CoordinatorSettings(ApiarySettings):
         description="seconds from a round's first update until it closes without every member "
         "(it still needs min_peers updates)",
     )
-
-    @property
-    def member_names(self) -> list[str]:
-        return [name.strip() for name in self.coordinator_members.split(",") if name.strip()]
 
 
 class FoundingSettings(ApiarySettings):

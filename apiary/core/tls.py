@@ -3,7 +3,7 @@
 Every node makes its own EC P-256 key and a self-signed certificate for the host names it
 is reached by; the key never leaves its state directory. There is no swarm CA: the
 certificate is registered with the node's membership on chain, and a member trusts exactly
-the certificates of the members that are active on chain (`apiary.node.trust`). A member's
+the certificates of the members that are active on chain (`apiary.chain.trust`). A member's
 certificate may not sign certificates (its key usage is ``digitalSignature`` only, and
 ``CA:FALSE``): TLS does not enforce ``CA:FALSE`` on a trust anchor, but it does refuse an
 issuer without ``keyCertSign``, so no member can mint a certificate another member's
@@ -32,6 +32,12 @@ VALIDITY = datetime.timedelta(days=3650)
 NODE_CERT, NODE_KEY = "node.pem", "node.key"
 MAX_CERTIFICATE_BYTES = 4096
 """The contract's bound on a registered certificate (a P-256 one is ~800 bytes of PEM)."""
+COORDINATOR_CERT = "coordinator.pem"
+"""The federated coordinator's certificate, as it publishes it next to swarm.json."""
+COORDINATOR_TLS_NAME = "apiary-coordinator"
+"""The host name in the coordinator's certificate that nodes check it under, whatever
+address they dial: the certificate itself is pinned, so the name adds no trust, and a
+fixed one keeps the coordinator's address free to change."""
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from apiary.core.flat import param_count as count_params
 from apiary.core.models import build_model
 from apiary.core.processes import stop_processes
 from apiary.core.settings import ChainSettings, FoundingSettings
+from apiary.core.tls import COORDINATOR_CERT
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig
 from apiary.node.founder import found
-from apiary.node.founding import PUBLIC_CONTEXT_FILE
 from apiary.node.state import saved_history
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
@@ -290,7 +290,8 @@ class LocalSwarm:
         self.rpc_url = chain.rpc_url
         self.coordinator_port = free_port()
         if options.mode == "federated":
-            self.extra_flags = ["--coordinator", f"127.0.0.1:{self.coordinator_port}"]
+            self.extra_flags = ["--coordinator", f"127.0.0.1:{self.coordinator_port}",
+                                "--coordinator-cert", str(self.out / "swarm" / COORDINATOR_CERT)]
         nodes = [self.start(name) for name in self.founders]
         for node in nodes:
             _wait_healthy(node)
@@ -322,13 +323,13 @@ class LocalSwarm:
         options, port = self.options, self.coordinator_port
         command = [sys.executable, "-m", "apiary.cli", "coordinator",
                    "--coordinator-port", str(port),
-                   "--coordinator-context", str(self.out / "swarm" / PUBLIC_CONTEXT_FILE),
-                   "--coordinator-members", ",".join(self.hospitals),
-                   "--param-count", str(self.params),
+                   "--coordinator-swarm", str(self.out / "swarm"),
+                   "--coordinator-state", str(self.out / "coordinator"),
                    "--min-peers", str(options.min_peers),
                    "--round-deadline-s", str(options.round_deadline_s)]
         self._children.append(_spawn("coordinator", command, self.out / "logs", ""))
-        self.emit(f"coordinator on 127.0.0.1:{port} (public HE context only)")
+        self.emit(f"coordinator on 127.0.0.1:{port} (mutual TLS with the members; public HE "
+                  "context only)")
 
     def state_dir(self, name: str) -> Path:
         return self.out / "state" / name
