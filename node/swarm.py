@@ -104,6 +104,8 @@ class SwarmRound:
     """(round, attempt) → (ready since, blocks aggregated when last seen, seen since)."""
     _fetched_at: dict[tuple[int, int], float] = field(default_factory=dict, init=False,
                                                       repr=False)
+    _took_over: set[tuple[int, int]] = field(default_factory=set, init=False, repr=False)
+    """(round, attempt) this node announced it relays as a backup."""
 
     def __post_init__(self) -> None:
         self.params = self.contract.he_parameters()
@@ -182,6 +184,7 @@ class SwarmRound:
         seconds["aggregate"] = time.perf_counter() - waiting_since
         self._relay_clock = {k: v for k, v in self._relay_clock.items() if k[0] > round_number}
         self._fetched_at = {k: v for k, v in self._fetched_at.items() if k[0] > round_number}
+        self._took_over = {k for k in self._took_over if k[0] > round_number}
 
         final = self.contract.round_info(round_number)
         self.inbox.prune(round_number + 1)
@@ -467,9 +470,10 @@ class SwarmRound:
         turn = max(ready_since, seen_since) + position * self.relay_takeover_s
         if now < turn:
             return False
-        if position > 0:
-            log.warning("node=%s round=%d taking over as relay (position %d)", self.node,
-                        round_number, position)
+        if position > 0 and key not in self._took_over:
+            self._took_over.add(key)
+            log.warning("node=%s round=%d attempt=%d taking over as relay (position %d)",
+                        self.node, round_number, info.attempt, position)
         return self._aggregate(round_number, info.attempt)
 
     def _aggregate(self, round_number: int, attempt: int) -> bool:
