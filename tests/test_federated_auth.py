@@ -24,6 +24,7 @@ from apiary.node import federated
 from apiary.node.federated import CHANNEL_OPTIONS, FederatedRound
 from apiary.node.rounds import RoundFailed
 from apiary.node.state import HistoryConflict, NodeState, RoundRecord
+from apiary.tools.demo import LocalSwarm
 from apiary.wire import apiary_pb2, apiary_pb2_grpc
 from tests import test_coordinator as shared
 from tests.test_coordinator import (
@@ -36,6 +37,7 @@ from tests.test_coordinator import (
     Federation,
     stream,
 )
+from tests.test_swarm_e2e import THREE, finished, options
 
 # The coordinator tests' fixtures: a founded swarm on the devnet and CKKS updates.
 federation, public = shared.federation, shared.public
@@ -283,3 +285,33 @@ def test_an_unreachable_coordinator_is_waited_out_in_one_line(
     assert len(down) == 1 and down[0].levelno == logging.WARNING
     assert down[0].exc_info is None
     assert any("is back after" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+@pytest.mark.slow
+def test_a_coordinator_killed_mid_run_resumes_and_no_node_rewrites_a_round(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the coordinator process between rounds; restarted on its state directory,
+    it resumes at its round, and every node's history holds each round once, in order."""
+    with LocalSwarm(options(tmp_path, "federated", 5), THREE) as fed:
+        fed.found()
+        nodes = fed.start_all()
+        fed.wait_until(lambda: finished(fed, THREE, 2), 180, "round 2 everywhere")
+        fed.kill_coordinator()
+        time.sleep(2.0)
+        fed.start_coordinator()
+        fed.wait_until(lambda: all(n.process.poll() is not None for n in nodes), 240,
+                       "five federated rounds")
+        assert all(n.process.returncode == 0 for n in nodes)
+        for name in THREE:
+            rounds = [r["round"] for r in fed.history(name)]
+            assert rounds == sorted(set(rounds)) and rounds[-1] == 5, (name, rounds)
+            log = (fed.out / "logs" / f"{name}.log").read_text()
+            assert "Traceback" not in log
+        weights = [np.load(fed.state_dir(n) / "global.npy") for n in THREE]
+        assert all(np.array_equal(weights[0], w) for w in weights[1:])
+        coordinator = (fed.out / "logs" / "coordinator.log").read_text()
+        assert "resuming at round" in coordinator

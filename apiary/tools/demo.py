@@ -246,6 +246,7 @@ class LocalSwarm:
         """Each founder's account, as the ceremony registered it."""
         self._stack = contextlib.ExitStack()
         self._children: list[NodeProcess] = []
+        self.coordinator: NodeProcess | None = None
 
     def __enter__(self) -> LocalSwarm:
         return self
@@ -267,7 +268,7 @@ class LocalSwarm:
         founded = found(self.founding_settings(), lambda line: self.emit(f"found: {line}"))
         self.contract_address, self.addresses = founded.contract, dict(founded.members)
         if self.options.mode == "federated":
-            self._start_coordinator()
+            self.start_coordinator()
 
     def start_founders(self) -> list[NodeProcess]:
         """Shards, the devnet, and every founder's node with nothing but its data: each makes
@@ -319,7 +320,9 @@ class LocalSwarm:
             membership=options.membership, enrol_window_s=window, commit_window_s=window,
         )
 
-    def _start_coordinator(self) -> None:
+    def start_coordinator(self) -> NodeProcess:
+        """Start the coordinator (again, after `kill_coordinator`: on the same port and
+        state directory, so it resumes at its round)."""
         options, port = self.options, self.coordinator_port
         command = [sys.executable, "-m", "apiary.cli", "coordinator",
                    "--coordinator-port", str(port),
@@ -327,9 +330,17 @@ class LocalSwarm:
                    "--coordinator-state", str(self.out / "coordinator"),
                    "--min-peers", str(options.min_peers),
                    "--round-deadline-s", str(options.round_deadline_s)]
-        self._children.append(_spawn("coordinator", command, self.out / "logs", ""))
+        self.coordinator = _spawn("coordinator", command, self.out / "logs", "")
+        self._children.append(self.coordinator)
         self.emit(f"coordinator on 127.0.0.1:{port} (mutual TLS with the members; public HE "
                   "context only)")
+        return self.coordinator
+
+    def kill_coordinator(self) -> None:
+        """SIGKILL the coordinator: it gets no chance to write anything on the way out."""
+        if self.coordinator is not None:
+            self.coordinator.process.kill()
+            self.coordinator.process.wait()
 
     def state_dir(self, name: str) -> Path:
         return self.out / "state" / name
