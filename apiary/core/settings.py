@@ -51,6 +51,10 @@ class ChainSettings(ApiarySettings):
         1_000_000_000, description="block gas limit; one aggregate of 10 nodes needs ~55M"
     )
     anvil_bin: Path | None = Field(None, description="anvil executable (default: node_modules)")
+    devnet_state: Path | None = Field(
+        None, description="file the devnet keeps the chain in across restarts, written every "
+        "few seconds and on exit (default: memory only; `apiary devnet` uses devnet/state.json)"
+    )
 
 
 class NodeSettings(ApiarySettings):
@@ -99,6 +103,17 @@ class NodeSettings(ApiarySettings):
         5.0, description="extra seconds each backup relay waits before taking over"
     )
     round_timeout_s: float = Field(600.0, description="give up on a round after this long")
+    guard_max_weight: float = Field(
+        1e3, gt=0, allow_inf_nan=False,
+        description="reject an aggregate with a weight of larger magnitude (model kept)")
+    guard_change_ratio: float = Field(
+        2.0, gt=0, allow_inf_nan=False,
+        description="largest change an aggregate may make to the model, in multiples of "
+        "the model's norm (or of recent changes: --guard-change-factor)")
+    guard_change_factor: float = Field(
+        5.0, gt=0, allow_inf_nan=False,
+        description="largest change an aggregate may make, in multiples of the largest "
+        "change of the last 5 adopted rounds (whichever bound allows more)")
 
     @property
     def endpoint(self) -> str:
