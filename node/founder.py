@@ -41,6 +41,7 @@ from web3 import Web3
 
 from apiary.chain.binding import ContractRejected, SwarmContract, send_ether
 from apiary.chain.devnet import dev_private_keys
+from apiary.core.admin_token import require_admin_token
 from apiary.core.data.heart import FEATURE_NAMES
 from apiary.core.data.shards import Shard
 from apiary.core.errors import ConfigError
@@ -159,6 +160,7 @@ class Founders:
 
 
 def found(settings: FoundingSettings, emit: Callable[[str], None]) -> Founded:
+    token = require_admin_token(settings.admin_token, what="founding (the founders' admin APIs)")
     try:
         urls = settings.member_urls
     except ValueError as exc:
@@ -172,7 +174,7 @@ def found(settings: FoundingSettings, emit: Callable[[str], None]) -> Founded:
         return _already_founded(w3, marker, emit)
     params = param_count_for(settings.model, settings.dataset)
     deployer_key = settings.funding_key or dev_private_keys(1)[0]
-    founders = Founders(urls, settings.admin_token)
+    founders = Founders(urls, token)
     try:
         return _ceremony(settings, w3, founders, deployer_key, params, emit)
     finally:

@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 
+from apiary.core.admin_token import require_admin_token
 from apiary.core.settings import NodeSettings
 from apiary.node.runtime import NodeRuntime
 
@@ -21,6 +22,7 @@ def configure_logging() -> None:
 
 
 def run_node(settings: NodeSettings) -> None:
+    require_admin_token(settings.admin_token, what=f"node {settings.name}'s admin API")
     configure_logging()
     log = logging.getLogger("apiary.node")
     runtime = NodeRuntime.create(settings)

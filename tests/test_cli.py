@@ -77,7 +77,7 @@ def test_a_node_whose_chain_does_not_answer_is_one_line(tmp_path: Path) -> None:
     rpc_url = f"http://127.0.0.1:{free_port()}"
     args = ["node", "--name", "va", "--data", "va.npz", "--state-dir", "state",
             "--contract", "0x" + "11" * 20, "--private-key", dev_private_keys(2)[1],
-            "--rpc-url", rpc_url]
+            "--rpc-url", rpc_url, "--admin-token", "cli-test-admin-token"]
     run = apiary(*args, cwd=tmp_path)
     assert run.returncode == 1
     assert f"cannot reach {rpc_url}/: Connection refused" in one_error_line(run)
@@ -153,6 +153,25 @@ def test_a_guard_bound_must_be_a_positive_number(tmp_path: Path, value: str) -> 
     assert run.returncode == 2
     assert "guard_max_weight" in one_error_line(run)
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(("token", "says"), [
+    (None, "needs an admin token"), ("change-me", "placeholder"), ("short-token", "11 characters"),
+])
+def test_a_node_without_a_real_admin_token_refuses_to_start(tmp_path: Path, token: str | None,
+                                                            says: str) -> None:
+    args = ["node", "--name", "va", "--state-dir", "state"]
+    run = apiary(*args, *(["--admin-token", token] if token else []), cwd=tmp_path)
+    assert run.returncode == 2
+    line = one_error_line(run)
+    assert says in line and "APIARY_ADMIN_TOKEN" in line and "openssl rand" in line
+    assert not (tmp_path / "state").exists()
+
+
+def test_founding_without_an_admin_token_refuses_before_the_chain(tmp_path: Path) -> None:
+    run = apiary("found", "--founding-members", "a=http://127.0.0.1:1,b=http://127.0.0.1:2",
+                 "--rpc-url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert run.returncode == 2 and "needs an admin token" in one_error_line(run)
 
 
 def test_a_devnet_whose_chain_is_unreadable_says_so(tmp_path: Path) -> None:

@@ -68,7 +68,9 @@ class NodeSettings(ApiarySettings):
     mode: str = Field("swarm", description="swarm (on chain) or federated (coordinator)")
     api_host: str = Field("127.0.0.1", description="admin API listen address")
     api_port: int = Field(8000, ge=0, le=65535, description="admin API port")
-    admin_token: str = Field("change-me", description="bearer token for admin API calls")
+    admin_token: str | None = Field(
+        None, description="bearer token for admin API calls (required, no default: a random "
+        "secret of at least 16 characters, e.g. `openssl rand -hex 24`)")
     grpc_host: str = Field("127.0.0.1", description="peer gRPC listen address")
     grpc_port: int = Field(50051, ge=0, le=65535, description="peer gRPC port")
     advertise: str | None = Field(None, description="gRPC endpoint peers use (host:port)")
@@ -166,8 +168,8 @@ class FoundingSettings(ApiarySettings):
         "", description="comma-separated name=URL of each founding node's admin API, e.g. "
         "cleveland=http://cleveland:8000; the first creates the swarm's HE key"
     )
-    admin_token: str = Field(
-        "change-me", description="bearer token of the founding nodes' admin APIs"
+    admin_token: str | None = Field(
+        None, description="bearer token of the founding nodes' admin APIs (required)"
     )
     admin: str | None = Field(
         None, description="hand the contract's admin role to this address, or to the founding "

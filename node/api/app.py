@@ -10,6 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from apiary.core.admin_token import require_admin_token
 from apiary.core.errors import ApiaryError
 from apiary.core.settings import NodeSettings
 from apiary.node.api import founding as ceremony
@@ -28,7 +29,9 @@ def create_app(
     founding: Founding,
     joiner: JoinControl | None,
 ) -> FastAPI:
-    """The admin API of one node; `joiner` is None on a node that does not join."""
+    """The admin API of one node; `joiner` is None on a node that does not join.
+    Refuses (AdminTokenRefused) to make one whose admin token is missing or weak."""
+    require_admin_token(settings.admin_token, what=f"node {settings.name}'s admin API")
     app = FastAPI(
         title=f"Apiary node {settings.name}",
         version="1",

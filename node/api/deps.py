@@ -131,7 +131,8 @@ def require_admin(
     if credentials is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(credentials.credentials.encode(),
-                                  settings.admin_token.encode()):
+    expected = settings.admin_token
+    if not expected or not secrets.compare_digest(credentials.credentials.encode(),
+                                                  expected.encode()):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
