@@ -71,6 +71,10 @@ class NodeSettings(ApiarySettings):
     admin_token: str | None = Field(
         None, description="bearer token for admin API calls (required, no default: a random "
         "secret of at least 16 characters, e.g. `openssl rand -hex 24`)")
+    api_max_body_bytes: int = Field(
+        1 << 20, ge=64 << 10, le=64 << 20, description="largest admin API request body in "
+        "bytes (a longer one is refused with 413); the largest legitimate one, a sealed HE "
+        "key, is about 530 KB")
     grpc_host: str = Field("127.0.0.1", description="peer gRPC listen address")
     grpc_port: int = Field(50051, ge=0, le=65535, description="peer gRPC port")
     advertise: str | None = Field(None, description="gRPC endpoint peers use (host:port)")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -16,6 +12,7 @@ from apiary.core.settings import NodeSettings
 from apiary.node.api import founding as ceremony
 from apiary.node.api import health, membership, metrics, rounds
 from apiary.node.api.deps import Founding, History, InviteIssuer, JoinControl, Sponsoring
+from apiary.node.api.limits import BodySizeLimit, describe_errors
 from apiary.node.ports import NodeView
 
 
@@ -47,6 +44,7 @@ def create_app(
     app.state.metrics = metrics.NodeMetrics()
     app.add_exception_handler(ApiaryError, apiary_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
     for router in (health.router, rounds.router, membership.router,
                    membership.invitee_router, ceremony.router, ceremony.open_router,
                    metrics.router):
@@ -61,17 +59,7 @@ def apiary_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422 answer, with non-finite numbers in the echoed input as strings
-    (JSON has no NaN, so the default answer would fail to render)."""
+    """422 with where each error is and what is wrong, never the input (FastAPI's default
+    echoes it back: a huge body would come back whole)."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse({"detail": _finite(jsonable_encoder(errors))}, status_code=422)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    return JSONResponse({"detail": describe_errors(errors)}, status_code=422)

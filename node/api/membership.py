@@ -42,8 +42,8 @@ AddressPath = Annotated[EthAddress, Path(description="a member's Ethereum addres
 
 
 class InviteRequest(BaseModel):
-    ttl_s: float = Field(3600.0, gt=0, le=MAX_INVITE_TTL_S, allow_inf_nan=False,
-                         description="lifetime in seconds")
+    ttl_s: float = Field(3600.0, gt=0, le=MAX_INVITE_TTL_S, allow_inf_nan=False, strict=True,
+                         description="lifetime in seconds (a JSON number)")
 
 
 class InviteCreated(BaseModel):
