@@ -30,9 +30,10 @@ from apiary.core.he import HEContext
 from apiary.core.keywrap import WrappedSecret, wrap, wrap_context
 from apiary.core.tls import MAX_CERTIFICATE_BYTES, check_member_certificate
 from apiary.node.identity import EthAddress, checksum_address
-from apiary.node.invites import InviteBook, Refused
+from apiary.node.invites import Admission, InviteBook, Refused
 from apiary.node.keys import KeyRing
 from apiary.node.ports import SwarmLink
+from apiary.node.resumption import HandoverRequest, signer_problem
 from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
 log = logging.getLogger("apiary.node.onboarding")
@@ -165,14 +166,21 @@ class Sponsor:
     # ------------------------------------------------------------------ admission
 
     def admit(self, request: JoinRequest) -> Handover | Pending:
-        """The hand-over, or Pending while approvals are missing; Refused otherwise."""
+        """The hand-over, or Pending while approvals are missing; Refused otherwise.
+
+        The invite is reserved for the newcomer before any transaction and stays so while
+        the chain lists it (proposed or admitted); it is spent with the hand-over, and
+        released if nothing reached the chain.
+        """
         link = self._link()
+        with self.invites.admission(request.invite, request.address) as held:
+            return self._admit(link, request, held)
+
+    def _admit(self, link: SwarmLink, request: JoinRequest,
+               held: Admission) -> Handover | Pending:
         contract = link.contract
-        invites = self.invites
-        invite = invites.check(request.invite, request.address)
-        approved_since = invite.reserved_for is not None
         record = contract.member(request.address)
-        if record.active and not approved_since:
+        if record.active and not held.held_before:
             raise Refused(409, f"{request.address} is already a member")
         key = bytes.fromhex(request.x25519_public_key)
         certificate = request.tls_certificate.encode()
@@ -192,25 +200,57 @@ class Sponsor:
                                         request.dataset_size)
         except ContractRejected as exc:
             raise Refused(409, str(exc)) from exc
-        if not contract.member(request.address).active:
-            invites.reserve(request.invite, request.address)
+        except Exception:
+            _hold_if_registered(contract, request.address, held)
+            raise
+        record = contract.member(request.address)
+        held.hold()
+        if not record.active:
             approvals = contract.proposal_approvals(request.address)
             needed = contract.active_member_count() // 2 + 1
             log.info("node=%s proposed %s: %d of %d approvals", self.node, request.address,
                      approvals, needed)
             return Pending(approvals=approvals, needed=needed)
-        # Reserved first: should the hand-over fail, the newcomer (now a member on chain)
-        # can ask again with the same invite; used once it has its hand-over.
-        invites.reserve(request.invite, request.address)
+        # Held until the hand-over: should it fail, the newcomer (now a member on chain) can
+        # ask again with the same invite; spent once it has its hand-over.
+        if (record.x25519_public_key != key
+                or record.tls_certificate.strip() != certificate.strip()):
+            raise Refused(409, f"the chain registers {request.address} with another X25519 key "
+                               "or TLS certificate than this request names; ask again with "
+                               "the node's own (GET /v1/identity on it)")
         if (self.funding_wei
                 and contract.w3.eth.get_balance(request.address) < self.funding_wei // 2):
             contract.fund(request.address, self.funding_wei)
         if link.trust is not None:
             link.trust.invalidate()
-        handover = self._handover(link, request.address, key)
-        invites.mark_used(request.invite, request.address)
+        handover = self._handover(link, request.address, record.x25519_public_key)
+        held.use()
         log.info("node=%s admitted %s (%s, %d samples)", self.node, request.address,
                  request.endpoint, request.dataset_size)
+        return handover
+
+    def resume(self, address: str, request: HandoverRequest) -> Handover:
+        """The hand-over again, for a member admitted with `request.invite` whose join failed
+        after the admission (see :mod:`apiary.node.resumption`). Sealed to the X25519 key
+        the chain registers for `address`; Refused unless the request is signed by
+        `address`'s key and the invite admitted `address`."""
+        link = self._link()
+        address = _checksum(address)
+        problem = signer_problem(address, request)
+        if problem is not None or not self.invites.admitted_with(request.invite, address):
+            log.warning("node=%s refused a hand-over request for %s: %s", self.node, address,
+                        problem or "not the invite it was admitted with")
+            raise Refused(403, problem or f"this sponsor admitted {address} with no such "
+                                          "invite; ask the sponsor that admitted it")
+        record = link.contract.member(address)
+        if not record.active:
+            raise Refused(409, f"{address} is not an active member: ask for admission "
+                               "(POST /v1/members) first")
+        if link.trust is not None:
+            link.trust.invalidate()
+        handover = self._handover(link, address, record.x25519_public_key)
+        self.invites.spend(request.invite, address)
+        log.info("node=%s handed over to %s again", self.node, address)
         return handover
 
     def _handover(self, link: SwarmLink, address: str, x25519_public: bytes) -> Handover:
@@ -361,6 +401,16 @@ class Sponsor:
             raise Refused(409, str(exc)) from exc
         log.info("node=%s holds the contract's admin role", self.node)
         return self.admin_role()
+
+
+def _hold_if_registered(contract: SwarmContract, address: str, held: Admission) -> None:
+    """After a transaction failed without a revert (a timeout, say): keep the invite for
+    `address` if the chain lists it anyway, or if the chain cannot be asked."""
+    try:
+        if contract.member(address).active or contract.proposal_approvals(address):
+            held.hold()
+    except Exception:  # the chain does not answer: the safe side is to keep it held
+        held.hold()
 
 
 def _checksum(address: str) -> str:
