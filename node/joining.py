@@ -6,12 +6,20 @@ it with their public halves, and accepts the hand-over only after checking it ag
 chain: it is listed as a member with its own X25519 key and certificate, every unwrapped HE
 context matches its epoch's digest on chain, and the global weights equal its own
 decryption of the latest on-chain aggregate.
+
+A join survives failures after the sponsor answered: it keeps its progress in the state
+directory (``join.json``: sponsor, invite, whether the sponsor admitted it), retries what
+may pass later (a sponsor or chain that does not answer, a 5xx) with growing pauses, and,
+once admitted, asks the sponsor for its hand-over again, signed with its own Ethereum key
+(:mod:`apiary.node.resumption`), rather than for an admission its spent invite no longer
+gets. A restarted node resumes a join it had not finished.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import threading
 import time
@@ -25,7 +33,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from apiary.chain.binding import SwarmContract
+from apiary.core.backoff import Backoff
 from apiary.core.errors import ApiaryError
+from apiary.core.files import write_private_json
 from apiary.core.flat import weights_digest
 from apiary.core.keywrap import WrappedSecret, unwrap, wrap_context
 from apiary.core.tls import TlsFiles
@@ -34,10 +44,15 @@ from apiary.node.identity import Identity
 from apiary.node.keys import KeyRing
 from apiary.node.onboarding import Handover, Pending
 from apiary.node.ports import AggregateSource
+from apiary.node.resumption import sign_handover_request
 
 log = logging.getLogger("apiary.node.join")
 
 APPROVAL_POLL_S = 2.0
+JOIN_FILE = "join.json"
+JOIN_ATTEMPTS = 6
+"""Tries of a join whose failures may pass (about 1 + 2 + 4 + 8 + 16 s of pauses)."""
+RETRY_FIRST_S = 1.0
 
 JoinState = Literal["idle", "requesting admission", "awaiting approval",
                     "verifying", "member", "failed"]
@@ -45,6 +60,11 @@ JoinState = Literal["idle", "requesting admission", "awaiting approval",
 
 class JoinFailed(ApiaryError, RuntimeError):
     """The sponsor refused, or its hand-over did not check out against the chain."""
+
+
+class JoinRetry(ApiaryError, RuntimeError):
+    """A failure that may pass: the sponsor answered 5xx, or its hand-over did not match
+    the chain's latest aggregate (a round finished in between)."""
 
 
 class JoinProgress(BaseModel):
@@ -118,20 +138,78 @@ class Joiner:
                                         daemon=True)
         self._thread.start()
 
+    @property
+    def resumable(self) -> bool:
+        """A join this node started and has not finished (before a restart, say)."""
+        saved = self._saved()
+        return bool(saved.get("sponsor") and saved.get("invite")) and not saved.get("member")
+
+    def resume(self) -> None:
+        """Take up the unfinished join kept in the state directory."""
+        saved = self._saved()
+        log.info("node=%s resumes its join through %s", self.node.name, saved["sponsor"])
+        self.start(str(saved["sponsor"]), str(saved["invite"]))
+
     def _run(self, invite: str) -> None:
+        backoff = Backoff(first_s=RETRY_FIRST_S)
         try:
-            self._join(invite)
-            self.state = "member"
+            for attempt in range(1, JOIN_ATTEMPTS + 1):
+                try:
+                    self._join(invite)
+                    self.state, self.error = "member", None
+                    self._save(invite, admitted=True, member=True)
+                    return
+                except JoinFailed:
+                    raise
+                except Exception as exc:  # may pass: a sponsor or chain that did not answer
+                    if attempt == JOIN_ATTEMPTS:
+                        raise
+                    pause = backoff.next()
+                    self.error = f"attempt {attempt} of {JOIN_ATTEMPTS}: {exc}"
+                    log.warning("node=%s join attempt %d through %s failed (%s); trying again "
+                                "in %.0f s", self.node.name, attempt, self.sponsor, exc, pause)
+                    time.sleep(pause)
         except Exception as exc:  # the join thread reports any failure through /v1/join
             self.state, self.error = "failed", str(exc)
-            log.error("node=%s join failed: %s", self.node.name, exc)
+            log.error("node=%s join through %s failed: %s", self.node.name, self.sponsor, exc)
         finally:
             self.finished_at = time.time()
 
+    def _saved(self) -> dict[str, object]:
+        try:
+            saved = json.loads((self.node.state_dir / JOIN_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return saved if isinstance(saved, dict) else {}
+
+    def _save(self, invite: str, *, admitted: bool, member: bool = False) -> None:
+        """The join's progress, private (it holds the invite, which with this node's key
+        gets its hand-over again)."""
+        self.node.state_dir.mkdir(parents=True, exist_ok=True)
+        write_private_json(self.node.state_dir / JOIN_FILE,
+                           {"sponsor": self.sponsor, "invite": invite,
+                            "address": self.node.identity.address, "admitted": admitted,
+                            "member": member})
+
+    def _admitted_before(self, invite: str) -> bool:
+        saved = self._saved()
+        return (saved.get("sponsor") == self.sponsor and saved.get("invite") == invite
+                and bool(saved.get("admitted")))
+
     def _join(self, invite: str) -> None:
-        node = self.node
-        identity = node.identity
+        identity = self.node.identity
         self.address = identity.address
+        if self._admitted_before(invite):
+            self.state = "requesting admission"
+            handover = self._ask_again(invite, None)
+        else:
+            self._save(invite, admitted=False)
+            handover = self._ask_admission(invite)
+        self._save(invite, admitted=True)
+        self._verify_and_adopt(handover)
+
+    def _ask_admission(self, invite: str) -> Handover:
+        node, identity = self.node, self.node.identity
         self.state = "requesting admission"
         body = {"invite": invite, "address": identity.address,
                 "x25519_public_key": identity.x25519_public, "endpoint": node.endpoint,
@@ -143,12 +221,26 @@ class Joiner:
                 self.pending = Pending.model_validate(reply.json())
                 time.sleep(APPROVAL_POLL_S)
                 continue
-            if reply.status_code != 200:
-                raise JoinFailed(f"the sponsor refused ({reply.status_code}): "
-                                 f"{_detail(reply)}")
             break
-        handover = Handover.model_validate(reply.json())
+        if reply.status_code == 409:
+            # Admitted already, its answer lost? The sponsor hands over again only to this
+            # node's key; otherwise the first refusal stands.
+            return self._ask_again(invite, reply)
+        _check_reply(reply)
+        return Handover.model_validate(reply.json())
 
+    def _ask_again(self, invite: str, refusal: httpx.Response | None) -> Handover:
+        address, request = sign_handover_request(self.node.identity.private_key, invite)
+        reply = httpx.post(f"{self.sponsor}/v1/members/{address}/handover",
+                           json=request.model_dump(), timeout=120)
+        if reply.status_code != 200 and refusal is not None:
+            _check_reply(refusal)
+        _check_reply(reply)
+        log.info("node=%s got its hand-over again from %s", self.node.name, self.sponsor)
+        return Handover.model_validate(reply.json())
+
+    def _verify_and_adopt(self, handover: Handover) -> None:
+        node, identity = self.node, self.node.identity
         self.state = "verifying"
         contract = node.connect(handover.contract, handover.rpc_url, identity.private_key)
         record = contract.member(identity.address)
@@ -174,11 +266,19 @@ class Joiner:
         if round_number > 0:
             on_chain = aggregates.fetch_aggregate(round_number, node.param_count)
             if weights_digest(on_chain.weights) != weights_digest(weights):
-                raise JoinFailed(f"the weights handed over differ from round {round_number}'s "
-                                 "aggregate on chain")
+                raise JoinRetry(f"the weights handed over differ from round {round_number}'s "
+                                "aggregate on chain")
         log.info("node=%s joined the swarm as %s at round %d", node.name, identity.address,
                  round_number)
         node.adopt(weights, round_number, weights_digest(weights))
+
+
+def _check_reply(reply: httpx.Response) -> None:
+    """Nothing for a 200; JoinRetry for a 5xx (it may pass), JoinFailed for a refusal."""
+    if reply.status_code == 200:
+        return
+    message = f"the sponsor refused ({reply.status_code}): {_detail(reply)}"
+    raise (JoinRetry if reply.status_code >= 500 else JoinFailed)(message)
 
 
 def _detail(reply: httpx.Response) -> str:

@@ -173,7 +173,8 @@ class NodeRuntime:
         )
 
     def _become_member(self) -> RoundDriver:
-        self.activate()
+        if self.driver is None:  # a retried join activates once
+            self.activate()
         assert self.driver is not None
         return self.driver
 
@@ -288,6 +289,9 @@ class NodeRuntime:
                 raise NodeConfigError("--join needs --invite TOKEN")
             self.phase = "joining"
             self.joiner.start(self.settings.join, self.settings.invite)
+        elif self.joiner is not None and self.joiner.resumable and not self.ready.is_set():
+            self.phase = "joining"
+            self.joiner.resume()
         while not self.ready.wait(0.5):
             if self.stop_event.is_set():
                 return

@@ -285,7 +285,8 @@ ADMIN_ROUTES = [
     ("POST", "/v1/he-key/delivery", {"epoch": 0, "wrapped": SEALED}),
 ]
 OPEN_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/ready"), ("GET", "/metrics"),
-               ("GET", "/v1/identity"), ("POST", "/v1/members")}
+               ("GET", "/v1/identity"), ("POST", "/v1/members"),
+               ("POST", "/v1/members/{address}/handover")}
 
 
 def test_the_admin_routes_listed_here_are_all_the_app_has(api: Api) -> None:
@@ -313,7 +314,10 @@ def test_admin_routes_refuse_a_missing_or_wrong_token(
     assert api.invites.snapshot() == {}
 
 
-@pytest.mark.parametrize(("method", "path"), sorted(OPEN_ROUTES - {("POST", "/v1/members")}))
+INVITEE_ROUTES = {("POST", "/v1/members"), ("POST", "/v1/members/{address}/handover")}
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(OPEN_ROUTES - INVITEE_ROUTES))
 def test_probes_and_metrics_need_no_token(api: Api, method: str, path: str) -> None:
     assert api.client.request(method, path).status_code == 200
 

@@ -1,8 +1,9 @@
 """Membership: invites, admitting, approving and removing members, and this node's own
 join through a sponsor.
 
-``POST /v1/members`` is called by a joining node and authorised by its invite; every other
-route here needs the admin token.
+``POST /v1/members`` is called by a joining node and authorised by its invite, and
+``POST /v1/members/{address}/handover`` by a member's signature and the invite it was
+admitted with; every other route here needs the admin token.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from apiary.node.onboarding import (
     Removal,
     Rotation,
 )
+from apiary.node.resumption import HandoverRequest
 
 MAX_INVITE_TTL_S = 30 * 86400
 
@@ -86,6 +88,20 @@ def admit_member(request: JoinRequest, response: Response,
     if isinstance(answer, Pending):
         response.status_code = 202
     return answer
+
+
+@invitee_router.post(
+    "/v1/members/{address}/handover", response_model=Handover,
+    responses={403: {"description": "not signed by the member's key, or not the invite it "
+                                    "was admitted with"},
+               409: {"description": "not an active member"}},
+)
+def resume_handover(address: AddressPath, request: HandoverRequest,
+                    sponsor: SponsorDep) -> Handover:
+    """A member whose join failed after its admission asks for its hand-over again, signed
+    with its Ethereum key and with the invite it was admitted with; the HE key is sealed to
+    the X25519 key the chain registers for it."""
+    return sponsor.resume(address, request)
 
 
 @router.post("/v1/members/{address}/approval", response_model=Approval)
