@@ -37,6 +37,8 @@ from apiary.node.state import saved_history
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
 STOP_GRACE_S = 15.0
+DEVNET_RESTART_S = 120.0
+"""How long a restarted devnet may take to load its state file (it grows with the chain)."""
 
 
 class DemoFailed(ApiaryError, RuntimeError):
@@ -373,7 +375,7 @@ class LocalSwarm:
         if not self.keep_devnet_state:
             raise DemoFailed("the devnet keeps no state file: a restart would lose the swarm")
         self.devnet.stop()
-        self.devnet.start()
+        self.devnet.start(timeout=DEVNET_RESTART_S)
         self.emit(f"devnet restarted on {self.devnet.rpc_url} from its state file")
 
     def kill(self, name: str) -> None:

@@ -238,7 +238,16 @@ class Chaos:
     devnet_restarted: bool = False
     began: float = field(default_factory=time.monotonic)
 
+    error: BaseException | None = None
+
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # the soak run reports it and stops
+            self.error = exc
+            self.stop.set()
+
+    def _run(self) -> None:
         rng = random.Random(self.options.seed)
         actions = ["kill", "pause", "devnet", "kill", "pause", "kill"]
         step = 0
@@ -313,6 +322,8 @@ def run_soak(options: SoakOptions, emit: Callable[[str], None]) -> SoakReport:
                     last = min(finished)
                     emit(f"every honest node holds round {last} of {options.rounds} "
                          f"({time.monotonic() - started:.0f} s)")
+                if chaos.error is not None:
+                    raise SoakFailed(f"the chaos loop failed: {chaos.error}")
                 return all(swarm.nodes[n].process.poll() == 0 for n in swarm.founders)
             swarm.wait_until(done, options.timeout_s, f"{options.rounds} rounds")
         finally:
