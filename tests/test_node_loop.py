@@ -13,12 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from web3.exceptions import BadFunctionCallOutput
 
+from apiary.chain.binding import SwarmContract
 from apiary.core.data.sample import write_sample_shard
 from apiary.core.settings import NodeSettings
 from apiary.node import runtime
 from apiary.node.invites import InviteBook
 from apiary.node.keys import KeyRing
+from apiary.node.ports import SwarmLink
 from apiary.node.rounds import RoundOutcome
 from apiary.node.state import NodeState
 from apiary.node.trainer import LocalTrainer
@@ -108,3 +111,16 @@ def test_a_node_restarted_on_poisoned_saved_weights_starts_again(node) -> None:
     node.load_or_initialise()
     assert np.all(np.isfinite(node.weights))
     assert node.state.round == 0
+
+
+def test_a_chain_without_the_swarms_contract_stops_the_node_in_one_line(node, w3,
+                                                                         dev_keys) -> None:
+    """A devnet restarted without its state answers, but holds no contract any more: the
+    node says so and stops, rather than dying on a BadFunctionCallOutput traceback."""
+    gone = SwarmContract.at(w3, "0x" + "12" * 20, dev_keys[1])
+    node.link = SwarmLink(gone, "http://127.0.0.1:8545", None)
+    node.driver = ScriptedDriver([raising(BadFunctionCallOutput("no code at the address"))])
+    with pytest.raises(runtime.ContractGone, match="no longer holds the swarm's contract"):
+        node.run()
+    assert node.phase.startswith("stopped")
+    assert node.state.snapshot()["history"] == []
