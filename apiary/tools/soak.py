@@ -272,7 +272,7 @@ class Chaos:
                 self.stop.wait(self.options.window_s * 1.5)
                 self.swarm.nodes[name].process.send_signal(signal.SIGCONT)
             else:
-                name = "devnet"
+                action, name = "restart", "devnet"
                 self.swarm.restart_devnet()
                 self.devnet_restarted = True
             self.log.append({"what": f"{action} {name}", "at_s": round(started - self.began, 1),
