@@ -3,6 +3,11 @@
 With a :class:`~apiary.node.trust.MemberTrust` the server is mutual TLS and accepts only the
 certificates of the members active on chain; each call that serves or accepts data checks
 again that the caller's certificate is the one registered for an active member.
+
+Streams are bounded (:mod:`apiary.core.streamguard`): each has a deadline from its declared
+block count, a member holds at most `StreamLimits.per_peer` pushes at a time, messages are
+at most one data chunk, and calls beyond the server's capacity are refused, not queued. A
+stream cut short is dropped whole; nothing of it is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +22,13 @@ from eth_utils import to_checksum_address
 
 from apiary.chain.binding import SwarmContract
 from apiary.core.keywrap import UnwrapError, WrappedSecret, unwrap, wrap_context
+from apiary.core.streamguard import (
+    MAX_CONCURRENT_RPCS,
+    PeerSlots,
+    StreamDeadline,
+    StreamLimits,
+    server_options,
+)
 from apiary.core.transport import (
     ReceivedUpdate,
     TransportError,
@@ -81,7 +93,7 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
 
     def __init__(self, contract: SwarmContract, inbox: Inbox, node: str,
                  keys: KeyRing | None = None, x25519_private: bytes | None = None,
-                 trust: MemberTrust | None = None) -> None:
+                 trust: MemberTrust | None = None, limits: StreamLimits | None = None) -> None:
         self.contract = contract
         self.inbox = inbox
         self.node = node
@@ -93,31 +105,67 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
         self.block_count = params.block_count
         self.modulus = params.modulus
         self._chain_lock = threading.Lock()
+        self.limits = limits or StreamLimits()
+        self.pushes = PeerSlots(self.limits.per_peer)
+        """Open pushes per member (by its certificate's address; by the header's sender on
+        a plaintext server, which identifies nobody)."""
 
-    def _check_caller(self, context: grpc.ServicerContext) -> None:
-        """Abort unless the TLS client certificate is an active member's, on chain now."""
+    def _check_caller(self, context: grpc.ServicerContext) -> str | None:
+        """The caller's member address; aborts unless the TLS client certificate is an
+        active member's, on chain now. None on a plaintext server."""
         if self.trust is None:
-            return
+            return None
         presented = context.auth_context().get("x509_pem_cert") or []
         if not presented:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no TLS client certificate")
-        if self.trust.member_for(presented[0]) is None:
+        member = self.trust.member_for(presented[0])
+        if member is None:
             log.warning("node=%s refused a call from a certificate no active member holds",
                         self.node)
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           "the caller's TLS certificate is not registered for an active member")
+        return member
+
+    def _receive(self, request_iterator: Iterator[apiary_pb2.UpdateChunk],
+                 context: grpc.ServicerContext, caller: str | None) -> ReceivedUpdate | None:
+        """The whole update, within its deadline and the caller's stream slots; None when
+        the deadline (or the client) cancelled it."""
+        peers: list[str] = []
+        with StreamDeadline(context, self.limits.header_s, "the push") as deadline:
+
+            def on_header(header: apiary_pb2.UpdateHeader) -> None:
+                if caller is None:
+                    self.pushes.acquire(header.sender, "push")
+                    peers.append(header.sender)
+                deadline.extend_to(self.limits.deadline_s(header.block_count))
+
+            try:
+                if caller is not None:
+                    self.pushes.acquire(caller, "push")
+                    peers.append(caller)
+                return receive_update(request_iterator, expected_blocks=self.block_count,
+                                      modulus=self.modulus, on_header=on_header)
+            except grpc.RpcError:
+                log.warning("node=%s dropped a push from %s: %s", self.node,
+                            caller or "a plaintext peer",
+                            "past its deadline" if deadline.expired else "cancelled")
+                return None
+            finally:
+                for peer in peers:
+                    self.pushes.release(peer)
 
     def PushUpdate(
         self, request_iterator: Iterator[apiary_pb2.UpdateChunk], context: grpc.ServicerContext
     ) -> apiary_pb2.PushReply:
-        self._check_caller(context)
+        caller = self._check_caller(context)
         try:
-            update = receive_update(
-                request_iterator, expected_blocks=self.block_count, modulus=self.modulus
-            )
+            update = self._receive(request_iterator, context, caller)
         except TransportError as exc:
-            log.warning("node=%s refused a push: %s", self.node, exc)
+            log.warning("node=%s refused a push from %s: %s", self.node,
+                        caller or "a plaintext peer", exc)
             context.abort(exc.code, str(exc))
+        if update is None:
+            return apiary_pb2.PushReply()  # the call is over: nobody reads this
         header = update.header
         if not verify_update_signature(header, self.contract.address):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
@@ -171,7 +219,8 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
             context.abort(grpc.StatusCode.NOT_FOUND,
                           f"round {request.round} attempt {request.attempt}: this node holds "
                           f"no update of {sender} that matches its commitment")
-        yield from update_chunks(update.header, update.blocks)
+        with StreamDeadline(context, self.limits.deadline_s(len(update.blocks)), "the fetch"):
+            yield from update_chunks(update.header, update.blocks)
 
     def DeliverKey(
         self, request: apiary_pb2.KeyDelivery, context: grpc.ServicerContext
@@ -202,7 +251,8 @@ def start_peer_server(service: PeerService, host: str, port: int,
                       trust: MemberTrust | None = None) -> grpc.Server:
     """gRPC server for the peer service; with `trust`, mutual TLS that accepts only the
     certificates of active members."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_CONCURRENT_RPCS),
+                         options=server_options(), maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
     apiary_pb2_grpc.add_PeerServicer_to_server(service, server)
     address = f"{host}:{port}"
     if trust is None:
