@@ -117,6 +117,19 @@ class AggregatedBlock:
 
 
 @dataclass(frozen=True)
+class Proposal:
+    """A candidate proposed under the majority rule and not admitted yet, with what its
+    latest proposal carries."""
+
+    address: str
+    endpoint: str
+    tls_certificate: bytes
+    dataset_size: int
+    proposer: str
+    approvals: int
+
+
+@dataclass(frozen=True)
 class TxResult:
     transaction_hash: str
     gas_used: int
@@ -437,6 +450,24 @@ class SwarmContract:
                 transaction_hash=log["transactionHash"].to_0x_hex(),
             )
         return found
+
+    def proposals(self, from_block: int = 0) -> list[Proposal]:
+        """The candidates awaiting approval: proposed (MemberProposed), not admitted yet. What
+        each was proposed with is read from the proposing transaction's calldata."""
+        latest: dict[str, Any] = {}
+        for log in self.contract.events.MemberProposed().get_logs(from_block=from_block):
+            latest[str(log["args"]["candidate"])] = log
+        pending = []
+        for candidate, log in latest.items():
+            approvals = self.proposal_approvals(candidate)
+            if approvals == 0 or self.member(candidate).endpoint:
+                continue
+            tx = self.w3.eth.get_transaction(log["transactionHash"])
+            _, args = self.contract.decode_function_input(tx["input"])
+            pending.append(Proposal(candidate, str(args["endpoint"]),
+                                    bytes(args["tlsCertificate"]), int(args["datasetSize"]),
+                                    str(log["args"]["proposer"]), approvals))
+        return pending
 
     def finalized_root(self, round_number: int) -> bytes | None:
         logs = self.contract.events.RoundFinalized().get_logs(

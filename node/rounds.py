@@ -32,3 +32,5 @@ class RoundOutcome:
     train_loss: float | None = None
     committed: bool = True
     relay: bool = False
+    aggregate_transactions: list[str] = field(default_factory=list)
+    """The hashes of the transactions that put the aggregate on chain (swarm mode)."""

@@ -403,6 +403,7 @@ class NodeRuntime:
             committed=outcome.committed,
             relay=outcome.relay,
             change_norm=change,
+            aggregate_transactions=outcome.aggregate_transactions,
         )
         self.state.save(self.weights, outcome.round, digest, record)
         self.phase = f"round {outcome.round} done"
@@ -508,6 +509,7 @@ class NodeRuntime:
             weights_digest=digest, seconds={k: round(v, 4) for k, v in outcome.seconds.items()},
             aggregate_digests=outcome.aggregate_digests, committed=outcome.committed,
             relay=outcome.relay, status="rejected", reason=reason,
+            aggregate_transactions=outcome.aggregate_transactions,
         )
         self.state.save(self.weights, outcome.round, digest, record)
         self.phase = f"round {outcome.round} rejected"

@@ -61,6 +61,8 @@ class RoundRecord:
     reason: str | None = None
     change_norm: float | None = None
     """How far (L2 norm) the adopted model moved from the one held before."""
+    aggregate_transactions: list[str] = field(default_factory=list)
+    """Hashes of the transactions that put the round's aggregate on chain, block order."""
 
 
 @dataclass

@@ -527,4 +527,5 @@ class SwarmRound:
             weight_sum=weight_sum,
             contributors=contributors,
             aggregate_digests=["0x" + b.digest.hex() for b in ordered],
+            aggregate_transactions=[b.transaction_hash for b in ordered],
         )
