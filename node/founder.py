@@ -31,9 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 from eth_account import Account
 from eth_utils import is_address, to_checksum_address
 from pydantic import ValidationError
@@ -51,11 +49,19 @@ from apiary.core.he import HEContext
 from apiary.core.models import build_model
 from apiary.core.settings import FoundingSettings
 from apiary.core.tls import check_member_certificate
+from apiary.node.client import (
+    AdminApiError,
+    AdminClient,
+    AdminTokenRejected,
+    AdminUnreachable,
+    Answer,
+)
 from apiary.node.founding import (
     PUBLIC_CONTEXT_FILE,
     SWARM_FILE,
+    KeyDelivery,
     PublicContext,
-    WrappedKeys,
+    SwarmAssignment,
     found_swarm,
 )
 from apiary.node.identity import PublicIdentity
@@ -99,48 +105,41 @@ def wait_for_chain(rpc_url: str, timeout_s: float) -> Web3:
 
 
 class Founders:
-    """The founders' admin APIs, by name; every refusal becomes a FoundingError."""
+    """The founders' admin APIs, by name, each through an AdminClient; every failure
+    becomes a FoundingError that names the founder."""
 
     def __init__(self, urls: dict[str, str], token: str) -> None:
         self.urls = urls
-        self.client = httpx.Client(timeout=HTTP_TIMEOUT_S,
-                                   headers={"Authorization": f"Bearer {token}"})
+        self.clients = {name: AdminClient(url, token, timeout_s=HTTP_TIMEOUT_S)
+                        for name, url in urls.items()}
 
     def close(self) -> None:
-        self.client.close()
+        for client in self.clients.values():
+            client.close()
 
-    def call(self, name: str, method: str, path: str, body: Any = None) -> Any:
-        url = f"{self.urls[name]}{path}"
+    def call(self, name: str, step: Callable[[AdminClient], Answer]) -> Answer:
+        """``step`` on founder ``name``'s client, its failure told as the founder's."""
         try:
-            reply = self.client.request(method, url, json=body)
-        except httpx.HTTPError as exc:
-            raise FoundingError(f"founding member {name}: {method} {url} failed ({exc}); is "
-                                "its node running and the URL right?") from exc
-        if reply.status_code == 401:
-            raise FoundingError(f"founding member {name} refused the admin token ({url}): "
-                                "set APIARY_ADMIN_TOKEN to its nodes' token")
-        if reply.status_code >= 400:
-            raise FoundingError(f"founding member {name} refused {method} {path} "
-                                f"({reply.status_code}): {_detail(reply)}")
-        return reply.json()
+            return step(self.clients[name])
+        except AdminTokenRejected as exc:
+            raise FoundingError(f"founding member {name} refused the admin token "
+                                f"({self.urls[name]}): set APIARY_ADMIN_TOKEN to its nodes' "
+                                "token") from exc
+        except AdminApiError as exc:
+            raise FoundingError(f"founding member {name}: {exc}") from exc
 
     def wait_until_up(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        for name, url in self.urls.items():
-            while True:
-                try:
-                    if self.client.get(f"{url}/v1/health", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise FoundingError(f"founding member {name}'s admin API at {url} did not "
-                                        f"answer within {timeout_s:g} s")
-                time.sleep(POLL_S)
+        for name, client in self.clients.items():
+            try:
+                client.wait_healthy(max(0.0, deadline - time.monotonic()), poll_s=POLL_S)
+            except AdminUnreachable as exc:
+                raise FoundingError(f"founding member {name}'s admin API at {client.url} did "
+                                    f"not answer within {timeout_s:g} s") from exc
 
     def identity(self, name: str) -> PublicIdentity:
+        identity = self.call(name, AdminClient.identity)
         try:
-            identity = PublicIdentity.model_validate(self.call(name, "GET", "/v1/identity"))
             check_member_certificate(identity.certificate_bytes)
             if len(identity.x25519_bytes) != 32 or not is_address(identity.address):
                 raise ValueError("not a 32-byte X25519 key and an Ethereum address")
@@ -152,7 +151,7 @@ class Founders:
         """Every founder holds the swarm and its key and takes part (``GET /v1/swarm``)."""
         deadline = time.monotonic() + timeout_s
         for name in self.urls:
-            while (state := self.call(name, "GET", "/v1/swarm")["state"]) != "member":
+            while (state := self.call(name, AdminClient.founding_status).state) != "member":
                 if time.monotonic() > deadline:
                     raise FoundingError(f"founding member {name} is {state!r} {timeout_s:g} s "
                                         "after the ceremony; see its log")
@@ -188,7 +187,7 @@ def _ceremony(settings: FoundingSettings, w3: Web3, founders: Founders, deployer
     first = names[0]
 
     emit(f"{first} creates the swarm's HE key (POST /v1/he-key); its secret stays there")
-    he, public = _public_context(founders.call(first, "POST", "/v1/he-key"), first)
+    he, public = _public_context(founders.call(first, AdminClient.create_key), first)
 
     identities = {name: founders.identity(name) for name in names}
     for name, identity in identities.items():
@@ -215,18 +214,18 @@ def _ceremony(settings: FoundingSettings, w3: Web3, founders: Founders, deployer
         _transfer(w3, deployer_key, identity.address, wei)
         emit(f"member {name}: {identity.address} at {identity.endpoint}")
 
-    assignment = {"contract": contract.address, "rpc_url": settings.rpc_url}
+    assignment = SwarmAssignment(contract=contract.address, rpc_url=settings.rpc_url)
     for name in names:
-        state = founders.call(name, "POST", "/v1/swarm", assignment)["state"]
+        state = founders.call(name, lambda c: c.assign_swarm(assignment)).state
         emit(f"{name} accepts the swarm ({state})")
-    wrapped = WrappedKeys.model_validate(founders.call(first, "POST", "/v1/he-key/wrapped"))
+    wrapped = founders.call(first, AdminClient.wrap_keys)
     sealed = {w.address: w.wrapped for w in wrapped.keys}
     for name in names[1:]:
         address = identities[name].address
         if address not in sealed:
             raise FoundingError(f"{first} sealed no HE key to {name} ({address})")
-        body = {"epoch": wrapped.epoch, "wrapped": sealed[address]}
-        state = founders.call(name, "POST", "/v1/he-key/delivery", body)["state"]
+        delivery = KeyDelivery(epoch=wrapped.epoch, wrapped=sealed[address])
+        state = founders.call(name, lambda c, d=delivery: c.deliver_key(d)).state
         emit(f"{name} holds the swarm's HE key, sealed to it by {first} ({state})")
     founders.wait_members(settings.node_wait_s)
 
@@ -237,9 +236,8 @@ def _ceremony(settings: FoundingSettings, w3: Web3, founders: Founders, deployer
                    admin)
 
 
-def _public_context(answer: Any, name: str) -> tuple[HEContext, bytes]:
+def _public_context(created: PublicContext, name: str) -> tuple[HEContext, bytes]:
     try:
-        created = PublicContext.model_validate(answer)
         public = base64.b64decode(created.public_context, validate=True)
         he = HEContext.from_bytes(public)
     except (ValidationError, ValueError) as exc:
@@ -271,7 +269,7 @@ def _hand_admin(target: str | None, contract: SwarmContract, founders: Founders,
         emit(f"admin role handed to {address}: it takes it with acceptAdmin "
              "(POST /v1/admin/accept on its node)")
         return contract.admin()
-    founders.call(name, "POST", "/v1/admin/accept")
+    founders.call(name, AdminClient.accept_admin)
     emit(f"{name} ({address}) holds the contract's admin role")
     return contract.admin()
 
@@ -315,9 +313,3 @@ def _write_public(settings: FoundingSettings, public: bytes, contract: SwarmCont
     }
     write_json(swarm_dir / SWARM_FILE, record)
 
-
-def _detail(reply: httpx.Response) -> str:
-    try:
-        return str(reply.json().get("detail"))
-    except ValueError:
-        return reply.text[:200]

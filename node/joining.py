@@ -26,11 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import httpx
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import ValidationError
 
 from apiary.chain.binding import SwarmContract
 from apiary.core.backoff import Backoff
@@ -39,12 +37,14 @@ from apiary.core.files import write_private_json
 from apiary.core.flat import weights_digest
 from apiary.core.keywrap import WrappedSecret, unwrap, wrap_context
 from apiary.core.tls import TlsFiles
+from apiary.node.client import AdminApiError, AdminClient, AdminUnreachable
 from apiary.node.founding import write_swarm_file
 from apiary.node.identity import Identity
 from apiary.node.keys import KeyRing
-from apiary.node.onboarding import Handover, Pending
+from apiary.node.onboarding import Handover, JoinRequest, Pending
 from apiary.node.ports import AggregateSource
 from apiary.node.resumption import sign_handover_request
+from apiary.node.schemas import JoinProgress, JoinState
 
 log = logging.getLogger("apiary.node.join")
 
@@ -53,9 +53,7 @@ JOIN_FILE = "join.json"
 JOIN_ATTEMPTS = 6
 """Tries of a join whose failures may pass (about 1 + 2 + 4 + 8 + 16 s of pauses)."""
 RETRY_FIRST_S = 1.0
-
-JoinState = Literal["idle", "requesting admission", "awaiting approval",
-                    "verifying", "member", "failed"]
+SPONSOR_TIMEOUT_S = 120.0
 
 
 class JoinFailed(ApiaryError, RuntimeError):
@@ -65,18 +63,6 @@ class JoinFailed(ApiaryError, RuntimeError):
 class JoinRetry(ApiaryError, RuntimeError):
     """A failure that may pass: the sponsor answered 5xx, or its hand-over did not match
     the chain's latest aggregate (a round finished in between)."""
-
-
-class JoinProgress(BaseModel):
-    """Where a join stands (`GET /v1/join`)."""
-
-    state: JoinState
-    sponsor: str | None
-    address: str | None
-    error: str | None
-    seconds: float | None
-    approvals: int | None = Field(None, description="approvals the proposal has (majority rule)")
-    needed: int | None = Field(None, description="approvals it needs")
 
 
 @dataclass(frozen=True)
@@ -211,33 +197,42 @@ class Joiner:
     def _ask_admission(self, invite: str) -> Handover:
         node, identity = self.node, self.node.identity
         self.state = "requesting admission"
-        body = {"invite": invite, "address": identity.address,
-                "x25519_public_key": identity.x25519_public, "endpoint": node.endpoint,
-                "tls_certificate": node.tls.cert.decode(), "dataset_size": node.dataset_size}
-        while True:
-            reply = httpx.post(f"{self.sponsor}/v1/members", json=body, timeout=120)
-            if reply.status_code == 202:
+        try:
+            request = JoinRequest(invite=invite, address=identity.address,
+                                  x25519_public_key=identity.x25519_public,
+                                  endpoint=node.endpoint, tls_certificate=node.tls.cert.decode(),
+                                  dataset_size=node.dataset_size)
+        except ValidationError as exc:
+            raise JoinFailed(f"no sponsor would accept this join request: {exc}") from None
+        with self._sponsor() as sponsor:
+            while True:
+                try:
+                    answer = sponsor.request_admission(request)
+                except AdminApiError as exc:
+                    if exc.status == 409:
+                        # Admitted already, its answer lost? The sponsor hands over again
+                        # only to this node's key; otherwise the first refusal stands.
+                        return self._ask_again(invite, exc)
+                    raise _join_error(exc) from None
+                if isinstance(answer, Handover):
+                    return answer
                 self.state = "awaiting approval"
-                self.pending = Pending.model_validate(reply.json())
+                self.pending = answer
                 time.sleep(APPROVAL_POLL_S)
-                continue
-            break
-        if reply.status_code == 409:
-            # Admitted already, its answer lost? The sponsor hands over again only to this
-            # node's key; otherwise the first refusal stands.
-            return self._ask_again(invite, reply)
-        _check_reply(reply)
-        return Handover.model_validate(reply.json())
 
-    def _ask_again(self, invite: str, refusal: httpx.Response | None) -> Handover:
+    def _ask_again(self, invite: str, refusal: AdminApiError | None) -> Handover:
         address, request = sign_handover_request(self.node.identity.private_key, invite)
-        reply = httpx.post(f"{self.sponsor}/v1/members/{address}/handover",
-                           json=request.model_dump(), timeout=120)
-        if reply.status_code != 200 and refusal is not None:
-            _check_reply(refusal)
-        _check_reply(reply)
+        with self._sponsor() as sponsor:
+            try:
+                handover = sponsor.resume_handover(address, request)
+            except AdminApiError as exc:
+                raise _join_error(refusal or exc) from None
         log.info("node=%s got its hand-over again from %s", self.node.name, self.sponsor)
-        return Handover.model_validate(reply.json())
+        return handover
+
+    def _sponsor(self) -> AdminClient:
+        """The sponsor's API; a joiner holds no token of it, its invite authorises it."""
+        return AdminClient(str(self.sponsor), timeout_s=SPONSOR_TIMEOUT_S)
 
     def _verify_and_adopt(self, handover: Handover) -> None:
         node, identity = self.node, self.node.identity
@@ -273,16 +268,9 @@ class Joiner:
         node.adopt(weights, round_number, weights_digest(weights))
 
 
-def _check_reply(reply: httpx.Response) -> None:
-    """Nothing for a 200; JoinRetry for a 5xx (it may pass), JoinFailed for a refusal."""
-    if reply.status_code == 200:
-        return
-    message = f"the sponsor refused ({reply.status_code}): {_detail(reply)}"
-    raise (JoinRetry if reply.status_code >= 500 else JoinFailed)(message)
-
-
-def _detail(reply: httpx.Response) -> str:
-    try:
-        return str(reply.json().get("detail"))
-    except ValueError:
-        return reply.text[:200]
+def _join_error(exc: AdminApiError) -> JoinRetry | JoinFailed:
+    """JoinRetry for what may pass (no answer, a 5xx), JoinFailed for a refusal."""
+    if isinstance(exc, AdminUnreachable):
+        return JoinRetry(str(exc))
+    message = f"the sponsor refused ({exc.status}): {exc.detail}"
+    return JoinRetry(message) if exc.may_pass else JoinFailed(message)

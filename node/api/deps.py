@@ -19,7 +19,6 @@ from apiary.node.founding import (
     WrappedKeys,
 )
 from apiary.node.identity import PublicIdentity
-from apiary.node.joining import JoinProgress
 from apiary.node.onboarding import (
     AdminRole,
     Approval,
@@ -31,6 +30,7 @@ from apiary.node.onboarding import (
 )
 from apiary.node.ports import NodeView
 from apiary.node.resumption import HandoverRequest
+from apiary.node.schemas import JoinProgress
 
 
 class History(Protocol):

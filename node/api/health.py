@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
 
 from apiary.node.api.deps import HistoryDep, NodeDep, SettingsDep
 from apiary.node.ports import ReadinessFacts
+from apiary.node.schemas import Health, Ready
 
 router = APIRouter(tags=["node"])
-
-
-class Health(BaseModel):
-    status: str
-    node: str
-    round: int
-
-
-class Ready(BaseModel):
-    status: Literal["ready", "not ready"]
-    node: str
-    reasons: list[str] = Field(description="why the node is not ready; empty when it is")
 
 
 def not_ready_reasons(facts: ReadinessFacts) -> list[str]:

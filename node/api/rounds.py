@@ -2,79 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
 
 from apiary.node.api.deps import HistoryDep, NodeDep, SettingsDep, require_admin
+from apiary.node.schemas import Evaluation, Member, ModelInfo, NodeStatus, RoundEntry, RoundHistory
 
 router = APIRouter(dependencies=[Depends(require_admin)])
-
-
-class RoundEntry(BaseModel):
-    """One round as this node saw it (node.state.RoundRecord)."""
-
-    round: int
-    contributors: list[str] = Field(description="addresses (swarm) or names (federated)")
-    weight_sum: int = Field(description="the samples behind the aggregate")
-    accuracy: float | None
-    auc: float | None
-    loss: float | None
-    train_loss: float | None
-    heldout_accuracy: float | None
-    heldout_auc: float | None
-    weights_digest: str
-    seconds: dict[str, float] = Field(description="seconds of each phase")
-    aggregate_digests: list[str] = Field(default_factory=list)
-    committed: bool = Field(True, description="false for a round caught up from the chain")
-    relay: bool = Field(False, description="this node relayed the round's aggregate")
-    status: Literal["adopted", "rejected"] = Field(
-        "adopted", description="rejected: the aggregate failed the model check; the node "
-        "kept its model")
-    reason: str | None = Field(None, description="why the aggregate was rejected")
-    change_norm: float | None = Field(None, description="L2 norm of the model's change")
-
-
-class RoundHistory(BaseModel):
-    node: str
-    rounds: list[RoundEntry]
-
-
-class Member(BaseModel):
-    address: str
-    endpoint: str
-
-
-class NodeStatus(BaseModel):
-    node: str
-    mode: str
-    address: str | None = Field(description="this node's account, once a swarm member")
-    contract: str | None
-    phase: str
-    round: int
-    params: int
-    samples: int
-    members: list[Member]
-    last_metrics: RoundEntry | None
-    rejected_rounds: list[int] = Field(
-        default_factory=list, description="rounds whose aggregate failed the model check")
-
-
-class Evaluation(BaseModel):
-    accuracy: float | None
-    auc: float | None
-    loss: float | None
-    heldout_accuracy: float | None
-    heldout_auc: float | None
-
-
-class ModelInfo(BaseModel):
-    node: str
-    round: int
-    params: int
-    weights_digest: str | None
-    evaluation: Evaluation | None
 
 
 def _last(snapshot: dict[str, Any]) -> dict[str, Any] | None:
