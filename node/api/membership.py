@@ -23,7 +23,6 @@ from apiary.node.api.deps import (
 )
 from apiary.node.identity import EthAddress
 from apiary.node.invites import Refused
-from apiary.node.joining import JoinProgress
 from apiary.node.onboarding import (
     AdminRole,
     Approval,
@@ -34,8 +33,7 @@ from apiary.node.onboarding import (
     Rotation,
 )
 from apiary.node.resumption import HandoverRequest
-
-MAX_INVITE_TTL_S = 30 * 86400
+from apiary.node.schemas import InviteCreated, InviteRequest, JoinProgress, JoinStart
 
 router = APIRouter(dependencies=[Depends(require_admin)], tags=["membership"])
 invitee_router = APIRouter(tags=["membership"])
@@ -43,31 +41,20 @@ invitee_router = APIRouter(tags=["membership"])
 AddressPath = Annotated[EthAddress, Path(description="a member's Ethereum address")]
 
 
-class InviteRequest(BaseModel):
-    ttl_s: float = Field(3600.0, gt=0, le=MAX_INVITE_TTL_S, allow_inf_nan=False, strict=True,
-                         description="lifetime in seconds (a JSON number)")
-
-
-class InviteCreated(BaseModel):
-    invite: str = Field(description="the token; shown only in this answer")
-    expires_at: float
-    sponsor: str
-
-
 class AdminTransfer(BaseModel):
     address: EthAddress = Field(description="the account to hand the admin role to")
 
 
-class JoinStart(BaseModel):
-    sponsor_url: str = Field(pattern=r"^https?://", max_length=2000,
-                             description="the sponsor node's admin API URL")
-    invite: str = Field(min_length=1, max_length=200)
-
-
-@router.post("/v1/invites", status_code=201, response_model=InviteCreated)
-def create_invite(request: InviteRequest, settings: SettingsDep,
+@router.post("/v1/invites", status_code=201, response_model=InviteCreated,
+             responses={409: {"description": "this node is not a swarm member (yet)"}})
+def create_invite(request: InviteRequest, settings: SettingsDep, node: NodeDep,
                   invites: InvitesDep) -> InviteCreated:
-    """A single-use invite for a new hospital; the token is shown only in this answer."""
+    """A single-use invite for a new hospital; the token is shown only in this answer.
+    Only a swarm member can admit anyone, so a node outside the swarm hands out none."""
+    if node.link is None:
+        raise Refused(409, "this node is not a swarm member (yet): an invite from it could "
+                      "never be honoured; create invites on a member, or found or join the "
+                      "swarm first")
     token, expires_at = invites.create(request.ttl_s)
     return InviteCreated(invite=token, expires_at=expires_at, sponsor=settings.name)
 
