@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,11 +21,17 @@ from apiary.core.settings import (
 )
 from apiary.core.training import DEFAULT_TRAINING
 
+if TYPE_CHECKING:
+    from apiary.tools.progress import Progress
+
 DEFAULT_DEVNET_STATE = Path("devnet/state.json")
 """Where `apiary devnet` keeps the chain unless told otherwise."""
 
-def _progress(message: str) -> None:
-    click.echo(f"  … {message}", err=True)
+def _progress() -> AbstractContextManager[Progress]:
+    """A long command's progress on stderr, with the time left (plain lines off a terminal)."""
+    from apiary.tools.progress import progress_on_stderr
+
+    return progress_on_stderr()
 
 
 json_option = click.option(
@@ -169,7 +176,8 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
         raise click.UsageError("--onboard needs --mode swarm (members join on chain)")
     options = DemoOptions(mode=mode, rounds=rounds, epochs=epochs, lr=lr, seed=seed,
                           min_peers=min_peers, out_dir=out_dir, onboard=onboard)
-    result = run_demo(options, click.echo)
+    with _progress() as progress:
+        result = run_demo(options, click.echo, progress)
     _report_run(summary_lines(result), result, json_path)
 
 
@@ -239,7 +247,8 @@ def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch
         rounds=rounds, epochs=epochs, lr=lr, batch_size=batch_size,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         out_dir=out_dir, workers=workers)
-    result = run_compare(options, _progress)
+    with _progress() as progress:
+        result = run_compare(options, progress)
     click.echo(format_tables(result))
     json_path = json_path or out_dir / f"{dataset}.json"
     write_json(json_path, result)
@@ -265,7 +274,8 @@ def bench_he_command(params: int, nodes: int, repeats: int, json_path: Path | No
     from apiary.tools.bench.he import bench_he, format_he_table
     from apiary.tools.bench.report import write_json
 
-    result = bench_he(params=params, nodes=nodes, repeats=repeats, progress=_progress)
+    with _progress() as progress:
+        result = bench_he(params=params, nodes=nodes, repeats=repeats, progress=progress)
     click.echo(format_he_table(result))
     write_json(json_path, result)
 
@@ -280,7 +290,8 @@ def bench_chain_command(nodes: tuple[int, ...], params: int, json_path: Path | N
     from apiary.tools.bench.chain import bench_chain, format_chain_table
     from apiary.tools.bench.report import write_json
 
-    result = bench_chain(node_counts=nodes or (3, 5, 10), params=params, progress=_progress)
+    with _progress() as progress:
+        result = bench_chain(node_counts=nodes or (3, 5, 10), params=params, progress=progress)
     click.echo(format_chain_table(result))
     write_json(json_path, result)
 
@@ -298,9 +309,10 @@ def bench_round_command(nodes: tuple[int, ...], params: tuple[int, ...], rows: i
     from apiary.tools.bench.report import write_json
     from apiary.tools.bench.round import bench_round, format_round_table
 
-    result = bench_round(node_counts=nodes or (3, 5),
-                         param_targets=params or (10_000, 100_000, 1_000_000),
-                         rows=rows, progress=_progress)
+    with _progress() as progress:
+        result = bench_round(node_counts=nodes or (3, 5),
+                             param_targets=params or (10_000, 100_000, 1_000_000),
+                             rows=rows, progress=progress)
     click.echo(format_round_table(result))
     write_json(json_path, result)
 
@@ -320,8 +332,9 @@ def bench_soak_command(nodes: int, rounds: int, chaos_every_s: float, out_dir: P
 
     if nodes < 3 or rounds < 4 or chaos_every_s <= 0:
         raise click.BadParameter("use at least 3 nodes, 4 rounds and a positive chaos period")
-    report = run_soak(SoakOptions(nodes=nodes, rounds=rounds, chaos_every_s=chaos_every_s,
-                                  out_dir=out_dir), _progress)
+    with _progress() as progress:
+        report = run_soak(SoakOptions(nodes=nodes, rounds=rounds, chaos_every_s=chaos_every_s,
+                                      out_dir=out_dir), progress)
     click.echo(report.table())
     if json_path is not None:
         write_report(report, json_path)

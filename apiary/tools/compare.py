@@ -38,6 +38,7 @@ from apiary.tools.baselines import (
     union_test,
 )
 from apiary.tools.demo import DemoFailed, DemoOptions, LocalSwarm
+from apiary.tools.progress import Task, as_progress
 
 __all__ = ["IN_PROCESS", "LABELS", "METHODS", "CompareFailed", "CompareOptions", "run_compare"]
 
@@ -118,34 +119,41 @@ def train_in_process(method: str, dataset: DatasetSpec, cfg: TrainingConfig,
     return run_fedavg(shards, cfg, on_round)
 
 
-def _run_in_process(options: CompareOptions, seeds: list[int],
-                    emit: Emit) -> dict[tuple[str, int], MethodRun]:
+def _run_in_process(options: CompareOptions, seeds: list[int], emit: Emit,
+                    task: Task) -> dict[tuple[str, int], MethodRun]:
     tasks = [(m, s) for s in seeds for m in IN_PROCESS if m in options.methods]
     results: dict[tuple[str, int], MethodRun] = {}
     if not tasks:
         return results
     if options.workers <= 1:
         for method, seed in tasks:
+            task.describe(f"{method} seed {seed}: training in process")
             results[method, seed] = train_in_process(method, options.dataset,
                                                      options.train_config(seed))
+            task.advance()
         return results
     emit(f"{len(tasks)} in-process trainings on {options.workers} worker processes")
+    task.describe(f"waiting for {len(tasks)} in-process trainings")
+    # Workers write to the terminal itself, which would draw over a redrawn progress bar.
+    verbose = not as_progress(emit).redraws
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(options.workers, len(tasks)), mp_context=context) as pool:
-        pending = {pool.submit(train_in_process, m, options.dataset, options.train_config(s)):
-                   (m, s) for m, s in tasks}
-        for future in as_completed(pending):
+        pending = {pool.submit(train_in_process, m, options.dataset, options.train_config(s),
+                               verbose): (m, s) for m, s in tasks}
+        for left, future in enumerate(as_completed(pending), start=1):
             method, seed = pending[future]
             results[method, seed] = future.result()
             emit(f"{method} seed {seed}: done in {results[method, seed].seconds:.1f} s")
+            task.advance(what=f"waiting for {len(tasks) - left} in-process trainings")
     return results
 
 
 # ---------------------------------------------------------------------- the real system
 
-def run_real(mode: str, options: CompareOptions, seed: int, emit: Emit) -> tuple[MethodRun,
-                                                                                 dict[str, bool]]:
-    """Swarm or federated: one `apiary node` process per hospital, all hospitals every round."""
+def run_real(mode: str, options: CompareOptions, seed: int, emit: Emit,
+             task: Task | None = None) -> tuple[MethodRun, dict[str, bool]]:
+    """Swarm or federated: one `apiary node` process per hospital, all hospitals every round;
+    `task` advances a step a round."""
     names = options.dataset.hospital_names
     out = options.out_dir / options.dataset.name / f"seed{seed}" / mode
     shutil.rmtree(out, ignore_errors=True)
@@ -154,11 +162,15 @@ def run_real(mode: str, options: CompareOptions, seed: int, emit: Emit) -> tuple
                                      round_deadline_s=options.round_timeout_s,
                                      dataset=options.dataset)
     label = f"{mode} seed {seed}"
+    stage = f"seed {seed + 1}/{options.seeds}: {mode}"
+    task = task or as_progress(None).task(options.rounds, stage)
+    task.describe(f"{stage}: founding, starting {len(names)} node processes")
     started = time.perf_counter()
     with LocalSwarm(demo) as swarm:
         swarm.found()
         nodes = swarm.start_all()
         emit(f"{label}: {len(nodes)} node processes, logs in {out / 'logs'}")
+        task.describe(f"{stage} round 1/{options.rounds}")
         shown: set[int] = set()
 
         def finished() -> bool:
@@ -168,6 +180,9 @@ def run_real(mode: str, options: CompareOptions, seed: int, emit: Emit) -> tuple
                     emit(f"{label}: round {record['round']}/{options.rounds}, held-out "
                          f"accuracy {record['heldout_accuracy']:.3f} "
                          f"({time.perf_counter() - started:.0f} s)")
+                    following = len(shown) + 1
+                    task.advance(what=f"{stage} round {following}/{options.rounds}"
+                                 if following <= options.rounds else f"{stage}: nodes stopping")
             return all(n.process.poll() is not None for n in nodes)
 
         try:
@@ -298,12 +313,16 @@ def _compare(options: CompareOptions, emit: Emit, started: float) -> dict[str, A
     emit(f"{spec.name}: {len(spec.hospital_names)} hospitals, model {model_name}, "
          f"{options.rounds} rounds × {options.epochs} epochs, seeds {seeds}, "
          f"methods {', '.join(options.methods)}")
-    runs = _run_in_process(options, seeds, emit)
+    in_process = len(seeds) * len([m for m in IN_PROCESS if m in options.methods])
+    real = len(seeds) * len([m for m in REAL if m in options.methods])
+    # Steps: one per in-process training, one per round of a real run.
+    task = as_progress(emit).task(in_process + real * options.rounds, "in-process trainings")
+    runs = _run_in_process(options, seeds, emit, task)
     checks: dict[str, dict[str, Any]] = {m: {} for m in REAL if m in options.methods}
     for seed in seeds:
         for mode in REAL:
             if mode in options.methods:
-                runs[mode, seed], seed_checks = run_real(mode, options, seed, emit)
+                runs[mode, seed], seed_checks = run_real(mode, options, seed, emit, task)
                 for key, ok in seed_checks.items():
                     checks[mode][key] = checks[mode].get(key, True) and ok
 
@@ -325,6 +344,7 @@ def _compare(options: CompareOptions, emit: Emit, started: float) -> dict[str, A
                 local_models.append(models)
             else:
                 scores[method, seed] = score(run.weights["global"], shards, model_name, seed)
+    task.finish()
 
     methods: dict[str, Any] = {}
     for method in options.methods:

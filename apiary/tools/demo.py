@@ -34,6 +34,7 @@ from apiary.core.tls import COORDINATOR_CERT
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig
 from apiary.node.founder import found
 from apiary.node.state import saved_history
+from apiary.tools.progress import Task, as_progress
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
 STOP_GRACE_S = 15.0
@@ -153,12 +154,15 @@ def follow_rounds(
     emit: Callable[[str], None],
     columns: list[str] | None = None,
     after_round: Callable[[int], list[tuple[NodeProcess, int]]] | None = None,
+    task: Task | None = None,
 ) -> list[dict[str, Any]]:
     """Poll the nodes' APIs; emit a table row per completed round; return the run's rounds.
 
     `after_round(r)` may bring in new nodes (onboarding) as (node, first round it reports);
-    `columns` fixes the table's node columns so a late node has one from the start.
+    `columns` fixes the table's node columns so a late node has one from the start; `task`
+    advances a step a round and names the nodes the round waits for.
     """
+    task = task or as_progress(None).task(options.rounds, "rounds")
     deadline = time.monotonic() + options.timeout_s
     expected_from = {n.name: 1 for n in nodes}
     watched = list(nodes)
@@ -180,13 +184,17 @@ def follow_rounds(
                 reported[node.name][record["round"]] = record
             if code is not None and next_round not in reported[node.name]:
                 raise DemoFailed(f"node {node.name} exited with {code}; see {node.log_path}")
-        if all(next_round in reported[n.name] for n in due):
+        missing = [n.name for n in due if next_round not in reported[n.name]]
+        task.describe(f"round {next_round}/{options.rounds}: waiting for {', '.join(missing)}"
+                      if missing else f"round {next_round}/{options.rounds}")
+        if not missing:
             records = {n.name: reported[n.name][next_round] for n in due}
             row = summarise_round(next_round, records)
             rows.append(row)
             cells = [next_round, *(row["node_accuracy"].get(name) for name in names),
                      row["heldout_accuracy"], *(row["seconds"].get(p, 0.0) for p in PHASES)]
             emit(_line(cells, widths))
+            task.advance()
             if after_round is not None and next_round < options.rounds:
                 for node, first in after_round(next_round):
                     watched.append(node)
@@ -456,7 +464,9 @@ def _wait_healthy(node: NodeProcess, timeout: float = 60.0) -> None:
     raise DemoFailed(f"node {node.name} did not answer on {node.api_url}")
 
 
-def run_demo(options: DemoOptions, emit: Callable[[str], None]) -> dict[str, Any]:
+def run_demo(options: DemoOptions, emit: Callable[[str], None],
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`emit` gets the messages and the per-round table; `progress` the rounds' progress."""
     started = time.monotonic()
     joiners = (options.held_back,) if options.onboard else ()
     result: dict[str, Any] = {}
@@ -481,8 +491,9 @@ def run_demo(options: DemoOptions, emit: Callable[[str], None]) -> dict[str, Any
                 result["onboarding_seconds"] = round(seconds, 2)
                 return [(node, first)]
 
+        task = as_progress(progress).task(options.rounds, f"round 1/{options.rounds}")
         rounds = follow_rounds(nodes, options, emit, columns=list(swarm.hospitals),
-                               after_round=after_round)
+                               after_round=after_round, task=task)
         for node in swarm.nodes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 node.process.wait(timeout=30)

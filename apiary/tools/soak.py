@@ -48,6 +48,7 @@ from apiary.node.swarm import SwarmRound
 from apiary.node.trust import MemberTrust
 from apiary.tools.bench.report import machine
 from apiary.tools.demo import DemoOptions, LocalSwarm
+from apiary.tools.progress import as_progress
 
 log = logging.getLogger("apiary.tools.soak")
 
@@ -303,6 +304,7 @@ def run_soak(options: SoakOptions, emit: Callable[[str], None]) -> SoakReport:
                        dataset=DatasetSpec("fashion", images=150 * options.nodes,
                                            hospitals=options.nodes))
     started = time.monotonic()
+    task = as_progress(emit).task(options.rounds, f"founding a swarm of {options.nodes} nodes")
     with LocalSwarm(demo, emit=emit, keep_devnet_state=True) as swarm:
         swarm.found()
         attacker, server = _join_attacker(swarm, options, poison, withhold)
@@ -318,10 +320,14 @@ def run_soak(options: SoakOptions, emit: Callable[[str], None]) -> SoakReport:
             def done() -> bool:
                 nonlocal last
                 finished = [_state_round(swarm, n) for n in swarm.founders]
+                behind = sum(1 for r in finished if r <= min(finished))
+                waiting = (f"round {min(finished) + 1}/{options.rounds}: waiting for {behind} "
+                           f"of {len(finished)} honest nodes" if min(finished) < options.rounds
+                           else "every honest node holds the last round; waiting for them to stop")
                 if min(finished) > last:
+                    task.advance(min(finished) - last, waiting)
                     last = min(finished)
-                    emit(f"every honest node holds round {last} of {options.rounds} "
-                         f"({time.monotonic() - started:.0f} s)")
+                task.describe(waiting)
                 if chaos.error is not None:
                     raise SoakFailed(f"the chaos loop failed: {chaos.error}")
                 return all(swarm.nodes[n].process.poll() == 0 for n in swarm.founders)

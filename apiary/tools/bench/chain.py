@@ -18,6 +18,7 @@ from apiary.core.coefficients import block_digest
 from apiary.core.he import HEContext
 from apiary.core.tls import create_self_signed
 from apiary.tools.bench.report import machine, table
+from apiary.tools.progress import as_progress
 
 DATASET_SIZE = 1_000
 """Samples every benchmark member is admitted with (above what it enrols with)."""
@@ -30,15 +31,15 @@ def bench_chain(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Aggregate a real encrypted update of `params` parameters per node, per node count."""
-    say = progress or (lambda _msg: None)
     he = HEContext.create()
     rng = np.random.default_rng(seed)
     keys = dev_private_keys(max(node_counts) + 1)
     results = []
+    task = as_progress(progress).task(len(node_counts), "starting a devnet")
     with running_devnet() as devnet:
         w3 = devnet.web3()
         for nodes in node_counts:
-            say(f"{nodes} nodes: encrypting {nodes} × {params:,} parameters")
+            task.describe(f"{nodes} nodes: encrypting {nodes} × {params:,} parameters")
             updates = [he.encrypt(rng.normal(0, 0.1, params)) for _ in range(nodes)]
             contract = SwarmContract.deploy(
                 w3, keys[0], param_count=params, modulus=he.modulus, min_peers=nodes,
@@ -55,7 +56,7 @@ def bench_chain(
             for i, (member, blocks) in enumerate(zip(members, updates, strict=True)):
                 tx = member.commit(1, 1, 0, [block_digest(b) for b in blocks])
                 commit_gas[i] += tx.gas_used
-            say(f"{nodes} nodes: aggregating {len(updates[0])} blocks on chain")
+            task.describe(f"{nodes} nodes: waiting for {len(updates[0])} aggregate transactions")
             relay = members[0]
             started = time.perf_counter()
             sent = relay.aggregate_blocks(
@@ -81,6 +82,7 @@ def bench_chain(
                     "max_gas_per_transaction": max(gas),
                 }
             )
+            task.advance()
     return {"benchmark": "chain", "hardfork": "anvil default", **machine(), "results": results}
 
 

@@ -21,6 +21,7 @@ from apiary.core.coefficients import (
 )
 from apiary.core.he import COEFF_MOD_BIT_SIZES, GLOBAL_SCALE, POLY_MODULUS_DEGREE, HEContext
 from apiary.tools.bench.report import machine, median, table
+from apiary.tools.progress import as_progress
 
 TARGET_BYTES_PER_PARAM = 32.0
 TARGET_WEIGHTED_SUM_COEFFS_PER_S = 20e6
@@ -38,18 +39,21 @@ def bench_he(
     for name, value in (("params", params), ("nodes", nodes), ("repeats", repeats)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    say = progress or (lambda _msg: None)
     he = HEContext.create()
     rng = np.random.default_rng(0)
     n_blocks = block_count(params)
 
-    say(f"encrypting {nodes} updates of {params:,} parameters ({n_blocks} blocks each)")
+    # Steps: the updates to sum, then each repeat of the codec and of the sum.
+    task = as_progress(progress).task(
+        1 + 2 * repeats, f"encrypting {nodes} updates of {params:,} parameters "
+        f"({n_blocks} blocks each)")
     vectors = [rng.normal(0, 0.1, params) for _ in range(nodes)]
     updates = [he.encrypt(v) for v in vectors]
+    task.advance()
 
     encrypt_s, decrypt_s, tenseal_s, roundtrip_error = [], [], [], 0.0
     for r in range(repeats):
-        say(f"codec round trip {r + 1}/{repeats}")
+        task.describe(f"codec round trip {r + 1}/{repeats}")
         started = time.perf_counter()
         blocks = he.encrypt(vectors[0])
         encrypt_s.append(time.perf_counter() - started)
@@ -60,6 +64,7 @@ def bench_he(
         started = time.perf_counter()
         tenseal_bytes = _tenseal_serialized_size(he, vectors[0])
         tenseal_s.append(time.perf_counter() - started)
+        task.advance()
 
     counts = [int(c) for c in rng.integers(100, 5000, size=nodes)]
     weights = weights_from_sample_counts(counts)
@@ -68,10 +73,11 @@ def bench_he(
     ]
     sum_s = []
     for r in range(repeats):
-        say(f"weighted sum of {nodes} × {n_blocks} blocks {r + 1}/{repeats}")
+        task.describe(f"weighted sum of {nodes} × {n_blocks} blocks {r + 1}/{repeats}")
         started = time.perf_counter()
         summed = [weighted_sum(m, weights, he.modulus) for m in matrices]
         sum_s.append(time.perf_counter() - started)
+        task.advance()
     mean = he.decrypt([s.astype(">u8").tobytes() for s in summed], params) / sum(weights)
     expected = sum(w * v for w, v in zip(weights, vectors, strict=True)) / sum(weights)
 

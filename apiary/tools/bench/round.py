@@ -40,6 +40,7 @@ from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.rounds import RoundOutcome
 from apiary.node.swarm import SwarmRound
 from apiary.tools.bench.report import machine, median, table
+from apiary.tools.progress import Task, as_progress
 
 PHASES = ("train", "enrol", "encrypt", "mask", "exchange", "commit", "aggregate", "decrypt")
 TARGET_PARAMS = 100_000
@@ -74,7 +75,8 @@ def bench_round(
         raise ValueError("need at least one node count and one parameter count")
     if min(node_counts) < 1 or rows < 1:
         raise ValueError("node counts and rows must be at least 1")
-    say = progress or (lambda _msg: None)
+    say = as_progress(progress)
+    task = say.task(len(node_counts) * len(param_targets), "warming up torch, starting a devnet")
     # One thread per node trains at once: more torch threads would only oversubscribe.
     torch.set_num_threads(1)
     _warm_up_torch(seed)
@@ -84,9 +86,9 @@ def bench_round(
     with running_devnet() as devnet:
         for nodes in node_counts:
             for target in param_targets:
-                results.append(
-                    _one_round(devnet, he, keys, nodes, target, rows, round_timeout_s, seed, say)
-                )
+                results.append(_one_round(devnet, he, keys, nodes, target, rows,
+                                          round_timeout_s, seed, say, task))
+                task.advance()
     return {
         "benchmark": "round",
         **machine(),
@@ -111,10 +113,11 @@ def _one_round(
     round_timeout_s: float,
     seed: int,
     say: Callable[[str], None],
+    task: Task,
 ) -> dict[str, Any]:
     params = param_count(build_mlp_with_params(target, INPUT_DIM, NUM_CLASSES, seed))
     label = f"{nodes} nodes, {params:,} params"
-    say(f"{label}: deploying the contract and starting {nodes} node processes")
+    task.describe(f"{label}: deploying the contract, starting {nodes} node processes")
     identities = [Identity.create(f"node{i}", keys[i + 1]) for i in range(nodes)]
     ports = [free_port() for _ in identities]
     founders = [
@@ -136,12 +139,15 @@ def _one_round(
     for process in processes:
         process.start()
     try:
-        for _ in processes:
+        for answered in range(len(processes)):
+            task.describe(f"{label}: waiting for {nodes - answered} nodes to start")
             ready.get(timeout=120)
-        say(f"{label}: running round 1")
         started = time.perf_counter()
         go.set()
-        reports = [done.get(timeout=round_timeout_s + 60) for _ in processes]
+        reports: list[dict[str, Any]] = []
+        for _ in processes:
+            task.describe(f"{label}: waiting for {nodes - len(reports)} nodes to finish round 1")
+            reports.append(done.get(timeout=round_timeout_s + 60))
         wall = time.perf_counter() - started
     finally:
         stop_processes(processes, STOP_GRACE_S)
