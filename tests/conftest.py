@@ -14,6 +14,9 @@ from web3 import Web3
 from apiary.chain.devnet import Devnet, dev_private_keys, running_devnet
 from apiary.core.he import HEContext
 
+# The long tiers announce each test with the time they have left (tests/progress_plugin.py).
+pytest_plugins = ["tests.progress_plugin"]
+
 CHAIN_FIXTURES = {"devnet", "w3"}
 
 
