@@ -14,7 +14,9 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
-from apiary.core.errors import ApiaryError, ConfigError
+from apiary.chain.probe import PROBE_TIMEOUT_S, answers
+from apiary.core.errors import ApiaryError
+from apiary.core.listening import check_can_listen
 from apiary.core.paths import NODE_MODULES
 from apiary.core.processes import stop_process
 from apiary.core.settings import ChainSettings
@@ -59,16 +61,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _check_can_listen(host: str, port: int) -> None:
     """Fail with a clear message, before anvil prints its own, when the port is taken."""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc} (another devnet "
-                "running? choose a port with --port or APIARY_DEVNET_PORT)"
-            ) from exc
+    check_can_listen(host, port, "another devnet running? choose a port with --port or "
+                     "APIARY_DEVNET_PORT")
 
 
 @dataclass
@@ -116,7 +110,8 @@ class Devnet:
         return self
 
     def _wait_until_up(self, process: subprocess.Popen[bytes], timeout: float) -> None:
-        w3 = self.web3()
+        """Each probe waits at most PROBE_TIMEOUT_S, so a port that accepts connections but
+        never answers cannot hold the start past its deadline."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -127,9 +122,9 @@ class Devnet:
                     f"anvil exited with {process.returncode}; "
                     f"is port {self.settings.devnet_port} already in use{also}?"
                 )
-            with contextlib.suppress(Exception):
-                if w3.is_connected():
-                    return
+            if answers(self.rpc_url, max(0.1, min(PROBE_TIMEOUT_S,
+                                                  deadline - time.monotonic()))):
+                return
             time.sleep(0.1)
         raise DevnetError(f"anvil did not answer on {self.rpc_url} within {timeout} s")
 

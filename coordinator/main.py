@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 
 from apiary.coordinator.server import serve
+from apiary.core.logs import configure_logging
 from apiary.core.settings import CoordinatorSettings
 
 log = logging.getLogger("apiary.coordinator")
@@ -16,13 +16,7 @@ STOP_GRACE_S = 2.0
 
 
 def run_coordinator(settings: CoordinatorSettings) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("web3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     service, server, port = serve(settings)
     rounds = service.rounds
     names = [service.members.name(a) for a in rounds.members]

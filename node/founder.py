@@ -37,6 +37,7 @@ from eth_utils import is_address, to_checksum_address
 from pydantic import ValidationError
 from web3 import Web3
 
+from apiary.chain import probe as chain_probe
 from apiary.chain.binding import ContractRejected, SwarmContract, send_ether
 from apiary.chain.devnet import dev_private_keys
 from apiary.core.admin_token import require_admin_token
@@ -94,14 +95,11 @@ def param_count_for(model: str, dataset: str) -> int:
     return param_count(build_model(model, shape, classes, seed=0))
 
 
-def wait_for_chain(rpc_url: str, timeout_s: float) -> Web3:
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 120}))
-    deadline = time.monotonic() + timeout_s
-    while not w3.is_connected():
-        if time.monotonic() > deadline:
-            raise FoundingError(f"the chain at {rpc_url} did not answer within {timeout_s:g} s")
-        time.sleep(0.5)
-    return w3
+def wait_for_chain(rpc_url: str, timeout_s: float,
+                   say: Callable[[str], None] | None = None) -> Web3:
+    """The chain's client once it answers (short probes, FoundingError after `timeout_s`)."""
+    chain_probe.wait_for_chain(rpc_url, timeout_s, say=say, error=FoundingError)
+    return Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 120}))
 
 
 class Founders:
@@ -167,7 +165,7 @@ def found(settings: FoundingSettings, emit: Callable[[str], None]) -> Founded:
     if len(urls) < settings.min_peers:
         raise FoundingError(f"{len(urls)} founding member(s) for min_peers {settings.min_peers}: "
                             "set APIARY_FOUNDING_MEMBERS=name=http://host:port,…")
-    w3 = wait_for_chain(settings.rpc_url, settings.chain_wait_s)
+    w3 = wait_for_chain(settings.rpc_url, settings.chain_wait_s, emit)
     marker = settings.swarm_dir / SWARM_FILE
     if marker.exists():
         return _already_founded(w3, marker, emit)

@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 
 from apiary.core.admin_token import require_admin_token
+from apiary.core.listening import check_can_listen
+from apiary.core.logs import configure_logging
 from apiary.core.settings import NodeSettings
 from apiary.node.runtime import NodeRuntime
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("web3", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def run_node(settings: NodeSettings) -> None:
     require_admin_token(settings.admin_token, what=f"node {settings.name}'s admin API")
-    configure_logging()
+    configure_logging(settings.log_level, settings.log_format, node=settings.name)
+    check_can_listen(settings.api_host, settings.api_port,
+                     "another node running? choose a port with --api-port or APIARY_API_PORT")
+    if settings.mode == "swarm":
+        check_can_listen(settings.grpc_host, settings.grpc_port, "another node running? "
+                         "choose a port with --grpc-port or APIARY_GRPC_PORT")
     log = logging.getLogger("apiary.node")
     runtime = NodeRuntime.create(settings)
     runtime.start_api()

@@ -148,7 +148,8 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
             except grpc.RpcError:
                 log.warning("node=%s dropped a push from %s: %s", self.node,
                             caller or "a plaintext peer",
-                            "past its deadline" if deadline.expired else "cancelled")
+                            "past its deadline" if deadline.expired else "cancelled",
+                            extra={"peer_address": caller})
                 return None
             finally:
                 for peer in peers:
@@ -162,7 +163,7 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
             update = self._receive(request_iterator, context, caller)
         except TransportError as exc:
             log.warning("node=%s refused a push from %s: %s", self.node,
-                        caller or "a plaintext peer", exc)
+                        caller or "a plaintext peer", exc, extra={"peer_address": caller})
             context.abort(exc.code, str(exc))
         if update is None:
             return apiary_pb2.PushReply()  # the call is over: nobody reads this
@@ -194,7 +195,8 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
                           f"round {header.round} attempt {header.attempt}: {member.address} "
                           "already pushed this update")
         log.info("node=%s round=%d attempt=%d received %d blocks from %s", self.node,
-                 header.round, header.attempt, len(update.blocks), member.address)
+                 header.round, header.attempt, len(update.blocks), member.address,
+                 extra={"peer": member.endpoint, "peer_address": member.address})
         return apiary_pb2.PushReply(round=header.round, blocks_received=len(update.blocks))
 
 

@@ -20,12 +20,14 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 from web3 import Web3
-from web3.exceptions import Web3Exception
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError, Web3Exception
 
 from apiary.chain.binding import SwarmContract
+from apiary.chain.probe import answers, wait_for_chain
 from apiary.core.backoff import Backoff
 from apiary.core.errors import ConfigError
 from apiary.core.he import HEContext
+from apiary.core.logs import in_round
 from apiary.core.settings import NodeSettings
 from apiary.core.tls import TlsFiles
 from apiary.core.transport import TransportError
@@ -219,13 +221,22 @@ class NodeRuntime:
         private_key = settings.private_key or (self.identity.private_key if self.identity else None)
         if not address or not private_key:
             raise NodeConfigError("swarm mode needs a contract address and a private key")
+        if not Web3.is_address(address):
+            raise NodeConfigError(f"the contract address {address!r} is not an Ethereum "
+                                  "address (0x and 40 hex digits): check --contract")
+        wait_for_chain(rpc_url, settings.chain_wait_s,
+                       say=lambda line: log.info("node=%s %s", settings.name, line))
         contract = connect(address, rpc_url, private_key)
         if not contract.w3.eth.get_code(contract.address):
             raise ContractGone(
-                f"the chain at {rpc_url} holds no swarm contract at {contract.address} (a devnet "
-                "restarted without its state file?): restore the chain's state, or found the "
-                "swarm anew with empty state directories")
-        params = contract.he_parameters()
+                f"the chain at {rpc_url} holds no swarm contract at {contract.address} (a wrong "
+                "--contract, or a devnet restarted without its state file?): check the address, "
+                "restore the chain's state, or found the swarm anew with empty state directories")
+        try:
+            params = contract.he_parameters()
+        except (ContractLogicError, BadFunctionCallOutput) as exc:
+            raise NodeConfigError(f"the contract at {contract.address} is not a swarm contract "
+                                  f"({_first_line(exc)}): check --contract") from None
         if params.param_count != self.trainer.param_count:
             raise NodeConfigError(
                 f"the contract expects {params.param_count} parameters but model "
@@ -310,8 +321,9 @@ class NodeRuntime:
                     return
                 round_number = self.driver.current_round()
                 self.phase = f"round {round_number}"
-                outcome = self.driver.run(round_number, self._train_for(round_number),
-                                          self.trainer.param_count)
+                with in_round(round_number):
+                    outcome = self.driver.run(round_number, self._train_for(round_number),
+                                              self.trainer.param_count)
             except NotAMember as exc:
                 log.error("node=%s is no longer a swarm member: %s", self.settings.name, exc)
                 self.phase = "removed"
@@ -351,6 +363,8 @@ class NodeRuntime:
         if self.link is None:
             return
         contract = self.link.contract
+        if not answers(self.link.rpc_url):
+            return  # the chain is still away (or silent): wait for it
         try:
             code = contract.w3.eth.get_code(contract.address)
         except (OSError, Web3Exception):

@@ -337,11 +337,12 @@ class SwarmRound:
                                   timeout=FETCH_TIMEOUT_S, credentials=self._credentials())
         except TransportError as exc:
             log.info("node=%s round=%d attempt=%d could not fetch %s's blocks from %s: %s",
-                     self.node, round_number, attempt, sender, endpoint, exc)
+                     self.node, round_number, attempt, sender, endpoint, exc,
+                     extra={"peer": endpoint})
             return False
         self.inbox.put(round_number, attempt, sender, update)
         log.info("node=%s round=%d attempt=%d fetched %s's blocks from %s", self.node,
-                 round_number, attempt, sender, endpoint)
+                 round_number, attempt, sender, endpoint, extra={"peer": endpoint})
         return True
 
     def _send_racing(self, send: Callable[[], object]) -> bool:
@@ -443,7 +444,8 @@ class SwarmRound:
                 except TransportError as exc:
                     log.warning("node=%s round=%d attempt=%d push to %s (%s) failed: %s",
                                 self.node, round_number, attempt, member.address,
-                                member.endpoint, exc)
+                                member.endpoint, exc,
+                                extra={"peer": member.endpoint, "peer_address": member.address})
         if members and delivered == 0:
             log.error("node=%s round=%d attempt=%d: no other member accepted our update",
                       self.node, round_number, attempt)

@@ -428,6 +428,7 @@ def test_metrics_in_prometheus_text(api: Api) -> None:
 
 
 def test_an_invite_is_shown_once_and_kept_as_a_digest(api: Api) -> None:
+    api.node.link = fake_link()
     before = time.time()
     reply = api.client.post("/v1/invites", headers=GOOD, json={})
     assert reply.status_code == 201
@@ -439,6 +440,13 @@ def test_an_invite_is_shown_once_and_kept_as_a_digest(api: Api) -> None:
     assert api.invites.check(body["invite"], ADDRESS).used_by is None
     short = api.client.post("/v1/invites", headers=GOOD, json={"ttl_s": 0.5}).json()
     assert short["expires_at"] < body["expires_at"]
+
+
+def test_a_node_outside_the_swarm_hands_out_no_invite(api: Api) -> None:
+    reply = api.client.post("/v1/invites", headers=GOOD, json={})
+    assert reply.status_code == 409
+    assert "not a swarm member" in reply.json()["detail"]
+    assert api.invites.snapshot() == {}
 
 
 @pytest.mark.parametrize("raw", ['{"ttl_s": 0}', '{"ttl_s": -5}', '{"ttl_s": NaN}',

@@ -77,10 +77,11 @@ def test_a_node_whose_chain_does_not_answer_is_one_line(tmp_path: Path) -> None:
     rpc_url = f"http://127.0.0.1:{free_port()}"
     args = ["node", "--name", "va", "--data", "va.npz", "--state-dir", "state",
             "--contract", "0x" + "11" * 20, "--private-key", dev_private_keys(2)[1],
-            "--rpc-url", rpc_url, "--admin-token", "cli-test-admin-token"]
+            "--rpc-url", rpc_url, "--admin-token", "cli-test-admin-token", "--chain-wait-s", "2"]
     run = apiary(*args, cwd=tmp_path)
     assert run.returncode == 1
-    assert f"cannot reach {rpc_url}/: Connection refused" in one_error_line(run)
+    assert f"the chain at {rpc_url} did not answer within 2 s" in one_error_line(run)
+    assert f"waiting for the chain at {rpc_url} (" in run.stderr
     debug = apiary("--debug", *args, cwd=tmp_path)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 

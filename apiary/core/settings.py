@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -10,13 +13,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from apiary.core.errors import ConfigError
+from apiary.core.logs import LogFormat, LogLevel
 from apiary.core.training import DEFAULT_TRAINING
 
 ENV_PREFIX = "APIARY_"
+OTHER_VARIABLES = frozenset({"APIARY_DEBUG", "APIARY_IMAGE"})
+"""``APIARY_*`` variables that are no setting: the CLI's ``--debug`` and the image
+docker-compose.yml runs."""
 
 
 class ApiarySettings(BaseSettings):
-    """Settings read from ``APIARY_*`` variables; unknown variables are ignored."""
+    """Settings read from ``APIARY_*`` variables. A variable no settings class reads (a
+    typo such as ``APIARY_ADMN_TOKEN``) is refused at :meth:`load`, naming the closest one."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
@@ -24,12 +32,42 @@ class ApiarySettings(BaseSettings):
     def load(cls, **overrides: Any) -> Self:
         """Environment first, then every override that is not None (CLI flags). A value
         that does not validate is a :class:`ConfigError` naming the setting and its variable."""
+        check_environment(os.environ)
         try:
             return cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as exc:
             raise ConfigError("; ".join(_describe(error) for error in exc.errors())) from None
         except SettingsError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def known_variables() -> frozenset[str]:
+    """Every variable a settings class reads, and the CLI's own."""
+    known = set(OTHER_VARIABLES)
+    pending: list[type[ApiarySettings]] = [ApiarySettings]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        known.update(f"{prefix}{name}".upper() for name in cls.model_fields)
+    return frozenset(known)
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """ConfigError naming each ``APIARY_*`` variable no setting reads, with the closest
+    known name: a mistyped variable must not leave its setting silently at the default."""
+    known = known_variables()
+    unknown = sorted(name for name in environ
+                     if name.upper().startswith(ENV_PREFIX) and name.upper() not in known)
+    if not unknown:
+        return
+    described = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(f"unknown environment variable{'s' if len(unknown) > 1 else ''} "
+                      f"{', '.join(described)}: no setting reads it; correct the name or "
+                      "unset it")
 
 
 def _describe(error: Any) -> str:
@@ -57,7 +95,16 @@ class ChainSettings(ApiarySettings):
     )
 
 
-class NodeSettings(ApiarySettings):
+class LogSettings(ApiarySettings):
+    """How a service logs (the node, the coordinator)."""
+
+    log_level: LogLevel = Field("info", description="debug, info, warning or error")
+    log_format: LogFormat = Field(
+        "text", description="text, or json: one object per line with time, level, logger, "
+        "message and the node, round and peer it concerns")
+
+
+class NodeSettings(LogSettings):
     """One hospital node: its data, identity, ports, swarm and training parameters."""
 
     name: str = Field("hospital", description="this hospital's name in logs and tables")
@@ -84,6 +131,9 @@ class NodeSettings(ApiarySettings):
     contract: str | None = Field(
         None, description="SwarmLearning contract address (default: from the state dir)"
     )
+    chain_wait_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False,
+        description="seconds a member's start-up waits for the chain to answer, then gives up")
     private_key: str | None = Field(None, description="this node's Ethereum private key")
     he_context: Path | None = Field(
         None, description="the swarm's secret HE context file (default: in the state dir)"
@@ -126,7 +176,7 @@ class NodeSettings(ApiarySettings):
         return self.advertise or f"{self.grpc_host}:{self.grpc_port}"
 
 
-class CoordinatorSettings(ApiarySettings):
+class CoordinatorSettings(LogSettings):
     """The federated-mode coordinator: where it listens, what it aggregates, for whom."""
 
     coordinator_host: str = Field("127.0.0.1", description="address the coordinator listens on")

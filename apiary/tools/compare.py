@@ -11,7 +11,6 @@ node processes already fill the machine.
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +28,7 @@ from apiary.core.data.shards import Shard
 from apiary.core.errors import ApiaryError, InvalidInput
 from apiary.core.flat import load_flat
 from apiary.core.models import build_model
+from apiary.core.rundirs import clear_run_directory
 from apiary.core.training import DEFAULT_TRAINING, Metrics, TrainingConfig, evaluate
 from apiary.tools.baselines import (
     MethodRun,
@@ -156,7 +156,7 @@ def run_real(mode: str, options: CompareOptions, seed: int, emit: Emit,
     `task` advances a step a round."""
     names = options.dataset.hospital_names
     out = options.out_dir / options.dataset.name / f"seed{seed}" / mode
-    shutil.rmtree(out, ignore_errors=True)
+    clear_run_directory(out, "apiary compare")
     demo = DemoOptions.training_with(options.train_config(seed), mode=mode,
                                      min_peers=len(names), out_dir=out,
                                      round_deadline_s=options.round_timeout_s,

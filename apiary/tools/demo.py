@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from apiary.core.errors import ApiaryError
 from apiary.core.flat import param_count as count_params
 from apiary.core.models import build_model
 from apiary.core.processes import stop_processes
+from apiary.core.rundirs import clear_run_directory
 from apiary.core.settings import ChainSettings, FoundingSettings
 from apiary.core.tls import COORDINATOR_CERT
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig
@@ -286,8 +286,8 @@ class LocalSwarm:
         options, out = self.options, self.out
         if options.mode not in ("swarm", "federated"):
             raise ValueError(f"unknown mode {options.mode!r}: use swarm or federated")
-        for earlier in ("data", "state", "logs", "coordinator", "swarm", "devnet"):
-            shutil.rmtree(out / earlier, ignore_errors=True)
+        clear_run_directory(out, "apiary demo",
+                            ("data", "state", "logs", "coordinator", "swarm", "devnet"))
         self.emit(f"writing the hospitals' shards to {out / 'data'}")
         self.data, self.heldout_path, sample = write_data(out, options.seed, options.dataset)
         self.params = count_params(

@@ -39,6 +39,7 @@ from apiary.core.data.datasets import DatasetSpec
 from apiary.core.errors import ApiaryError
 from apiary.core.he import HEContext
 from apiary.core.keywrap import WrappedSecret, unwrap, wrap_context
+from apiary.core.rundirs import claim_run_directory
 from apiary.core.tls import create_self_signed
 from apiary.node.guard import ModelGuard
 from apiary.node.identity import Identity
@@ -303,6 +304,7 @@ def run_soak(options: SoakOptions, emit: Callable[[str], None]) -> SoakReport:
                        min_peers=2, model="cnn",
                        dataset=DatasetSpec("fashion", images=150 * options.nodes,
                                            hospitals=options.nodes))
+    claim_run_directory(options.out_dir, "apiary bench soak")
     started = time.monotonic()
     task = as_progress(emit).task(options.rounds, f"founding a swarm of {options.nodes} nodes")
     with LocalSwarm(demo, emit=emit, keep_devnet_state=True) as swarm:

@@ -11,6 +11,7 @@ from apiary.core.errors import ApiaryError
 from apiary.core.settings import NodeSettings
 from apiary.node.api import founding as ceremony
 from apiary.node.api import health, membership, metrics, rounds
+from apiary.node.api.audit import AuditLog
 from apiary.node.api.deps import Founding, History, InviteIssuer, JoinControl, Sponsoring
 from apiary.node.api.limits import BodySizeLimit, describe_errors
 from apiary.node.ports import NodeView
@@ -49,6 +50,7 @@ def create_app(
                    membership.invitee_router, ceremony.router, ceremony.open_router,
                    metrics.router):
         app.include_router(router)
+    app.add_middleware(AuditLog, token=settings.admin_token, also=[membership.invitee_router])
     return app
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apiary.core.processes import stop_processes
+from apiary.core.rundirs import clear_run_directory
 from apiary.core.settings import NodeSettings
 from apiary.tools.compose.mapping import LocalLayout, local_argv
 from apiary.tools.compose.spec import ComposeError, ComposeProject
 from apiary.tools.demo import DemoFailed, NodeProcess
 
-RUN_MARKER = ".apiary-compose-run"
 HEALTH_POLL_S = 0.5
 STOP_GRACE_S = 20.0
 
@@ -145,14 +144,9 @@ class ComposeRun:
 
 
 def _fresh_run_dir(run_dir: Path) -> Path:
-    """Volumes start empty, as on a new Docker host: a previous run's dir is replaced."""
-    if run_dir.exists():
-        if not (run_dir / RUN_MARKER).exists():
-            raise ComposeError(f"{run_dir} exists and is not a compose run directory")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / RUN_MARKER).touch()
-    return run_dir
+    """Volumes start empty, as on a new Docker host: a previous run's files are replaced
+    (in a directory an earlier compose demo made, never in any other)."""
+    return clear_run_directory(run_dir, "apiary demo --compose")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
