@@ -73,6 +73,20 @@ def test_fashion_shards_fit_the_cnn():
     assert block_count(26_698) == 7
 
 
+def test_the_in_process_methods_report_a_step_each_with_the_time_left(tmp_path: Path):
+    from apiary.tools.compare import CompareOptions, run_compare
+
+    lines: list[str] = []
+    result = run_compare(CompareOptions(seeds=2, rounds=1, epochs=1, workers=1,
+                                        methods=("central", "fedavg"), out_dir=tmp_path),
+                         lines.append)
+    assert set(result["methods"]) == {"central", "fedavg"}
+    steps = [line for line in lines if line.startswith("[")]
+    assert steps[0].startswith("[0/4] ")
+    assert steps[-1].startswith("[4/4] done in ")
+    assert not (tmp_path / "heart").exists(), "no real run, no node directories"
+
+
 @pytest.mark.slow
 @pytest.mark.chain
 def test_reduced_comparison_end_to_end(tmp_path: Path):

@@ -69,7 +69,7 @@ def test_a_task_line_says_how_far_what_it_waits_for_and_the_time_left() -> None:
     ]
     clock.now = 150.0
     task.finish()
-    assert lines[-1] == "[4/4] seed 2/2: swarm round 1/2 — done in 2 min"
+    assert lines[-1] == "[4/4] done in 2 min"
 
 
 def test_plain_lines_are_rate_limited_but_the_first_and_last_always_show() -> None:
@@ -82,7 +82,7 @@ def test_plain_lines_are_rate_limited_but_the_first_and_last_always_show() -> No
         task.describe(f"step {step + 1}")
     shown = [line.split("]")[0] + "]" for line in lines]
     assert shown == ["[0/25]", "[10/25]", "[20/25]", "[25/25]"]
-    assert lines[-1].startswith("[25/25] step 25 — done in 25 s")
+    assert lines[-1] == "[25/25] done in 25 s"
 
 
 def test_an_unchanged_description_prints_nothing() -> None:
@@ -119,7 +119,7 @@ def test_off_a_terminal_progress_is_plain_lines_on_stderr_and_stdout_stays_clean
     lines = err.splitlines()
     assert lines[0] == "  … starting 5 node processes"
     assert lines[1].startswith("  … [0/2] round 1/2: waiting for 5 nodes — ")
-    assert lines[2].startswith("  … [2/2] round 1/2: waiting for 5 nodes — done in ")
+    assert lines[2].startswith("  … [2/2] done in ")
     assert "\x1b" not in err, "no terminal control codes in a log"
 
 

@@ -134,13 +134,13 @@ class Task:
         return self._remaining.seconds_left(self._clock())
 
     def line(self) -> str:
-        """The task as one plain line: ``[3/10] what — 2 min elapsed, ~6 min left``."""
-        state = f"{format_duration(self.elapsed_s())} elapsed"
-        left = self.seconds_left()
+        """The task as one plain line: ``[3/10] what — 2 min elapsed, ~6 min left``, at the
+        end ``[10/10] done in 9 min``."""
+        elapsed = format_duration(self.elapsed_s())
         if self.finished:
-            state = f"done in {format_duration(self.elapsed_s())}"
-        elif left is not None:
-            state += f", {about(left)} left"
+            return f"[{self.done}/{self.total}] done in {elapsed}"
+        left = self.seconds_left()
+        state = f"{elapsed} elapsed" if left is None else f"{elapsed} elapsed, {about(left)} left"
         return f"[{self.done}/{self.total}] {self.what} — {state}"
 
 
