@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from apiary.cli.admin import admin
 from apiary.cli.boundary import ErrorBoundaryGroup
 from apiary.cli.settings_options import settings_command
 from apiary.core.settings import (
@@ -352,6 +353,9 @@ app.add_command(settings_command(
     "updates, it adds them with the public HE context only and serves the weighted sum. "
     "Every flag also reads an APIARY_* environment variable.",
 ))
+
+
+app.add_command(admin)
 
 
 def main() -> None:

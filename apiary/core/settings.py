@@ -17,6 +17,7 @@ from apiary.core.logs import LogFormat, LogLevel
 from apiary.core.training import DEFAULT_TRAINING
 
 ENV_PREFIX = "APIARY_"
+FILE_SUFFIX = "_FILE"
 OTHER_VARIABLES = frozenset({"APIARY_DEBUG", "APIARY_IMAGE"})
 """``APIARY_*`` variables that are no setting: the CLI's ``--debug`` and the image
 docker-compose.yml runs."""
@@ -33,8 +34,9 @@ class ApiarySettings(BaseSettings):
         """Environment first, then every override that is not None (CLI flags). A value
         that does not validate is a :class:`ConfigError` naming the setting and its variable."""
         check_environment(os.environ)
+        given = {k: v for k, v in overrides.items() if v is not None}
         try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
+            return cls(**{**read_variable_files(cls, os.environ), **given})
         except ValidationError as exc:
             raise ConfigError("; ".join(_describe(error) for error in exc.errors())) from None
         except SettingsError as exc:
@@ -49,8 +51,32 @@ def known_variables() -> frozenset[str]:
         cls = pending.pop()
         pending += cls.__subclasses__()
         prefix = str(cls.model_config.get("env_prefix", ""))
-        known.update(f"{prefix}{name}".upper() for name in cls.model_fields)
+        known.update(f"{prefix}{name}{suffix}".upper() for name in cls.model_fields
+                     for suffix in ("", FILE_SUFFIX))
     return frozenset(known)
+
+
+def read_variable_files(cls: type[ApiarySettings], environ: Mapping[str, str]) -> dict[str, str]:
+    """Each setting given as ``APIARY_<NAME>_FILE=path`` (a Docker or Kubernetes secret, say):
+    the file's content without its trailing newline. Keeps secrets off command lines and
+    out of the environment; setting both the variable and its ``_FILE`` is refused."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    values = {}
+    for name in cls.model_fields:
+        variable = f"{prefix}{name}".upper()
+        path = environ.get(variable + FILE_SUFFIX)
+        if path is None:
+            continue
+        if variable in environ:
+            raise ConfigError(f"both {variable} and {variable}{FILE_SUFFIX} are set: "
+                              "unset one of them")
+        try:
+            values[name] = Path(path).read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {variable}{FILE_SUFFIX}={path} "
+                              f"({exc.__class__.__name__}: {exc}); point it at a readable "
+                              "file holding the value") from None
+    return values
 
 
 def check_environment(environ: Mapping[str, str]) -> None:
@@ -65,9 +91,10 @@ def check_environment(environ: Mapping[str, str]) -> None:
     for name in unknown:
         close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
         described.append(f"{name} (did you mean {close[0]}?)" if close else name)
-    raise ConfigError(f"unknown environment variable{'s' if len(unknown) > 1 else ''} "
-                      f"{', '.join(described)}: no setting reads it; correct the name or "
-                      "unset it")
+    many = len(unknown) > 1
+    raise ConfigError(f"unknown environment variable{'s' if many else ''} "
+                      f"{', '.join(described)}: no setting reads {'them' if many else 'it'}; "
+                      "correct the name or unset it")
 
 
 def _describe(error: Any) -> str:
@@ -181,6 +208,9 @@ class CoordinatorSettings(LogSettings):
 
     coordinator_host: str = Field("127.0.0.1", description="address the coordinator listens on")
     coordinator_port: int = Field(50060, ge=0, le=65535, description="gRPC port of the coordinator")
+    coordinator_metrics_port: int = Field(
+        9110, ge=0, le=65535, description="port of the coordinator's Prometheus /metrics, on "
+        "the coordinator's address (0: none; not 9100, node_exporter's usual port)")
     coordinator_swarm: Path = Field(
         Path("swarm"), description="the swarm directory apiary found wrote (swarm.json, the "
         "public HE context); the coordinator publishes coordinator.pem there"
@@ -277,3 +307,15 @@ class SampleDataSettings(ApiarySettings):
     hospital: str = Field("cleveland", description="cleveland, hungary, switzerland or va")
     data: Path = Field(Path("data/hospital.npz"), description="shard file to write (.npz or .csv)")
     seed: int = Field(0, description="seed of the train/test split")
+
+
+class AdminClientSettings(ApiarySettings):
+    """`apiary admin`: which node's admin API to call, with which token."""
+
+    node_url: str = Field("http://127.0.0.1:8000", pattern=r"^https?://",
+                          description="the node's admin API URL")
+    admin_token: str | None = Field(
+        None, description="the node's admin token (or APIARY_ADMIN_TOKEN_FILE: a file holding it)")
+    request_timeout_s: float = Field(30.0, gt=0, description="seconds to wait for an answer")
+    invite: str | None = Field(None, description="a sponsor's invite, for `apiary admin join "
+                               "start` (or APIARY_INVITE_FILE: a file holding it)")

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from apiary.chain.devnet import free_port, running_devnet
@@ -32,6 +31,7 @@ from apiary.core.rundirs import clear_run_directory
 from apiary.core.settings import ChainSettings, FoundingSettings
 from apiary.core.tls import COORDINATOR_CERT
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig
+from apiary.node.client import AdminApiError, AdminClient, AdminUnreachable
 from apiary.node.founder import found
 from apiary.node.state import saved_history
 from apiary.tools.progress import Task, as_progress
@@ -138,14 +138,11 @@ def _history(node: NodeProcess, token: str) -> list[dict[str, Any]] | None:
     if node.process.poll() is not None and node.state_dir is not None:
         return saved_history(node.state_dir) or None
     try:
-        reply = httpx.get(f"{node.api_url}/v1/rounds", timeout=5,
-                          headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError:
+        with AdminClient(node.api_url, token, timeout_s=5) as client:
+            history = client.rounds()
+    except AdminApiError:
         return None
-    if reply.status_code != 200:
-        return None
-    rounds: list[dict[str, Any]] = reply.json()["rounds"]
-    return rounds
+    return [entry.model_dump() for entry in history.rounds]
 
 
 def follow_rounds(
@@ -300,6 +297,7 @@ class LocalSwarm:
         self.devnet = chain
         self.rpc_url = chain.rpc_url
         self.coordinator_port = free_port()
+        self.coordinator_metrics_port = free_port()
         if options.mode == "federated":
             self.extra_flags = ["--coordinator", f"127.0.0.1:{self.coordinator_port}",
                                 "--coordinator-cert", str(self.out / "swarm" / COORDINATOR_CERT)]
@@ -336,6 +334,7 @@ class LocalSwarm:
         options, port = self.options, self.coordinator_port
         command = [sys.executable, "-m", "apiary.cli", "coordinator",
                    "--coordinator-port", str(port),
+                   "--coordinator-metrics-port", str(self.coordinator_metrics_port),
                    "--coordinator-swarm", str(self.out / "swarm"),
                    "--coordinator-state", str(self.out / "coordinator"),
                    "--min-peers", str(options.min_peers),
@@ -424,44 +423,34 @@ def join_through_api(newcomer: NodeProcess, sponsor_url: str, token: str,
     That is the round after next: the members may have fixed the next round's participants
     before the newcomer was admitted, and then it joins from the round after.
     """
-    headers = {"Authorization": f"Bearer {token}"}
     name = newcomer.name
     started = time.monotonic()
     emit(f"onboarding {name}: POST {sponsor_url}/v1/invites")
-    invite = httpx.post(f"{sponsor_url}/v1/invites", headers=headers, json={"ttl_s": 600},
-                        timeout=30)
-    invite.raise_for_status()
+    with AdminClient(sponsor_url, token) as sponsor:
+        invite = sponsor.create_invite(600).invite
     emit(f"onboarding {name}: POST {newcomer.api_url}/v1/join "
          f'{{"sponsor_url": "{sponsor_url}", "invite": "…"}}')
-    reply = httpx.post(f"{newcomer.api_url}/v1/join", headers=headers, timeout=30,
-                       json={"sponsor_url": sponsor_url, "invite": invite.json()["invite"]})
-    reply.raise_for_status()
-    while True:
-        progress = httpx.get(f"{newcomer.api_url}/v1/join", headers=headers, timeout=30).json()
-        if progress["state"] == "member":
-            break
-        if progress["state"] == "failed":
-            raise DemoFailed(f"onboarding {name} failed: {progress['error']}")
-        if time.monotonic() - started > 120:
-            raise DemoFailed(f"onboarding {name} did not finish in 120 s: {progress}")
-        time.sleep(0.2)
-    seconds = time.monotonic() - started
-    status = httpx.get(f"{newcomer.api_url}/v1/status", headers=headers, timeout=30).json()
-    emit(f"onboarding {name}: member {progress['address']} after {seconds:.1f} s, "
-         f"holding the round-{status['round']} model")
-    return int(status["round"]) + 2, seconds
+    with AdminClient(newcomer.api_url, token) as client:
+        client.start_join(sponsor_url, invite)
+        try:
+            progress = client.follow_join(120.0, poll_s=0.2)
+        except AdminApiError as exc:
+            raise DemoFailed(f"onboarding {name}: {exc}") from exc
+        if progress.state == "failed":
+            raise DemoFailed(f"onboarding {name} failed: {progress.error}")
+        seconds = time.monotonic() - started
+        held = client.status().round
+    emit(f"onboarding {name}: member {progress.address} after {seconds:.1f} s, "
+         f"holding the round-{held} model")
+    return held + 2, seconds
 
 
 def _wait_healthy(node: NodeProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node.process.poll() is not None:
-            raise DemoFailed(f"node {node.name} exited; see {node.log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{node.api_url}/v1/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise DemoFailed(f"node {node.name} did not answer on {node.api_url}")
+    with AdminClient(node.api_url) as client:
+        try:
+            client.wait_healthy(timeout, alive=lambda: node.process.poll() is None)
+        except AdminUnreachable as exc:
+            raise DemoFailed(f"node {node.name}: {exc}; see {node.log_path}") from exc
 
 
 def run_demo(options: DemoOptions, emit: Callable[[str], None],

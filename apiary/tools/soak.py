@@ -41,6 +41,7 @@ from apiary.core.he import HEContext
 from apiary.core.keywrap import WrappedSecret, unwrap, wrap_context
 from apiary.core.rundirs import claim_run_directory
 from apiary.core.tls import create_self_signed
+from apiary.node.client import AdminClient
 from apiary.node.guard import ModelGuard
 from apiary.node.identity import Identity
 from apiary.node.peer import Inbox, PeerService, start_peer_server
@@ -192,9 +193,8 @@ def _join_attacker(swarm: LocalSwarm, options: SoakOptions,
                    poison: set[int], withhold: set[int]) -> tuple[MaliciousMember, Any]:
     """Admit the malicious member through the first founder's admin API."""
     sponsor = swarm.nodes[swarm.founders[0]].api_url
-    headers = {"Authorization": f"Bearer {swarm.options.admin_token}"}
-    invite = httpx.post(f"{sponsor}/v1/invites", headers=headers, json={"ttl_s": 600},
-                        timeout=30).json()["invite"]
+    with AdminClient(sponsor, swarm.options.admin_token) as client:
+        invite = client.create_invite(600).invite
     identity = Identity.create("malicious")
     port = free_port()
     tls = create_self_signed("malicious", ["127.0.0.1"])
