@@ -20,7 +20,7 @@ $(PY_STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	touch $@
 
 $(NPM_STAMP): package.json package-lock.json
-	npm install --no-audit --no-fund --no-save --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Fashion-MNIST for `apiary compare --dataset fashion`: Debian's dataset-fashion-mnist.
