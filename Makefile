@@ -6,8 +6,9 @@ PY_STAMP := $(VENV)/.apiary-installed
 NPM_STAMP := node_modules/.apiary-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
+BASE_IMAGE ?=
 
-.PHONY: all deps test test-fast demo lint clean
+.PHONY: all deps image engine test test-fast demo lint clean
 
 all: test
 
@@ -27,9 +28,22 @@ $(NPM_STAMP): package.json package-lock.json
 $(FASHION_MNIST):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist
 
-# Everything: linters, then every tier (unit and API, real devnet, real processes).
-test: deps
-	command -v docker-compose >/dev/null || (apt-get update && apt-get install -y docker-compose)
+# The container image, with no image or package registry reachable from the build: a
+# debootstrap'ed Debian base (or BASE_IMAGE=python:3.11-slim), the locked wheels fetched here,
+# anvil from node_modules; base and wheels cached in ~/.cache/apiary/image between runs.
+image: deps engine
+	BASE_IMAGE=$(BASE_IMAGE) deploy/image/build.sh
+
+# The Docker client, compose 1.29 and debootstrap, from Debian, when missing.
+engine:
+	@command -v dockerd >/dev/null && command -v docker-compose >/dev/null \
+	  && command -v debootstrap >/dev/null \
+	  || (apt-get update && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y docker.io docker-compose debootstrap)
+
+# Everything: linters, then every tier (unit and API, real devnet, real processes, real
+# containers: the tests start dockerd when no engine answers, and build the image).
+test: deps engine
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 

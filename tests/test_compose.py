@@ -1,203 +1,235 @@
-"""docker-compose.yml without a Docker engine: it validates, it matches the CLI, and its own
-services — commands and environment exactly as written — run two swarm rounds here: the
-nodes start first and make their own keys, then the founder runs the founding ceremony over
-their admin APIs."""
+"""The compose files, checked fast and without an engine: docker-compose resolves them, each
+service runs an apiary command with only variables that command's settings read, and the
+site bundle keeps its secrets in files. tests/test_compose_engine.py runs them for real."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
+import click
 import pytest
+import yaml
+from pydantic_settings import BaseSettings
 
 from apiary.cli import app
 from apiary.core.paths import REPO_ROOT
-from apiary.core.settings import FoundingSettings
+from apiary.core.settings import (
+    FILE_SUFFIX,
+    ChainSettings,
+    CoordinatorSettings,
+    FoundingSettings,
+    NodeSettings,
+    SampleDataSettings,
+)
 from apiary.node.founder import param_count_for
-from apiary.tools.compose.check import project_problems, service_problems
-from apiary.tools.compose.demo import run_compose_demo
-from apiary.tools.compose.mapping import LocalLayout
-from apiary.tools.compose.spec import ComposeError, ComposeProject, interpolate, load_project
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
+SITE = REPO_ROOT / "deploy/site"
+CONSORTIUM = REPO_ROOT / "deploy/consortium/docker-compose.yml"
 ENV = {"APIARY_ADMIN_TOKEN": "compose-test-token"}
+SITE_ENV = {"SITE_NAME": "zurich", "SITE_DATA_DIR": "/srv/apiary/data",
+            "SITE_DATA_FILE": "zurich.csv", "SITE_ADVERTISE": "zurich.example.org:50051",
+            "CHAIN_URL": "http://chain.example.org:8545",
+            "SPONSOR_URL": "http://cleveland.example.org:8000"}
+CONSORTIUM_ENV = {"FOUNDING_MEMBERS": "a=http://a:8000,b=http://b:8000", "SWARM_ADMIN": "a"}
+PROFILES = ("federated", "join")
+
+SETTINGS_BY_COMMAND: dict[str, type[BaseSettings]] = {
+    "devnet": ChainSettings,
+    "found": FoundingSettings,
+    "sample-data": SampleDataSettings,
+    "node": NodeSettings,
+    "coordinator": CoordinatorSettings,
+}
 
 
-def project(environ: dict[str, str] | None = None) -> ComposeProject:
-    return load_project(COMPOSE, environ or ENV)
-
-
-def docker_compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def docker_compose(*files: Path, env: dict[str, str], args: tuple[str, ...] = ("config",),
+                   profiles: tuple[str, ...] = PROFILES) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("docker-compose")
     if tool is None:
         pytest.fail("docker-compose is not installed (`make test` installs Debian's)")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("APIARY_")}
-    return subprocess.run([tool, "-f", str(COMPOSE), *args], env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("APIARY_", "SITE_", "CHAIN_", "SPONSOR_", "FOUNDING_"))}
+    command = [tool, "--project-directory", str(files[0].parent)]
+    for file in files:
+        command += ["-f", str(file)]
+    for profile in profiles:
+        command += ["--profile", profile]
+    return subprocess.run([*command, *args], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=60)
 
 
-def test_docker_compose_validates_the_file() -> None:
-    result = docker_compose("config", "-q", env=ENV)
+def resolved(*files: Path, env: dict[str, str] = ENV) -> dict[str, Any]:
+    """The file as docker-compose resolves it: anchors merged, variables interpolated."""
+    result = docker_compose(*files, env=env)
     assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+def settings_variables(settings_cls: type[BaseSettings]) -> set[str]:
+    prefix = str(settings_cls.model_config.get("env_prefix", ""))
+    return {f"{prefix}{name}{suffix}".upper() for name in settings_cls.model_fields
+            for suffix in ("", FILE_SUFFIX)}
+
+
+def service_problems(name: str, service: dict[str, Any], cli: click.Group) -> list[str]:
+    """What is wrong with one service's command and environment, against the CLI (the
+    image's entrypoint is `apiary`, so a command is a subcommand and its arguments)."""
+    where = f"service {name}"
+    command = list(service.get("command") or [])
+    if not command:
+        return [f"{where}: no command (the image's entrypoint is apiary)"]
+    sub, args = command[0], command[1:]
+    found = cli.commands.get(sub)
+    if found is None:
+        return [f"{where}: `apiary {sub}` is not a command of the CLI"]
+    problems = []
+    try:
+        found.make_context(sub, list(args), resilient_parsing=False)
+    except click.ClickException as exc:
+        problems.append(f"{where}: `apiary {sub}` rejects its arguments: {exc.format_message()}")
+    settings_cls = SETTINGS_BY_COMMAND.get(sub)
+    if settings_cls is None:
+        return [*problems, f"{where}: no settings class is known for `apiary {sub}`"]
+    known = settings_variables(settings_cls)
+    for variable in service.get("environment") or {}:
+        if variable.upper() not in known:
+            problems.append(f"{where}: {variable} is not a setting of `apiary {sub}` "
+                            f"({settings_cls.__name__})")
+    return problems
+
+
+def all_problems(config: dict[str, Any]) -> list[str]:
+    return [problem for name, service in config["services"].items()
+            for problem in service_problems(name, service, app)]
 
 
 def test_docker_compose_refuses_to_run_without_an_admin_token() -> None:
-    result = docker_compose("config", "-q", env={})
+    result = docker_compose(COMPOSE, env={})
     assert result.returncode != 0
     assert "APIARY_ADMIN_TOKEN" in result.stderr
 
 
-@pytest.mark.parametrize("name", sorted(project().services))
+@pytest.mark.parametrize(("files", "env"), [
+    ((COMPOSE,), ENV),
+    ((SITE / "docker-compose.yml",), SITE_ENV),
+    ((SITE / "docker-compose.yml", SITE / "one-host.yml"), SITE_ENV),
+    ((CONSORTIUM,), CONSORTIUM_ENV),
+], ids=["one-host", "site", "site-one-host", "consortium"])
 def test_each_service_runs_an_apiary_command_with_only_variables_its_settings_read(
-    name: str,
+    files: tuple[Path, ...], env: dict[str, str],
 ) -> None:
-    assert service_problems(project().services[name], app) == []
+    assert all_problems(resolved(*files, env=env)) == []
 
 
 def test_an_unknown_variable_or_command_fails_naming_the_service(tmp_path: Path) -> None:
     text = COMPOSE.read_text()
     text = text.replace("APIARY_NAME: hungary", "APIARY_NAME: hungary\n      APIARY_EPOCS: '3'")
-    text = text.replace('command: ["apiary", "found"]', 'command: ["apiary", "founds"]')
+    text = text.replace('command: ["found"]', 'command: ["founds"]')
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(text)
-    problems = project_problems(load_project(broken, ENV), app)
+    problems = all_problems(resolved(broken))
     assert any("service hungary" in p and "APIARY_EPOCS" in p for p in problems), problems
     assert any("service founder" in p and "apiary founds" in p for p in problems), problems
     assert len(problems) == 2
 
 
 def test_coordinator_is_sized_and_staffed_like_the_founder() -> None:
-    services = project().services
-    coordinator = services["coordinator"].environment
-    founder = services["founder"].environment
+    services = resolved(COMPOSE)["services"]
+    coordinator = services["coordinator"]["environment"]
+    founder = services["founder"]["environment"]
     assert int(coordinator["APIARY_PARAM_COUNT"]) == param_count_for(
         founder["APIARY_MODEL"], founder["APIARY_DATASET"])
     names = [m.split("=")[0] for m in founder["APIARY_FOUNDING_MEMBERS"].split(",")]
-    assert {services[n].environment["APIARY_NAME"] for n in names} == set(names)
-    # Its members are the chain's; it reads the swarm the founder wrote and publishes the
-    # certificate every node pins, in the same volume.
+    assert {services[n]["environment"]["APIARY_NAME"] for n in names} == set(names)
     assert coordinator["APIARY_COORDINATOR_SWARM"] == founder["APIARY_SWARM_DIR"] == "/swarm"
     for name in names:
         node = services[name]
-        assert node.environment["APIARY_COORDINATOR_CERT"] == "/swarm/coordinator.pem"
-        assert "/swarm" in [m.target for m in node.mounts]
+        assert node["environment"]["APIARY_COORDINATOR_CERT"] == "/swarm/coordinator.pem"
+        assert "swarm:/swarm:ro" in node["volumes"]
 
 
-def test_the_founder_runs_after_the_nodes_and_holds_no_member_volume() -> None:
-    services = project().services
+def test_nodes_are_healthy_when_ready_and_the_founder_waits_for_their_apis_itself() -> None:
+    services = resolved(COMPOSE)["services"]
     founder = services["founder"]
     urls = FoundingSettings.model_construct(
-        founding_members=founder.environment["APIARY_FOUNDING_MEMBERS"]).member_urls
+        founding_members=founder["environment"]["APIARY_FOUNDING_MEMBERS"]).member_urls
     assert urls == {n: f"http://{n}:8000" for n in ("cleveland", "hungary", "switzerland")}
+    for name in [*urls, "va"]:
+        assert "/v1/ready" in services[name]["healthcheck"]["test"][-1], "healthy means ready"
     for name in urls:
-        assert founder.depends_on[name] == "service_healthy"
-        assert "founder" not in services[name].depends_on
-        assert services[name].healthcheck is not None
-        assert "/v1/health" in services[name].healthcheck[-1], "liveness, not membership"
-    assert [m.target for m in founder.mounts] == ["/swarm"]
-    assert founder.environment["APIARY_ADMIN"] == "cleveland"
-    assert founder.environment["APIARY_ADMIN_TOKEN"] == ENV["APIARY_ADMIN_TOKEN"]
+        # A node is ready only once founded: the founder cannot wait for its health.
+        assert founder["depends_on"][name]["condition"] == "service_started"
+        assert "founder" not in services[name].get("depends_on", {})
+    assert founder["depends_on"]["devnet"]["condition"] == "service_healthy"
+    assert services["va"]["depends_on"]["cleveland"]["condition"] == "service_healthy", \
+        "the newcomer starts once its sponsor is a ready member"
+    assert founder["volumes"] == ["swarm:/swarm:rw"]
+    assert founder["environment"]["APIARY_ADMIN"] == "cleveland"
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
 def test_profiles_add_the_coordinator_and_the_joining_hospital() -> None:
-    compose = project()
-    default = compose.start_order(())
-    assert "coordinator" not in default and "va" not in default
-    assert default.index("cleveland") < default.index("founder")
-    assert "coordinator" in compose.start_order(("federated",))
-    joined = compose.start_order(("join",))
-    assert joined.index("cleveland") < joined.index("va")
-    assert "APIARY_JOIN" not in compose.services["va"].environment
+    services = resolved(COMPOSE)["services"]
+    profiles = {name: tuple(s.get("profiles", ())) for name, s in services.items()}
+    assert profiles.pop("coordinator") == ("federated",)
+    assert profiles.pop("va") == profiles.pop("va-shard") == ("join",)
+    assert set(profiles.values()) == {()}, "every other service runs by default"
+    assert "APIARY_JOIN" not in services["va"]["environment"]
 
 
-def test_host_names_ports_and_volumes_map_to_loopback_and_run_dirs(tmp_path: Path) -> None:
-    layout = LocalLayout(project(), tmp_path)
-    rpc = layout.port("devnet", 8545)
-    grpc = {n: layout.port(n, 50051) for n in ("cleveland", "hungary", "switzerland")}
-    founder = layout.environment("founder")
-    assert founder["APIARY_RPC_URL"] == f"http://127.0.0.1:{rpc}"
-    api = {n: layout.port(n, 8000) for n in grpc}
-    assert founder["APIARY_FOUNDING_MEMBERS"] == ",".join(
-        f"{n}=http://127.0.0.1:{p}" for n, p in api.items())
-    assert founder["APIARY_SWARM_DIR"] == f"{tmp_path}/roots/founder/swarm"
-    node = layout.environment("hungary")
-    assert node["APIARY_GRPC_PORT"] == str(grpc["hungary"])
-    assert node["APIARY_API_PORT"] == str(layout.port("hungary", 8000))
-    assert node["APIARY_GRPC_HOST"] == node["APIARY_API_HOST"] == "127.0.0.1"
-    assert node["APIARY_ADVERTISE"] == f"127.0.0.1:{grpc['hungary']}"
-    assert node["APIARY_NAME"] == "hungary"
-    layout.prepare("founder")
-    layout.prepare("hungary")
-    assert (tmp_path / "roots/hungary/state").resolve() == tmp_path / "volumes/hungary-state"
-    assert (tmp_path / "roots/founder/swarm").resolve() == tmp_path / "volumes/swarm"
-    health = layout.healthcheck("hungary")
-    assert health is not None and health[0] == sys.executable
-    assert f"http://127.0.0.1:{layout.port('hungary', 8000)}/v1/health" in health[-1]
-    assert len(set(layout.ports.values())) == len(layout.ports)
+def test_the_site_bundle_reads_its_secrets_from_files_and_joins_by_invite() -> None:
+    config = resolved(SITE / "docker-compose.yml", env=SITE_ENV)
+    assert list(config["services"]) == ["node"], "a hospital runs its node only"
+    node = config["services"]["node"]
+    env = node["environment"]
+    assert env["APIARY_ADMIN_TOKEN_FILE"] == "/run/secrets/admin_token"
+    assert env["APIARY_INVITE_FILE"] == "/run/secrets/invite"
+    assert "APIARY_ADMIN_TOKEN" not in env and "APIARY_INVITE" not in env
+    assert env["APIARY_JOIN"] == SITE_ENV["SPONSOR_URL"]
+    assert env["APIARY_RPC_URL"] == SITE_ENV["CHAIN_URL"]
+    assert env["APIARY_DATA"] == "/data/zurich.csv"
+    assert {s["source"] if isinstance(s, dict) else s for s in node["secrets"]} == \
+        {"admin_token", "invite"}
+    assert set(config["secrets"]) == {"admin_token", "invite"}
+    assert "127.0.0.1:8000:8000/tcp" in node["ports"], "the admin API on loopback only"
+    assert "/v1/ready" in node["healthcheck"]["test"][-1]
+    example = (SITE / ".env.example").read_text()
+    for variable in SITE_ENV:
+        assert f"\n{variable}=" in example, variable
+    assert "TOKEN" not in example.replace("admin_token", ""), "no secret in .env"
 
 
-def test_a_reference_to_an_undeclared_port_is_an_error(tmp_path: Path) -> None:
-    layout = LocalLayout(project(), tmp_path)
-    with pytest.raises(ComposeError, match="does not expose port 9999"):
-        layout.rewrite_hosts("http://devnet:9999")
-    assert layout.rewrite_hosts("nohost:9999,devnet") == "nohost:9999,devnet"
+def test_the_site_bundle_asks_for_what_it_needs_by_name() -> None:
+    result = docker_compose(SITE / "docker-compose.yml",
+                            env={k: v for k, v in SITE_ENV.items() if k != "SPONSOR_URL"})
+    assert result.returncode != 0
+    assert "SPONSOR_URL" in result.stderr
 
 
-def test_interpolation_follows_docker_compose() -> None:
-    env = {"SET": "x", "EMPTY": ""}
-    assert interpolate("$SET ${SET} ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} $$SET", env) == \
-        "x x d d  $SET"
-    with pytest.raises(ComposeError, match="required variable UNSET is missing a value: why"):
-        interpolate({"a": ["${UNSET:?why}"]}, env)
+def test_on_one_host_the_site_node_joins_only_the_consortium_network_by_name() -> None:
+    config = resolved(SITE / "docker-compose.yml", SITE / "one-host.yml",
+                      env={**SITE_ENV, "CONSORTIUM_NETWORK": "test-consortium"})
+    node = config["services"]["node"]
+    assert set(node["networks"]) == {"default", "consortium"}
+    assert node["networks"]["consortium"]["aliases"] == ["zurich"]
+    assert config["networks"]["consortium"] == {"external": True, "name": "test-consortium"}
+    one_host = resolved(COMPOSE, env={**ENV, "CONSORTIUM_NETWORK": "test-consortium"})
+    assert one_host["networks"]["default"]["name"] == "test-consortium"
 
 
-@pytest.mark.chain
-@pytest.mark.slow
-def test_apiary_demo_runs_the_compose_services_for_two_rounds(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result_file = tmp_path / "result.json"
-    env = {**os.environ, **ENV}
-    run = subprocess.run(
-        [sys.executable, "-m", "apiary.cli", "demo", "--compose", str(COMPOSE), "--rounds", "2",
-         "--out", str(out), "--json", str(result_file)],
-        env=env, capture_output=True, text=True, timeout=170,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    result = json.loads(result_file.read_text())
-    assert result["services"] == ["devnet", "cleveland-shard", "hungary-shard",
-                                  "switzerland-shard", "cleveland", "hungary", "switzerland",
-                                  "founder"]
-    assert [r["round"] for r in result["rounds"]] == [1, 2]
-    for row in result["rounds"]:
-        assert row["identical_weights"], row
-        assert row["contributors"] == 3
-        assert set(row["node_accuracy"]) == {"cleveland", "hungary", "switzerland"}
-    volumes = out / "compose/volumes"
-    swarm = json.loads((volumes / "swarm/swarm.json").read_text())
-    assert [m["name"] for m in swarm["members"]] == ["cleveland", "hungary", "switzerland"]
-    assert sorted(p.name for p in (volumes / "swarm").iterdir()) == ["he-public.ctx",
-                                                                   "swarm.json"]
-    for member in swarm["members"]:
-        own = json.loads((volumes / f"{member['name']}-state/identity.json").read_text())
-        assert own["address"] == member["address"], "each node made its own identity"
-    assert swarm["admin"] == swarm["members"][0]["address"]
-    assert "all nodes held bitwise identical weights after every round: yes" in run.stdout
-
-
-@pytest.mark.chain
-@pytest.mark.slow
-def test_the_join_profile_onboards_a_fourth_hospital_through_the_admin_api(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
-    result = run_compose_demo(COMPOSE, 2, ("join",), tmp_path / "run", lambda _line: None, app,
-                              timeout_s=150)
-    assert result["newcomers"] == ["va"]
-    last = result["rounds"][-1]
-    assert last["contributors"] == 4 and "va" in last["node_accuracy"], last
-    assert all(row["identical_weights"] for row in result["rounds"])
+def test_the_consortium_side_runs_the_chain_and_founds_with_a_token_file() -> None:
+    config = resolved(CONSORTIUM, env=CONSORTIUM_ENV)
+    assert set(config["services"]) == {"devnet", "founder"}
+    founder = config["services"]["founder"]["environment"]
+    assert founder["APIARY_ADMIN_TOKEN_FILE"] == "/run/secrets/admin_token"
+    assert "APIARY_ADMIN_TOKEN" not in founder
+    devnet = config["services"]["devnet"]
+    assert devnet["environment"]["APIARY_DEVNET_STATE"].startswith("/var/lib/apiary/devnet/")
