@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -25,6 +27,9 @@ DEV_MNEMONIC = "test test test test test test test test test test test junk"
 STOP_GRACE_S = 10.0
 STATE_INTERVAL_S = 2
 """Seconds between two writes of the devnet's state file."""
+GOOD_SUFFIX = ".good"
+"""The last copy of the state file that parsed, beside it: anvil rewrites the file in place,
+so a kill -9 in the middle of a write leaves it truncated."""
 
 
 class DevnetError(ApiaryError, RuntimeError):
@@ -87,8 +92,19 @@ class Devnet:
             "--gas-limit", str(s.block_gas_limit),
             "--no-request-size-limit",
             "--silent",
+            *self._history_flags(),
             *self._state_flags(),
         ]  # fmt: skip
+
+    def _history_flags(self) -> list[str]:
+        """Bounded memory and state file over weeks of rounds: recent blocks and states only."""
+        s = self.settings
+        flags = []
+        if s.devnet_keep_blocks:
+            flags += ["--transaction-block-keeper", str(s.devnet_keep_blocks)]
+        if s.devnet_keep_states:
+            flags += ["--prune-history", str(s.devnet_keep_states)]
+        return flags
 
     def _state_flags(self) -> list[str]:
         """Load the chain from the state file and write it back every STATE_INTERVAL_S, so
@@ -97,7 +113,13 @@ class Devnet:
         if path is None:
             return []
         path.parent.mkdir(parents=True, exist_ok=True)
+        restore_good_state(path)
         return ["--state", str(path), "--state-interval", str(STATE_INTERVAL_S)]
+
+    def keep_good_state(self) -> bool:
+        """Copy the state file aside if it parses and changed; True when copied."""
+        path = self.settings.devnet_state
+        return path is not None and keep_good_state(path)
 
     def start(self, timeout: float = 20.0) -> Devnet:
         _check_can_listen(self.settings.devnet_host, self.settings.devnet_port)
@@ -141,6 +163,44 @@ class Devnet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _parses(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def keep_good_state(path: Path) -> bool:
+    """Keep a copy of the state file beside it (``state.json.good``) when it parses and is
+    newer than the copy; written to a temporary file first, then renamed."""
+    good = path.with_name(path.name + GOOD_SUFFIX)
+    try:
+        if good.exists() and good.stat().st_mtime >= path.stat().st_mtime:
+            return False
+    except OSError:
+        return False
+    if not _parses(path):
+        return False
+    partial = good.with_name(good.name + ".part")
+    shutil.copy2(path, partial)
+    os.replace(partial, good)
+    return True
+
+
+def restore_good_state(path: Path) -> bool:
+    """Before anvil loads the state file: one that does not parse (truncated by a kill in
+    mid-write) is moved aside as ``state.json.bad`` and the last good copy takes its place.
+    True when a copy was restored; with no good copy the file stays for anvil to refuse."""
+    good = path.with_name(path.name + GOOD_SUFFIX)
+    if not path.exists() or _parses(path) or not _parses(good):
+        return False  # nothing to do, or nothing better: anvil's own error says so
+    os.replace(path, path.with_name(path.name + ".bad"))
+    shutil.copy2(good, path)
+    return True
 
 
 @contextlib.contextmanager

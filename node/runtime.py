@@ -350,7 +350,17 @@ class NodeRuntime:
                 continue
             outage.recovered()
             self._adopt(outcome)
+            self._rest_between_rounds()
         self.phase = "stopped"
+
+    def _rest_between_rounds(self) -> None:
+        """Rounds on a schedule: wait round_interval_s after a round this node took part in.
+        Every member sees a round close within a second or two, so all of them enrol again
+        together, inside the swarm's enrolment window when the interval is shorter."""
+        interval = self.settings.round_interval_s
+        if interval > 0:
+            self.phase = f"resting {interval:g} s before the next round"
+            self.stop_event.wait(interval)
 
     def _upstream(self) -> str:
         if self.link is not None:

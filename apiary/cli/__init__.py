@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from apiary.tools.progress import Progress
 
 DEFAULT_DEVNET_STATE = Path("devnet/state.json")
+GOOD_STATE_EVERY_S = 30.0
+"""How often `apiary devnet` keeps a copy of a state file that parses (state.json.good)."""
 """Where `apiary devnet` keeps the chain unless told otherwise."""
 
 def _progress() -> AbstractContextManager[Progress]:
@@ -77,9 +79,13 @@ def devnet(host: str | None, port: int | None, gas_limit: int | None,
         click.echo(f"block gas limit {settings.block_gas_limit:,}; Ctrl-C to stop")
         stopping: list[bool] = []
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+        copied_at = time.monotonic()
         try:
             while not stopping and chain.process is not None and chain.process.poll() is None:
                 time.sleep(0.5)
+                if time.monotonic() - copied_at > GOOD_STATE_EVERY_S:
+                    chain.keep_good_state()
+                    copied_at = time.monotonic()
         except KeyboardInterrupt:
             pass
     click.echo("devnet stopped")

@@ -120,6 +120,15 @@ class ChainSettings(ApiarySettings):
         None, description="file the devnet keeps the chain in across restarts, written every "
         "few seconds and on exit (default: memory only; `apiary devnet` uses devnet/state.json)"
     )
+    devnet_keep_blocks: int = Field(
+        1000, ge=0, description="blocks whose transactions, receipts and logs the devnet keeps "
+        "(anvil --transaction-block-keeper; ~100 rounds of 3 nodes): memory and the state file "
+        "stay bounded, logs of older blocks are gone (0: keep everything)"
+    )
+    devnet_keep_states: int = Field(
+        64, ge=0, description="past block states the devnet keeps in memory, none on disk "
+        "(anvil --prune-history; 0: keep every state)"
+    )
 
 
 class LogSettings(ApiarySettings):
@@ -176,6 +185,10 @@ class NodeSettings(LogSettings):
         1.0, description="ETH a sponsor sends a newcomer for its gas (devnets)"
     )
     rounds: int = Field(0, ge=0, description="rounds to take part in, then exit (0: forever)")
+    round_interval_s: float = Field(
+        0.0, ge=0, le=86400, allow_inf_nan=False,
+        description="seconds to rest after each round before the next (0: back to back); "
+        "the same on every member, and well inside the swarm's enrolment window")
     epochs: int = Field(DEFAULT_TRAINING.epochs, ge=1, description="local epochs per round")
     lr: float = Field(DEFAULT_TRAINING.lr, gt=0, description="learning rate (Adam)")
     batch_size: int = Field(DEFAULT_TRAINING.batch_size, ge=1, description="mini-batch size")
