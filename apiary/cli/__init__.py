@@ -162,21 +162,12 @@ app.add_command(settings_command(
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"),
               show_default=True,
               help="where shards, node state and logs go (an earlier run's are replaced)")
-@click.option("--compose", "compose_file", default=None,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="run this compose file's services as local processes instead")
-@click.option("--profile", "profiles", multiple=True,
-              help="compose profile to enable (repeatable; with --compose)")
 @click.option("--onboard", is_flag=True,
               help="hold one hospital back and onboard it through the HTTP API after round 2")
 @json_option
 def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: int,
-         out_dir: Path, compose_file: Path | None, profiles: tuple[str, ...], onboard: bool,
-         json_path: Path | None) -> None:
+         out_dir: Path, onboard: bool, json_path: Path | None) -> None:
     """Run the four UCI Heart Disease hospitals as a swarm on this machine, then stop."""
-    if compose_file is not None:
-        _compose_demo(compose_file, profiles, rounds, out_dir / "compose", json_path)
-        return
     from apiary.tools.demo import DemoOptions, run_demo, summary_lines
 
     if onboard and mode != "swarm":
@@ -197,14 +188,6 @@ def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | No
     if json_path is not None:
         write_json(json_path, result)
         click.echo(f"wrote {json_path}")
-
-
-def _compose_demo(compose_file: Path, profiles: tuple[str, ...], rounds: int, run_dir: Path,
-                  json_path: Path | None) -> None:
-    from apiary.tools.compose.demo import compose_summary, run_compose_demo
-
-    result = run_compose_demo(compose_file, rounds, profiles, run_dir, click.echo, app)
-    _report_run(compose_summary(result), result, json_path)
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """Run directories: the only directories a command may clear are ones it made itself.
 
-`apiary demo --out DIR` (and compare, soak, the compose demo) replace an earlier run's
+`apiary demo --out DIR` (and compare, soak) replace an earlier run's
 files. ``DIR/data`` and ``DIR/state`` are also the default paths of `apiary node`, so a
 command pointed at a node's directory must not delete that node's identity and keys. A
 command that makes a run directory writes a marker file (``.apiary-run``, naming what made
