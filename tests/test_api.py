@@ -285,7 +285,7 @@ ADMIN_ROUTES = [
     ("POST", "/v1/he-key/delivery", {"epoch": 0, "wrapped": SEALED}),
 ]
 OPEN_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/ready"), ("GET", "/metrics"),
-               ("GET", "/v1/identity"), ("POST", "/v1/members"),
+               ("GET", "/v1/identity"), ("GET", "/v1/overview"), ("POST", "/v1/members"),
                ("POST", "/v1/members/{address}/handover")}
 
 

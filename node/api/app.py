@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from apiary.core.admin_token import require_admin_token
 from apiary.core.errors import ApiaryError
 from apiary.core.settings import NodeSettings
+from apiary.node.api import dashboard, health, membership, metrics, rounds
 from apiary.node.api import founding as ceremony
-from apiary.node.api import health, membership, metrics, rounds
 from apiary.node.api.audit import AuditLog
 from apiary.node.api.deps import Founding, History, InviteIssuer, JoinControl, Sponsoring
 from apiary.node.api.limits import BodySizeLimit, describe_errors
@@ -34,6 +34,7 @@ def create_app(
         title=f"Apiary node {settings.name}",
         version="1",
         description="Admin API of one hospital node of an Apiary swarm.",
+        docs_url=None, redoc_url=None,  # served from the node's own assets: dashboard.py
     )
     app.state.settings = settings
     app.state.node = node
@@ -50,6 +51,7 @@ def create_app(
                    membership.invitee_router, ceremony.router, ceremony.open_router,
                    metrics.router):
         app.include_router(router)
+    dashboard.install(app)
     app.add_middleware(AuditLog, token=settings.admin_token, also=[membership.invitee_router])
     return app
 
