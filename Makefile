@@ -30,6 +30,7 @@ $(FASHION_MNIST):
 # Everything: linters, then every tier (unit and API, real devnet, real processes).
 test: deps
 	command -v docker-compose >/dev/null || (apt-get update && apt-get install -y docker-compose)
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
