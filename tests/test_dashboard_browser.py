@@ -36,6 +36,8 @@ SPONSOR = "cleveland"
 TOKEN = "dashboard-test-admin-token"
 WAIT_MS = 150_000
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+SHOWN_ROUNDS = 6
+"""Rounds on the chart when the screenshot is taken (a round takes seconds here)."""
 
 
 @dataclass
@@ -153,6 +155,8 @@ def test_the_dashboard_shows_members_and_the_live_round_and_the_chart_grows(
     assert newest.locator("td").nth(7).inner_text().startswith("0x")  # a transaction hash
     wait_on(tab, lambda: "about" in tab.locator("#chain").inner_text(),
             "an estimate of the rounds the balance pays for")
+    wait_on(tab, lambda: int(chart.get_attribute("data-points") or 0) >= SHOWN_ROUNDS,
+            f"{SHOWN_ROUNDS} rounds for the screenshot")
     live.wait_for(timeout=30_000)  # a round is always open: the next opens as one ends
     tab.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
     assert log.errors == []
