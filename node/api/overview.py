@@ -273,8 +273,10 @@ class OverviewSource:
 
     def _learn_rounds(self, contract: SwarmContract, me: str,
                       records: list[dict[str, Any]]) -> None:
-        """Who relayed each recorded round, its last block, and this node's gas in it."""
+        """Who relayed each recorded round, its last block, and this node's gas in it (read
+        block by block, so only for the rounds the cost estimate averages)."""
         w3 = contract.w3
+        recent = len(records) - COST_ROUNDS
         for index, record in enumerate(records):
             number, hashes = record["round"], record.get("aggregate_transactions") or []
             if number in self._rounds or not hashes:
@@ -285,7 +287,8 @@ class OverviewSource:
             # Since the round recorded before it: an abandoned round in between costs too.
             before = self._rounds.get(records[index - 1]["round"]) if index else None
             gas = None
-            if before is not None and final_block - before.final_block <= MAX_SCAN_BLOCKS:
+            if (index >= recent and before is not None
+                    and final_block - before.final_block <= MAX_SCAN_BLOCKS):
                 gas = _gas_of(w3, me, before.final_block + 1, final_block)
             self._rounds[number] = _RoundOnChain(final_block, relays, gas)
         shown = {r["round"] for r in records}
