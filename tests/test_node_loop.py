@@ -104,6 +104,11 @@ def test_poison_is_rejected_and_failures_do_not_stop_the_loop(node, caplog) -> N
     assert any("failed unexpectedly (ValueError: scale out of bounds)" in m for m in messages)
     assert sum("cannot reach" in m for m in messages) == 1
     assert any("aggregate rejected" in m and "round=1" in m for m in messages)
+    counted = node.metrics.registry.get_sample_value
+    assert counted("apiary_rounds_rejected_total", {"node": "va"}) == 2
+    assert counted("apiary_rounds_completed_total", {"node": "va"}) == 1
+    assert counted("apiary_rounds_failed_total", {"node": "va"}) == 1, "the unexpected error"
+    assert counted("apiary_round_seconds_count", {"node": "va"}) == 3, "rounds with an outcome"
 
 
 def test_a_node_restarted_on_poisoned_saved_weights_starts_again(node) -> None:

@@ -14,6 +14,7 @@ from apiary.node.api import founding as ceremony
 from apiary.node.api.audit import AuditLog
 from apiary.node.api.deps import Founding, History, InviteIssuer, JoinControl, Sponsoring
 from apiary.node.api.limits import BodySizeLimit, describe_errors
+from apiary.node.metrics import NodeMetrics
 from apiary.node.ports import NodeView
 
 
@@ -26,6 +27,7 @@ def create_app(
     sponsor: Sponsoring,
     founding: Founding,
     joiner: JoinControl | None,
+    node_metrics: NodeMetrics | None = None,
 ) -> FastAPI:
     """The admin API of one node; `joiner` is None on a node that does not join.
     Refuses (AdminTokenRefused) to make one whose admin token is missing or weak."""
@@ -43,7 +45,7 @@ def create_app(
     app.state.sponsor = sponsor
     app.state.joiner = joiner
     app.state.founding = founding
-    app.state.metrics = metrics.NodeMetrics()
+    app.state.metrics = node_metrics or metrics.metrics_for(settings.name, history, node)
     app.add_exception_handler(ApiaryError, apiary_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
