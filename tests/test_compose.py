@@ -94,13 +94,28 @@ def test_the_founder_runs_after_the_nodes_and_holds_no_member_volume() -> None:
         founding_members=founder.environment["APIARY_FOUNDING_MEMBERS"]).member_urls
     assert urls == {n: f"http://{n}:8000" for n in ("cleveland", "hungary", "switzerland")}
     for name in urls:
-        assert founder.depends_on[name] == "service_healthy"
+        # A node is ready only once founded, so the founder waits for it to start (and for
+        # its API to answer, itself), not for it to be healthy.
+        assert founder.depends_on[name] == "service_started"
         assert "founder" not in services[name].depends_on
         assert services[name].healthcheck is not None
-        assert "/v1/health" in services[name].healthcheck[-1], "liveness, not membership"
+        assert "/v1/ready" in services[name].healthcheck[-1], "readiness: a founded member"
     assert [m.target for m in founder.mounts] == ["/swarm"]
     assert founder.environment["APIARY_ADMIN"] == "cleveland"
     assert founder.environment["APIARY_ADMIN_TOKEN"] == ENV["APIARY_ADMIN_TOKEN"]
+
+
+def test_a_newcomer_is_checked_for_liveness_until_it_is_onboarded() -> None:
+    services = project().services
+    newcomer = services["va"]
+    assert newcomer.healthcheck is not None and "/v1/health" in newcomer.healthcheck[-1]
+    assert newcomer.depends_on["cleveland"] == "service_healthy", "a founded sponsor"
+
+
+def test_the_coordinator_serves_its_metrics_on_an_exposed_port() -> None:
+    coordinator = project().services["coordinator"]
+    port = int(coordinator.environment["APIARY_COORDINATOR_METRICS_PORT"])
+    assert port in coordinator.ports and port != 9100
 
 
 def test_profiles_add_the_coordinator_and_the_joining_hospital() -> None:
@@ -136,7 +151,7 @@ def test_host_names_ports_and_volumes_map_to_loopback_and_run_dirs(tmp_path: Pat
     assert (tmp_path / "roots/founder/swarm").resolve() == tmp_path / "volumes/swarm"
     health = layout.healthcheck("hungary")
     assert health is not None and health[0] == sys.executable
-    assert f"http://127.0.0.1:{layout.port('hungary', 8000)}/v1/health" in health[-1]
+    assert f"http://127.0.0.1:{layout.port('hungary', 8000)}/v1/ready" in health[-1]
     assert len(set(layout.ports.values())) == len(layout.ports)
 
 
