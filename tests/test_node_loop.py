@@ -123,7 +123,7 @@ def test_a_chain_without_the_swarms_contract_stops_the_node_in_one_line(node, w3
     """A devnet restarted without its state answers, but holds no contract any more: the
     node says so and stops, rather than dying on a BadFunctionCallOutput traceback."""
     gone = SwarmContract.at(w3, "0x" + "12" * 20, dev_keys[1])
-    node.link = SwarmLink(gone, "http://127.0.0.1:8545", None)
+    node.link = SwarmLink(gone, w3.provider.endpoint_uri, None)
     node.driver = ScriptedDriver([raising(BadFunctionCallOutput("no code at the address"))])
     with pytest.raises(runtime.ContractGone, match="no longer holds the swarm's contract"):
         node.run()
