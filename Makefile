@@ -44,6 +44,7 @@ engine:
 # Everything: linters, then every tier (unit and API, real devnet, real processes, real
 # containers: the tests start dockerd when no engine answers, and build the image).
 test: deps engine
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,11 @@ class TxResult:
     block_number: int
 
 
+TxListener = Callable[[TxResult], None]
+"""Told of every transaction an account's binding sent once it is mined (reverted ones
+too: they use gas), e.g. to count the account's gas."""
+
+
 class SwarmContract:
     """One deployed SwarmLearning contract, seen from one account."""
 
@@ -150,6 +155,14 @@ class SwarmContract:
         # One account, several threads (round loop, admin API): a nonce must be read and
         # used by one sender at a time.
         self._nonce_lock = threading.Lock()
+        self.on_mined: TxListener | None = None
+
+    def _mined(self, receipt: TxReceipt) -> TxResult:
+        result = TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
+                          receipt["blockNumber"])
+        if self.on_mined is not None:
+            self.on_mined(result)
+        return result
 
     # ------------------------------------------------------------------ construction
 
@@ -314,7 +327,8 @@ class SwarmContract:
               extra_gas: int = 0) -> TxResult:
         call = getattr(self.contract.functions, name)(*args)
         receipt = _transact(self.w3, self.account, call, name, self._errors, gas=gas,
-                            extra_gas=extra_gas, nonce_lock=self._nonce_lock)
+                            extra_gas=extra_gas, nonce_lock=self._nonce_lock,
+                            on_mined=self._mined)
         return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
                         receipt["blockNumber"])
 
@@ -354,9 +368,7 @@ class SwarmContract:
 
     def fund(self, address: str, wei: int) -> TxResult:
         """Send `wei` to `address` (a newcomer needs gas for its commits)."""
-        receipt = send_ether(self.w3, self.account, address, wei, self._nonce_lock)
-        return TxResult(receipt["transactionHash"].to_0x_hex(), receipt["gasUsed"],
-                        receipt["blockNumber"])
+        return self._mined(send_ether(self.w3, self.account, address, wei, self._nonce_lock))
 
     def _send_with_room(self, name: str, *args: Any) -> TxResult:
         """Send a call whose gas depends on who else acted first.
@@ -421,9 +433,9 @@ class SwarmContract:
             receipt = self.w3.eth.wait_for_transaction_receipt(
                 tx_hash, timeout=120, poll_latency=RECEIPT_POLL_SECONDS
             )
+            mined = self._mined(receipt)
             if receipt["status"] == 1:
-                results[index] = TxResult(receipt["transactionHash"].to_0x_hex(),
-                                          receipt["gasUsed"], receipt["blockNumber"])
+                results[index] = mined
             else:
                 results[index] = _replayed_revert(self.w3, self.account, call, "aggregate",
                                                   self._errors, receipt["blockNumber"])
@@ -571,6 +583,7 @@ def _transact(
     gas: int | None = None,
     nonce_lock: threading.Lock | None = None,
     extra_gas: int = 0,
+    on_mined: Callable[[TxReceipt], object] | None = None,
 ) -> TxReceipt:
     """Simulate, then sign and send; a revert in simulation raises ContractRejected.
 
@@ -601,6 +614,8 @@ def _transact(
     receipt = w3.eth.wait_for_transaction_receipt(
         tx_hash, timeout=120, poll_latency=RECEIPT_POLL_SECONDS
     )
+    if on_mined is not None:
+        on_mined(receipt)
     if receipt["status"] != 1:
         raise _replayed_revert(w3, account, call, function, errors, receipt["blockNumber"])
     return receipt

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 
+from apiary.coordinator.metrics import MetricsServer, serve_metrics
 from apiary.coordinator.server import serve
 from apiary.core.logs import configure_logging
 from apiary.core.settings import CoordinatorSettings
@@ -19,6 +20,17 @@ def run_coordinator(settings: CoordinatorSettings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     service, server, port = serve(settings)
     rounds = service.rounds
+    exporter: MetricsServer | None = None
+    if settings.coordinator_metrics_port:
+        try:
+            exporter = serve_metrics(service.metrics, settings.coordinator_host,
+                                     settings.coordinator_metrics_port)
+        except Exception:
+            rounds.stop()
+            server.stop(0)
+            raise
+        log.info("coordinator metrics on http://%s:%d/metrics", settings.coordinator_host,
+                 exporter.port)
     names = [service.members.name(a) for a in rounds.members]
     print(
         f"coordinator listening on {settings.coordinator_host}:{port} (mutual TLS with the "
@@ -39,4 +51,6 @@ def run_coordinator(settings: CoordinatorSettings) -> None:
     finally:
         rounds.stop()
         server.stop(STOP_GRACE_S).wait()
+        if exporter is not None:
+            exporter.stop()
     log.info("coordinator stopped at round %d", rounds.current_round)

@@ -57,12 +57,15 @@ class Rounds:
         keep_rounds: int = KEEP_ROUNDS,
         store: RoundStore | None = None,
         name_of: Callable[[str], str] = str,
+        on_close: Callable[[float | None], None] = lambda _seconds: None,
     ) -> None:
         if min_peers < 1:
             raise ValueError(f"min_peers is {min_peers}; it must be at least 1")
         if round_deadline_s <= 0:
             raise ValueError(f"round_deadline_s is {round_deadline_s}; it must be positive")
         self._members = members
+        self._on_close = on_close
+        """Told of each closed round: seconds since its first update (None if unknown)."""
         self.name_of = name_of
         """The name a member goes by in logs and aggregates (its address if it has none)."""
         self.modulus = modulus
@@ -267,6 +270,7 @@ class Rounds:
             weights,
             aggregate.weight_sum,
         )
+        self._on_close(None if self._opened_at is None else time.monotonic() - self._opened_at)
         self._round += 1
         self._pending = {}
         self._opened_at = None

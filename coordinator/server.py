@@ -28,6 +28,7 @@ from web3.exceptions import Web3Exception
 from apiary.chain.binding import SwarmContract
 from apiary.chain.trust import MemberTrust
 from apiary.coordinator.members import Membership
+from apiary.coordinator.metrics import CoordinatorMetrics
 from apiary.coordinator.rounds import Rounds
 from apiary.coordinator.store import RoundStore
 from apiary.core.coefficients import block_count
@@ -78,6 +79,7 @@ class CoordinatorService(apiary_pb2_grpc.CoordinatorServicer):
         self.block_count = block_count(param_count)
         self.modulus = context.modulus
         self.members = members
+        self.metrics = CoordinatorMetrics()
         try:
             self.rounds = Rounds(
                 members.active,
@@ -86,9 +88,11 @@ class CoordinatorService(apiary_pb2_grpc.CoordinatorServicer):
                 round_deadline_s=round_deadline_s,
                 store=store,
                 name_of=members.name,
+                on_close=self.metrics.round_closed,
             )
         except ValueError as exc:
             raise CoordinatorConfigError(str(exc)) from None
+        self.metrics.watch(lambda: len(self.rounds.members), lambda: self.rounds.current_round)
 
     def PushUpdate(
         self, request_iterator: Iterator[apiary_pb2.UpdateChunk], context: grpc.ServicerContext
@@ -110,17 +114,21 @@ class CoordinatorService(apiary_pb2_grpc.CoordinatorServicer):
             )
             self.rounds.accept(update)
         except TransportError as exc:
+            self.metrics.refused_with(exc.code)
             log.warning("%s: refused %s: %s %s", *_describe(seen), exc.code.name, exc)
             context.abort(exc.code, exc.message)
         except OSError as exc:
+            self.metrics.update_refused("storage")
             log.error("%s: cannot keep %s on disk: %s", *_describe(seen), exc)
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           f"the coordinator cannot write its state ({exc}); push again later")
         except grpc.RpcError:
+            self.metrics.update_refused("broken_off")
             log.warning(
                 "%s: %s broke off before it was complete; nothing recorded", *_describe(seen)
             )
             context.abort(grpc.StatusCode.CANCELLED, "the stream broke off")
+        self.metrics.update_accepted(update.blocks)
         return apiary_pb2.PushReply(round=update.header.round, blocks_received=len(update.blocks))
 
     def GetAggregate(

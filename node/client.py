@@ -259,12 +259,26 @@ def _parse(model: type[Answer], reply: httpx.Response, url: str) -> Answer:
 
 
 def _detail(reply: httpx.Response) -> str:
-    """The API's ``{"detail": ...}``, a validation error list flattened, or the text."""
+    """The API's ``{"detail": ...}``, a validation error list flattened, or the text (an
+    answer that is not the API's, e.g. a proxy's)."""
     try:
         detail = reply.json().get("detail")
     except (ValueError, AttributeError):
         return reply.text[:200]
+    if detail is None:
+        return reply.text[:200]
     if isinstance(detail, list):
-        return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item)
-                         for item in detail)
+        return "; ".join(_validation_error(item) for item in detail)
     return str(detail)
+
+
+def _validation_error(item: Any) -> str:
+    """One of FastAPI's validation errors as ``field: message`` (``ttl_s: Input should be
+    greater than 0``), without the part of the request it is in (body, path, query)."""
+    if not isinstance(item, dict):
+        return str(item)
+    where = [str(part) for part in item.get("loc", [])]
+    if where[:1] and where[0] in ("body", "path", "query", "header"):
+        where = where[1:]
+    message = str(item.get("msg", item))
+    return f"{'.'.join(where)}: {message}" if where else message

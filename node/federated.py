@@ -31,6 +31,7 @@ from apiary.core.transport import (
     push_update,
     sign_update,
 )
+from apiary.node.metrics import NodeMetrics
 from apiary.node.rounds import NotAMember, RoundFailed, RoundOutcome
 from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
@@ -73,6 +74,11 @@ class FederatedRound:
     saved_round: Callable[[], int] = lambda: 0
     """The last round in this node's saved history."""
     stop: threading.Event = field(default_factory=threading.Event)
+    metrics: NodeMetrics | None = None
+    """Where the bytes exchanged with the coordinator are counted."""
+
+    def __post_init__(self) -> None:
+        self._metrics = self.metrics or NodeMetrics(self.node)
 
     # ------------------------------------------------------------------ connection
 
@@ -197,6 +203,7 @@ class FederatedRound:
             push_update(self.coordinator, header, blocks, timeout=PUSH_TIMEOUT_S,
                         service="coordinator", channel_options=CHANNEL_OPTIONS,
                         credentials=self.credentials())
+            self._metrics.sent(blocks)
 
         try:
             self._retrying(f"push of round {header.round}", push)
@@ -220,6 +227,7 @@ class FederatedRound:
             header, blocks = self._retrying(f"aggregate of round {round_number}", fetch)
         except TransportError as exc:
             raise RoundFailed(f"round {round_number}: {exc}") from exc
+        self._metrics.received(blocks)
         started = time.perf_counter()
         total = self.he.decrypt(blocks, param_count)
         return RoundOutcome(

@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from typing import NoReturn
 
 import grpc
 from eth_utils import to_checksum_address
@@ -27,6 +28,7 @@ from apiary.core.streamguard import (
     PeerSlots,
     StreamDeadline,
     StreamLimits,
+    StreamsExhausted,
     server_options,
 )
 from apiary.core.transport import (
@@ -37,6 +39,7 @@ from apiary.core.transport import (
     verify_update_signature,
 )
 from apiary.node.keys import KeyMismatch, KeyRing
+from apiary.node.metrics import NodeMetrics, PushRefusal
 from apiary.node.trust import MemberTrust
 from apiary.wire import apiary_pb2, apiary_pb2_grpc
 
@@ -93,7 +96,8 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
 
     def __init__(self, contract: SwarmContract, inbox: Inbox, node: str,
                  keys: KeyRing | None = None, x25519_private: bytes | None = None,
-                 trust: MemberTrust | None = None, limits: StreamLimits | None = None) -> None:
+                 trust: MemberTrust | None = None, limits: StreamLimits | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.contract = contract
         self.inbox = inbox
         self.node = node
@@ -109,21 +113,31 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
         self.pushes = PeerSlots(self.limits.per_peer)
         """Open pushes per member (by its certificate's address; by the header's sender on
         a plaintext server, which identifies nobody)."""
+        self.metrics = metrics or NodeMetrics(node)
 
-    def _check_caller(self, context: grpc.ServicerContext) -> str | None:
+    def _abort(self, context: grpc.ServicerContext, code: grpc.StatusCode, details: str,
+               refused: PushRefusal | None = None) -> NoReturn:
+        """End the call with `code`; a refused push is counted by its reason."""
+        if refused is not None:
+            self.metrics.push_refused(refused)
+        context.abort(code, details)
+
+    def _check_caller(self, context: grpc.ServicerContext, *, push: bool = False) -> str | None:
         """The caller's member address; aborts unless the TLS client certificate is an
         active member's, on chain now. None on a plaintext server."""
         if self.trust is None:
             return None
         presented = context.auth_context().get("x509_pem_cert") or []
         if not presented:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no TLS client certificate")
+            self._abort(context, grpc.StatusCode.UNAUTHENTICATED, "no TLS client certificate",
+                        "no_certificate" if push else None)
         member = self.trust.member_for(presented[0])
         if member is None:
             log.warning("node=%s refused a call from a certificate no active member holds",
                         self.node)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          "the caller's TLS certificate is not registered for an active member")
+            self._abort(context, grpc.StatusCode.PERMISSION_DENIED,
+                        "the caller's TLS certificate is not registered for an active member",
+                        "unknown_member" if push else None)
         return member
 
     def _receive(self, request_iterator: Iterator[apiary_pb2.UpdateChunk],
@@ -146,6 +160,7 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
                 return receive_update(request_iterator, expected_blocks=self.block_count,
                                       modulus=self.modulus, on_header=on_header)
             except grpc.RpcError:
+                self.metrics.push_refused("deadline" if deadline.expired else "cancelled")
                 log.warning("node=%s dropped a push from %s: %s", self.node,
                             caller or "a plaintext peer",
                             "past its deadline" if deadline.expired else "cancelled",
@@ -158,42 +173,48 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
     def PushUpdate(
         self, request_iterator: Iterator[apiary_pb2.UpdateChunk], context: grpc.ServicerContext
     ) -> apiary_pb2.PushReply:
-        caller = self._check_caller(context)
+        caller = self._check_caller(context, push=True)
         try:
             update = self._receive(request_iterator, context, caller)
         except TransportError as exc:
             log.warning("node=%s refused a push from %s: %s", self.node,
                         caller or "a plaintext peer", exc, extra={"peer_address": caller})
-            context.abort(exc.code, str(exc))
+            self._abort(context, exc.code, str(exc), "too_many_streams"
+                        if isinstance(exc, StreamsExhausted) else "malformed")
         if update is None:
             return apiary_pb2.PushReply()  # the call is over: nobody reads this
         header = update.header
         if not verify_update_signature(header, self.contract.address):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          f"the update is not signed by its sender {header.sender}")
+            self._abort(context, grpc.StatusCode.UNAUTHENTICATED,
+                        f"the update is not signed by its sender {header.sender}",
+                        "bad_signature")
         with self._chain_lock:
             member = self.contract.member(header.sender)
             current = self.contract.current_round()
             info = self.contract.round_info(current)
             participants = self.contract.participants(current) if info.attempt else []
         if not member.active:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"{header.sender} is not an active member of the swarm")
+            self._abort(context, grpc.StatusCode.PERMISSION_DENIED,
+                        f"{header.sender} is not an active member of the swarm",
+                        "unknown_member")
         if header.round != current:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"round {header.round} is not open; the chain is at round {current}")
+            self._abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                        f"round {header.round} is not open; the chain is at round {current}",
+                        "wrong_round")
         if header.attempt != info.attempt:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"round {header.round}: attempt {header.attempt} is not the open "
-                          f"attempt ({info.attempt or 'participants not fixed yet'})")
+            self._abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                        f"round {header.round}: attempt {header.attempt} is not the open "
+                        f"attempt ({info.attempt or 'participants not fixed yet'})",
+                        "wrong_round")
         if member.address not in participants:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"round {header.round}: {member.address} is not a participant of "
-                          f"attempt {header.attempt}")
+            self._abort(context, grpc.StatusCode.PERMISSION_DENIED,
+                        f"round {header.round}: {member.address} is not a participant of "
+                        f"attempt {header.attempt}", "not_participant")
         if not self.inbox.put(header.round, header.attempt, member.address, update):
-            context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                          f"round {header.round} attempt {header.attempt}: {member.address} "
-                          "already pushed this update")
+            self._abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                        f"round {header.round} attempt {header.attempt}: {member.address} "
+                        "already pushed this update", "duplicate")
+        self.metrics.received(update.blocks)
         log.info("node=%s round=%d attempt=%d received %d blocks from %s", self.node,
                  header.round, header.attempt, len(update.blocks), member.address,
                  extra={"peer": member.endpoint, "peer_address": member.address})
@@ -223,6 +244,7 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
                           f"no update of {sender} that matches its commitment")
         with StreamDeadline(context, self.limits.deadline_s(len(update.blocks)), "the fetch"):
             yield from update_chunks(update.header, update.blocks)
+        self.metrics.sent(update.blocks)
 
     def DeliverKey(
         self, request: apiary_pb2.KeyDelivery, context: grpc.ServicerContext

@@ -41,6 +41,7 @@ from apiary.node.identity import Identity, ensure_identity
 from apiary.node.invites import InviteBook
 from apiary.node.joining import Joiner, JoiningNode
 from apiary.node.keys import KeyRing
+from apiary.node.metrics import NodeMetrics
 from apiary.node.onboarding import Sponsor
 from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.ports import ReadinessFacts, RoundDriver, SwarmLink, Train
@@ -108,7 +109,14 @@ class NodeRuntime:
     stop_event: threading.Event = field(default_factory=threading.Event)
     ready: threading.Event = field(default_factory=threading.Event)
     joiner: Joiner | None = None
+    metrics: NodeMetrics = field(init=False)
     _servers: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.metrics = NodeMetrics(self.settings.name, history=self.state.snapshot,
+                                   link=lambda: self.link)
+        if self.tls is not None:
+            self.metrics.certificate(self.tls.cert)
 
     # ------------------------------------------------------------------ construction
 
@@ -170,7 +178,7 @@ class NodeRuntime:
             name=self.settings.name, state_dir=self.settings.state_dir,
             endpoint=self.settings.endpoint, identity=self.identity, tls=self.tls,
             param_count=self.trainer.param_count, dataset_size=self.trainer.sample_count,
-            keys=self.keys, connect=connect,
+            keys=self.keys, connect=self._connect,
             activate=self._become_member, adopt=self._adopt_handover,
         )
 
@@ -209,8 +217,14 @@ class NodeRuntime:
             settings.round_timeout_s, private_key=self.identity.private_key,
             address=self.identity.address, contract_address=address, tls=self.tls,
             certificate=settings.coordinator_cert, saved_round=lambda: self.state.round,
-            stop=self.stop_event,
+            stop=self.stop_event, metrics=self.metrics,
         )
+
+    def _connect(self, address: str, rpc_url: str, private_key: str) -> SwarmContract:
+        """`connect`, with every transaction the contract sends counted in the metrics."""
+        contract = connect(address, rpc_url, private_key)
+        contract.on_mined = self.metrics.transaction_mined
+        return contract
 
     def activate(self) -> None:
         """Connect to the contract, check it fits this node, start the peer server."""
@@ -226,7 +240,7 @@ class NodeRuntime:
                                   "address (0x and 40 hex digits): check --contract")
         wait_for_chain(rpc_url, settings.chain_wait_s,
                        say=lambda line: log.info("node=%s %s", settings.name, line))
-        contract = connect(address, rpc_url, private_key)
+        contract = self._connect(address, rpc_url, private_key)
         if not contract.w3.eth.get_code(contract.address):
             raise ContractGone(
                 f"the chain at {rpc_url} holds no swarm contract at {contract.address} (a wrong "
@@ -252,18 +266,20 @@ class NodeRuntime:
             raise NodeConfigError("the HE context's modulus differs from the contract's")
         inbox = Inbox()
         x25519 = bytes.fromhex(self.identity.x25519_private) if self.identity else None
-        trust = (MemberTrust(connect(address, rpc_url, private_key), self.tls) if self.tls
-                 else None)
+        trust = (MemberTrust(self._connect(address, rpc_url, private_key), self.tls)
+                 if self.tls else None)
         self.driver = SwarmRound(
             contract, he, inbox, private_key, settings.name,
             settings.relay_takeover_s, settings.round_timeout_s, keys=self.keys,
             credentials=trust.channel_credentials if trust else None,
             x25519_private=x25519, store=ContributionStore(settings.state_dir, contract.address),
+            metrics=self.metrics,
         )
         self.link = SwarmLink(contract, rpc_url, trust)
-        peer_contract = connect(address, rpc_url, private_key)
+        peer_contract = self._connect(address, rpc_url, private_key)
         self._servers.append(start_peer_server(
-            PeerService(peer_contract, inbox, settings.name, self.keys, x25519, trust),
+            PeerService(peer_contract, inbox, settings.name, self.keys, x25519, trust,
+                        metrics=self.metrics),
             settings.grpc_host, settings.grpc_port, trust,
         ))
         log.info("node=%s member %s of swarm %s (%s gRPC)", settings.name, contract.sender,
@@ -321,6 +337,7 @@ class NodeRuntime:
                     return
                 round_number = self.driver.current_round()
                 self.phase = f"round {round_number}"
+                started = time.monotonic()
                 with in_round(round_number):
                     outcome = self.driver.run(round_number, self._train_for(round_number),
                                               self.trainer.param_count)
@@ -329,10 +346,12 @@ class NodeRuntime:
                 self.phase = "removed"
                 return
             except RoundAbandoned as exc:
+                self.metrics.round_abandoned()
                 log.warning("node=%s round=%d abandoned; keeping the model: %s",
                             self.settings.name, round_number, exc)
                 continue
             except RoundFailed as exc:
+                self.metrics.round_failed()
                 log.error("node=%s round=%d failed: %s", self.settings.name, round_number, exc)
                 self.stop_event.wait(1.0)
                 continue
@@ -342,6 +361,7 @@ class NodeRuntime:
                 self.stop_event.wait(outage.failed(exc))
                 continue
             except Exception as exc:  # one round's failure must never stop the node
+                self.metrics.round_failed()
                 log.error("node=%s round=%d failed unexpectedly (%s: %s); retrying",
                           self.settings.name, round_number, type(exc).__name__, exc)
                 log.debug("node=%s round=%d failure", self.settings.name, round_number,
@@ -350,6 +370,7 @@ class NodeRuntime:
                 continue
             outage.recovered()
             self._adopt(outcome)
+            self.metrics.round_timed(outcome.seconds, time.monotonic() - started)
             self._rest_between_rounds()
         self.phase = "stopped"
 
@@ -430,6 +451,8 @@ class NodeRuntime:
             aggregate_transactions=outcome.aggregate_transactions,
         )
         self.state.save(self.weights, outcome.round, digest, record)
+        if consecutive:  # a round it took part in, not one it caught up on
+            self.metrics.round_completed()
         self.phase = f"round {outcome.round} done"
         log.info("node=%s round=%d done: accuracy %.3f%s, %d contributors, weights %s",
                  self.settings.name, outcome.round, own.accuracy,
@@ -447,7 +470,8 @@ class NodeRuntime:
             link=lambda: self.link, swarm_contract=founding.contract,
         )
         return create_app(settings, node=self, history=self.state, invites=self.invites,
-                          sponsor=sponsor, founding=founding, joiner=self.joiner)
+                          sponsor=sponsor, founding=founding, joiner=self.joiner,
+                          node_metrics=self.metrics)
 
     def _founding(self) -> FoundingCeremony:
         if self.identity is None or self.tls is None:
@@ -458,7 +482,8 @@ class NodeRuntime:
             name=self.settings.name, state_dir=self.settings.state_dir,
             endpoint=self.settings.endpoint, identity=self.identity, tls=self.tls,
             keys=self.keys, param_count=self.trainer.param_count,
-            dataset_size=self.trainer.sample_count, connect=connect, enter=self._enter_swarm,
+            dataset_size=self.trainer.sample_count, connect=self._connect,
+            enter=self._enter_swarm,
             entered=self.ready.is_set, rpc_url=self.settings.rpc_url,
         )
 
@@ -536,6 +561,7 @@ class NodeRuntime:
             aggregate_transactions=outcome.aggregate_transactions,
         )
         self.state.save(self.weights, outcome.round, digest, record)
+        self.metrics.round_rejected()
         self.phase = f"round {outcome.round} rejected"
         log.error("node=%s round=%d aggregate rejected, keeping the model held (%s): %s",
                   self.settings.name, outcome.round, digest[:12], reason)

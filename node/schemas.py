@@ -35,6 +35,9 @@ class RoundEntry(BaseModel):
         "kept its model")
     reason: str | None = Field(None, description="why the aggregate was rejected")
     change_norm: float | None = Field(None, description="L2 norm of the model's change")
+    aggregate_transactions: list[str] = Field(
+        default_factory=list, description="hashes of the transactions that put the "
+        "aggregate on chain")
 
 
 class RoundHistory(BaseModel):

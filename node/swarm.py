@@ -46,6 +46,7 @@ from apiary.core.transport import (
 )
 from apiary.node.contribution import ContributionStore, SavedContribution
 from apiary.node.keys import KeyRing
+from apiary.node.metrics import NodeMetrics
 from apiary.node.peer import Inbox
 from apiary.node.rounds import NotAMember, RoundAbandoned, RoundFailed, RoundOutcome
 from apiary.wire import apiary_pb2
@@ -97,6 +98,8 @@ class SwarmRound:
     x25519_private: bytes | None = None
     store: ContributionStore | None = None
     """Where the round's encrypted update is kept, so a restart re-sends the same blocks."""
+    metrics: NodeMetrics | None = None
+    """Where the exchange and relay takeovers are counted (the node's; else one of its own)."""
     _masker: Masker | None = field(default=None, init=False, repr=False)
     _masker_peers: set[str] = field(default_factory=set, init=False, repr=False)
     _relay_clock: dict[tuple[int, int], tuple[float, int, float]] = field(
@@ -109,6 +112,7 @@ class SwarmRound:
 
     def __post_init__(self) -> None:
         self.params = self.contract.he_parameters()
+        self._metrics = self.metrics or NodeMetrics(self.node)
 
     def context_for(self, round_number: int, epoch: int | None = None) -> HEContext:
         """The secret context of the key epoch that encrypts `round_number`.
@@ -341,6 +345,7 @@ class SwarmRound:
                      extra={"peer": endpoint})
             return False
         self.inbox.put(round_number, attempt, sender, update)
+        self._metrics.received(update.blocks)
         log.info("node=%s round=%d attempt=%d fetched %s's blocks from %s", self.node,
                  round_number, attempt, sender, endpoint, extra={"peer": endpoint})
         return True
@@ -441,6 +446,7 @@ class SwarmRound:
                 try:
                     done.result()
                     delivered += 1
+                    self._metrics.sent(blocks)
                 except TransportError as exc:
                     log.warning("node=%s round=%d attempt=%d push to %s (%s) failed: %s",
                                 self.node, round_number, attempt, member.address,
@@ -474,6 +480,7 @@ class SwarmRound:
             return False
         if position > 0 and key not in self._took_over:
             self._took_over.add(key)
+            self._metrics.relay_takeover()
             log.warning("node=%s round=%d attempt=%d taking over as relay (position %d)",
                         self.node, round_number, info.attempt, position)
         return self._aggregate(round_number, info.attempt)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -24,13 +23,14 @@ from apiary.core.settings import NodeSettings
 from apiary.core.tls import TlsFiles, create_self_signed
 from apiary.node import joining
 from apiary.node.api import create_app
+from apiary.node.client import AdminApiError, AdminClient
 from apiary.node.identity import Identity
 from apiary.node.invites import InviteBook
 from apiary.node.joining import JOIN_FILE, Joiner, JoiningNode
 from apiary.node.keys import KeyRing
-from apiary.node.onboarding import Sponsor
+from apiary.node.onboarding import Handover, JoinRequest, Pending, Sponsor
 from apiary.node.ports import SwarmLink
-from apiary.node.resumption import sign_handover_request
+from apiary.node.resumption import HandoverRequest, sign_handover_request
 from apiary.node.state import NodeState
 from tests.test_api import TOKEN, FakeFounding, FakeNode
 
@@ -47,11 +47,12 @@ class Newcomer:
     tls: TlsFiles
     endpoint: str
 
-    def body(self, invite: str, **changes: Any) -> dict[str, Any]:
-        return {"invite": invite, "address": self.identity.address,
-                "x25519_public_key": self.identity.x25519_public, "endpoint": self.endpoint,
-                "tls_certificate": self.tls.cert.decode(), "dataset_size": DATASET_SIZE,
-                **changes}
+    def request(self, invite: str, **changes: Any) -> JoinRequest:
+        return JoinRequest.model_validate({
+            "invite": invite, "address": self.identity.address,
+            "x25519_public_key": self.identity.x25519_public, "endpoint": self.endpoint,
+            "tls_certificate": self.tls.cert.decode(), "dataset_size": DATASET_SIZE,
+            **changes})
 
 
 def newcomer(name: str, port: int = 50070) -> Newcomer:
@@ -101,9 +102,38 @@ def sponsor(w3: Web3, dev_keys: list[str], he: HEContext, tmp_path: Path
     thread.join(10)
 
 
-def concurrently(calls: list[Callable[[], httpx.Response]]) -> list[httpx.Response]:
+def admit(sponsor: SponsorNode, request: JoinRequest) -> Handover | Pending:
+    """The sponsor's answer to an admission request, through the client a joiner uses."""
+    with AdminClient(sponsor.url, timeout_s=60) as client:
+        return client.request_admission(request)
+
+
+def handover(sponsor: SponsorNode, address: str, request: HandoverRequest) -> Handover:
+    """The sponsor's answer to a member's request for its hand-over again."""
+    with AdminClient(sponsor.url, timeout_s=60) as client:
+        return client.resume_handover(address, request)
+
+
+def refused(call: Callable[[], object]) -> AdminApiError:
+    """The refusal (AdminApiError) that `call()` ends with."""
+    with pytest.raises(AdminApiError) as refusal:
+        call()
+    return refusal.value
+
+
+Answer = Handover | Pending | AdminApiError
+
+
+def answer_or_refusal(call: Callable[[], Handover | Pending]) -> Answer:
+    try:
+        return call()
+    except AdminApiError as refusal:
+        return refusal
+
+
+def concurrently(calls: list[Callable[[], Answer]]) -> list[Answer]:
     barrier = threading.Barrier(len(calls))
-    replies: list[httpx.Response | None] = [None] * len(calls)
+    replies: list[Answer | None] = [None] * len(calls)
 
     def run(i: int) -> None:
         barrier.wait()
@@ -114,7 +144,7 @@ def concurrently(calls: list[Callable[[], httpx.Response]]) -> list[httpx.Respon
         thread.start()
     for thread in threads:
         thread.join(60)
-    return [cast(httpx.Response, r) for r in replies]
+    return [cast(Answer, r) for r in replies]
 
 
 # ---------------------------------------------------------------------- one invite, one node
@@ -126,20 +156,20 @@ def test_four_concurrent_admissions_with_one_invite_admit_exactly_one(
     before = sponsor.members()
     nodes = [newcomer(f"racer{i}") for i in range(4)]
     replies = concurrently([
-        lambda n=n: httpx.post(f"{sponsor.url}/v1/members", json=n.body(invite), timeout=60)
+        lambda n=n: answer_or_refusal(lambda: admit(sponsor, n.request(invite)))
         for n in nodes])
-    statuses = sorted(r.status_code for r in replies)
-    assert statuses == [200, 409, 409, 409], [r.text for r in replies]
-    winner = next(n for n, r in zip(nodes, replies, strict=True) if r.status_code == 200)
+    refusals = [r for r in replies if isinstance(r, AdminApiError)]
+    handed_over = [n for n, r in zip(nodes, replies, strict=True) if isinstance(r, Handover)]
+    assert len(handed_over) == 1 and [r.status for r in refusals] == [409, 409, 409], replies
+    (winner,) = handed_over
     assert sponsor.members() - before == {winner.identity.address}
     (stored,) = sponsor.invites.snapshot().values()
     assert stored["used_by"] == winner.identity.address
-    for reply in replies:
-        if reply.status_code == 409:
-            assert reply.json()["detail"] in {
-                "invite already used",
-                "an admission with this invite is in progress; wait for its answer (one "
-                "invite admits one node)"}
+    for refusal in refusals:
+        assert refusal.detail in {
+            "invite already used",
+            "an admission with this invite is in progress; wait for its answer (one "
+            "invite admits one node)"}
 
 
 def test_a_reverted_admission_releases_its_invite(sponsor: SponsorNode, he: HEContext) -> None:
@@ -148,12 +178,12 @@ def test_a_reverted_admission_releases_its_invite(sponsor: SponsorNode, he: HECo
                                 removed.tls.cert, DATASET_SIZE)
     sponsor.contract.remove_member(removed.identity.address, HEContext.create().public_digest())
     invite, _ = sponsor.invites.create(60)
-    reverted = httpx.post(f"{sponsor.url}/v1/members", json=removed.body(invite), timeout=60)
-    assert reverted.status_code == 409 and "MemberExists" in reverted.text
+    reverted = refused(lambda: admit(sponsor, removed.request(invite)))
+    assert reverted.status == 409 and "MemberExists" in reverted.detail
     assert sponsor.invites.snapshot()[_digest(invite)]["reserved_for"] is None
     other = newcomer("other")
-    admitted = httpx.post(f"{sponsor.url}/v1/members", json=other.body(invite), timeout=60)
-    assert admitted.status_code == 200, admitted.text
+    admitted = admit(sponsor, other.request(invite))
+    assert isinstance(admitted, Handover) and admitted.address == other.identity.address
     assert other.identity.address in sponsor.members()
 
 
@@ -162,20 +192,20 @@ def test_a_hand_over_that_fails_after_the_chain_admitted_keeps_the_invite_for_th
     invite, _ = sponsor.invites.create(60)
     node, attacker = newcomer("slow"), newcomer("attacker")
     sponsor.model[0] = None  # the sponsor has no model to hand over yet: 503 after the tx
-    first = httpx.post(f"{sponsor.url}/v1/members", json=node.body(invite), timeout=60)
-    assert first.status_code == 503
+    first = refused(lambda: admit(sponsor, node.request(invite)))
+    assert first.status == 503 and first.may_pass
     assert node.identity.address in sponsor.members()
     assert sponsor.invites.snapshot()[_digest(invite)]["reserved_for"] == node.identity.address
     sponsor.model[0] = WEIGHTS
     # Someone else with the invite: refused, whether as itself or posing as the node with
     # its own X25519 key (the hand-over would be sealed to the chain's key anyway).
-    other = httpx.post(f"{sponsor.url}/v1/members", json=attacker.body(invite), timeout=60)
-    assert other.status_code == 409 and other.json()["detail"] == "invite already used"
-    posing = node.body(invite, x25519_public_key=attacker.identity.x25519_public)
-    impostor = httpx.post(f"{sponsor.url}/v1/members", json=posing, timeout=60)
-    assert impostor.status_code == 409 and "another X25519 key" in impostor.text
-    retried = httpx.post(f"{sponsor.url}/v1/members", json=node.body(invite), timeout=60)
-    assert retried.status_code == 200, retried.text
+    other = refused(lambda: admit(sponsor, attacker.request(invite)))
+    assert other.status == 409 and other.detail == "invite already used"
+    posing = node.request(invite, x25519_public_key=attacker.identity.x25519_public)
+    impostor = refused(lambda: admit(sponsor, posing))
+    assert impostor.status == 409 and "another X25519 key" in impostor.detail
+    retried = admit(sponsor, node.request(invite))
+    assert isinstance(retried, Handover) and retried.address == node.identity.address
     assert sponsor.invites.snapshot()[_digest(invite)]["used_by"] == node.identity.address
     assert attacker.identity.address not in sponsor.members()
 
@@ -222,8 +252,8 @@ def test_a_join_whose_answer_was_lost_is_resumed_with_the_same_identity(
     invite, _ = sponsor.invites.create(60)
     node = newcomer("lost")
     # The admission went through, but its answer never reached the node.
-    lost = httpx.post(f"{sponsor.url}/v1/members", json=node.body(invite), timeout=60)
-    assert lost.status_code == 200
+    lost = admit(sponsor, node.request(invite))
+    assert isinstance(lost, Handover)
     joiner, joined, keys = joiner_for(node, tmp_path / "lost", w3)
     joiner.start(sponsor.url, invite)
     wait(joiner)
@@ -269,29 +299,25 @@ def test_a_restarted_node_resumes_its_admitted_join(
 def test_nobody_resumes_another_nodes_join(sponsor: SponsorNode) -> None:
     invite, _ = sponsor.invites.create(60)
     victim, attacker = newcomer("victim"), newcomer("thief")
-    assert httpx.post(f"{sponsor.url}/v1/members", json=victim.body(invite),
-                      timeout=60).status_code == 200
-    path = f"{sponsor.url}/v1/members/{victim.identity.address}/handover"
+    assert isinstance(admit(sponsor, victim.request(invite)), Handover)
 
-    def ask(url: str, request: Any) -> httpx.Response:
-        return httpx.post(url, json=request.model_dump(), timeout=60)
+    def ask(address: str, request: HandoverRequest) -> AdminApiError:
+        return refused(lambda: handover(sponsor, address, request))
 
+    victim_address = victim.identity.address
     # The attacker's key signs for the victim's address: refused.
     _, forged = sign_handover_request(attacker.identity.private_key, invite)
-    reply = ask(path, forged)
-    assert reply.status_code == 403 and "not signed by" in reply.text
+    reply = ask(victim_address, forged)
+    assert reply.status == 403 and "not signed by" in reply.detail
     # The attacker asks for itself with the victim's invite: that invite admitted another.
-    mine = f"{sponsor.url}/v1/members/{attacker.identity.address}/handover"
-    reply = ask(mine, forged)
-    assert reply.status_code == 403 and "no such invite" in reply.text
+    reply = ask(attacker.identity.address, forged)
+    assert reply.status == 403 and "no such invite" in reply.detail
     # A stale signature of the victim's (replayed later) and a made-up invite: refused.
     _, stale = sign_handover_request(victim.identity.private_key, invite, now=1_000_000.0)
-    assert ask(path, stale).status_code == 403
+    assert ask(victim_address, stale).status == 403
     _, other_invite = sign_handover_request(victim.identity.private_key, "x" * 43)
-    assert ask(path, other_invite).status_code == 403
+    assert ask(victim_address, other_invite).status == 403
     # Only the victim's own signed request gets the hand-over, sealed to its key on chain.
     _, own = sign_handover_request(victim.identity.private_key, invite)
-    reply = ask(path, own)
-    assert reply.status_code == 200
-    assert reply.json()["address"] == victim.identity.address
+    assert handover(sponsor, victim_address, own).address == victim.identity.address
     assert attacker.identity.address not in sponsor.members()

@@ -285,7 +285,7 @@ ADMIN_ROUTES = [
     ("POST", "/v1/he-key/delivery", {"epoch": 0, "wrapped": SEALED}),
 ]
 OPEN_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/ready"), ("GET", "/metrics"),
-               ("GET", "/v1/identity"), ("POST", "/v1/members"),
+               ("GET", "/v1/identity"), ("GET", "/v1/overview"), ("POST", "/v1/members"),
                ("POST", "/v1/members/{address}/handover")}
 
 
@@ -410,7 +410,7 @@ def test_model_before_any_round(tmp_path: Path) -> None:
                         "evaluation": None}
         assert client.get("/v1/rounds", headers=GOOD).json() == {"node": "fresh", "rounds": []}
         assert client.get("/v1/status", headers=GOOD).json()["last_metrics"] is None
-        assert "apiary_rounds_completed" in client.get("/metrics").text
+        assert "apiary_rounds_completed_total" in client.get("/metrics").text
 
 
 def test_metrics_in_prometheus_text(api: Api) -> None:
@@ -418,10 +418,14 @@ def test_metrics_in_prometheus_text(api: Api) -> None:
     assert reply.headers["content-type"].startswith("text/plain")
     lines = set(reply.text.splitlines())
     assert 'apiary_round{node="basel"} 2.0' in lines
-    assert 'apiary_rounds_completed{node="basel"} 2.0' in lines
     assert 'apiary_accuracy{node="basel"} 0.75' in lines
     assert 'apiary_heldout_accuracy{node="basel"} 0.75' in lines
-    assert 'apiary_phase_seconds{node="basel",phase="exchange"} 0.25' in lines
+    # Counters count what this process saw happen (the stub node ran no round), and the
+    # chain's gauges need a member's link (the stub has none).
+    assert 'apiary_rounds_completed_total{node="basel"} 0.0' in lines
+    assert "# TYPE apiary_phase_seconds histogram" in lines
+    assert not any(line.startswith(("apiary_chain_up", "apiary_eth_balance")) for line in lines)
+    assert any(line.startswith("process_cpu_seconds_total") for line in lines)
 
 
 # ---------------------------------------------------------------------- invites

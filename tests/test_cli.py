@@ -158,6 +158,7 @@ def test_a_guard_bound_must_be_a_positive_number(tmp_path: Path, value: str) -> 
 
 @pytest.mark.parametrize(("token", "says"), [
     (None, "needs an admin token"), ("change-me", "placeholder"), ("short-token", "11 characters"),
+    ("x", "1 characters"),
 ])
 def test_a_node_without_a_real_admin_token_refuses_to_start(tmp_path: Path, token: str | None,
                                                             says: str) -> None:

@@ -160,7 +160,7 @@ def test_nodes_are_healthy_when_ready_and_the_founder_waits_for_their_apis_itsel
     urls = FoundingSettings.model_construct(
         founding_members=founder["environment"]["APIARY_FOUNDING_MEMBERS"]).member_urls
     assert urls == {n: f"http://{n}:8000" for n in ("cleveland", "hungary", "switzerland")}
-    for name in [*urls, "va"]:
+    for name in urls:
         assert "/v1/ready" in services[name]["healthcheck"]["test"][-1], "healthy means ready"
     for name in urls:
         # A node is ready only once founded: the founder cannot wait for its health.
@@ -174,6 +174,19 @@ def test_nodes_are_healthy_when_ready_and_the_founder_waits_for_their_apis_itsel
     for name, service in services.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_a_newcomer_is_checked_for_liveness_until_it_is_onboarded() -> None:
+    newcomer = resolved(COMPOSE)["services"]["va"]
+    assert "/v1/health" in newcomer["healthcheck"]["test"][-1]
+    assert newcomer["depends_on"]["cleveland"]["condition"] == "service_healthy", \
+        "a founded sponsor"
+
+
+def test_the_coordinator_serves_its_metrics_on_an_exposed_port() -> None:
+    coordinator = resolved(COMPOSE)["services"]["coordinator"]
+    port = int(coordinator["environment"]["APIARY_COORDINATOR_METRICS_PORT"])
+    assert str(port) in coordinator["expose"] and port != 9100
 
 
 def test_profiles_add_the_coordinator_and_the_joining_hospital() -> None:

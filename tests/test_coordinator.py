@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from web3 import Web3
 
 from apiary.chain.binding import SwarmContract
 from apiary.chain.devnet import Devnet, free_port
+from apiary.coordinator.metrics import MetricsPortInUse, serve_metrics
 from apiary.coordinator.server import CoordinatorConfigError, CoordinatorService, serve
 from apiary.core.coefficients import (
     SLOTS_PER_BLOCK,
@@ -221,6 +224,54 @@ def test_three_hospitals_get_the_weighted_mean(
     assert again == header
 
 
+def scraped(url: str) -> dict[str, float]:
+    """The unlabelled samples of a scrape, and the labelled ones as name{label=value}."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found
+
+
+def test_the_coordinators_metrics_count_a_round_over_http(
+    federation: Federation, updates: dict[str, list[bytes]],
+) -> None:
+    service, target = federation.start()
+    exporter = serve_metrics(service.metrics, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{exporter.port}/metrics"
+    try:
+        before = scraped(url)
+        assert before["apiary_coordinator_members"] == 3
+        assert before["apiary_coordinator_round"] == 1
+        assert before["apiary_coordinator_updates_received_total"] == 0
+        for name in MEMBERS:
+            federation.push(target, name, updates[name])
+        again = stream(federation.header("hospital-a", updates["hospital-a"], round_number=1),
+                       updates["hospital-a"])
+        federation.raw_push(target, again, "hospital-a")  # round 1 is closed: refused
+        forged = federation.header("hospital-c", updates["hospital-b"], round_number=2,
+                                   sender=federation.address("hospital-b"))
+        federation.raw_push(target, stream(forged, updates["hospital-b"]), "hospital-b")
+        after = scraped(url)
+        with pytest.raises(MetricsPortInUse, match="cannot serve the coordinator's metrics"):
+            serve_metrics(service.metrics, "127.0.0.1", exporter.port)
+    finally:
+        exporter.stop()
+    assert after["apiary_coordinator_updates_received_total"] == 3
+    assert after["apiary_coordinator_bytes_received_total"] == sum(
+        len(b) for name in MEMBERS for b in updates[name])
+    assert after["apiary_coordinator_rounds_closed_total"] == 1
+    assert after["apiary_coordinator_round_seconds_count"] == 1
+    assert after["apiary_coordinator_round"] == 2
+    assert after["apiary_coordinator_updates_refused_total{reason=wrong_round}"] == 1
+    assert after["apiary_coordinator_updates_refused_total{reason=not_permitted}"] == 1
+    assert after["apiary_coordinator_updates_refused_total{reason=malformed}"] == 0
+    assert after["process_cpu_seconds_total"] > 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -266,6 +317,13 @@ def test_malformed_pushes_are_refused_and_change_nothing(
         assert (error.code(), name) == (code, name)
         assert message in error.details(), name
         assert (service.rounds.current_round, service.rounds.pending_senders()) == before, name
+    refused = {reason: service.metrics.registry.get_sample_value(
+        "apiary_coordinator_updates_refused_total", {"reason": reason})
+        for reason in ("malformed", "too_large", "wrong_round", "duplicate")}
+    assert refused["wrong_round"] == 2 and refused["duplicate"] == 1
+    assert sum(refused.values()) == len(cases), refused
+    assert service.metrics.registry.get_sample_value(
+        "apiary_coordinator_updates_received_total") == 1
 
     logged = caplog.text
     assert f"round 1: refused the update of '{a}': ALREADY_EXISTS" in logged

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -32,6 +31,7 @@ from apiary.core.he import HEContext
 from apiary.core.keywrap import wrap, wrap_context
 from apiary.core.settings import FoundingSettings
 from apiary.core.tls import create_self_signed
+from apiary.node.client import AdminClient
 from apiary.node.founder import FoundingError, found
 from apiary.node.founding import FoundingCeremony, KeyDelivery, SwarmAssignment, found_swarm
 from apiary.node.identity import Identity, ensure_identity
@@ -204,7 +204,8 @@ def test_apiary_found_founds_running_nodes_and_writes_no_private_key(tmp_path: P
         local.start_founders()
         state_root = local.out / "state"
         config = local.founding_settings()
-        hungary = httpx.get(f"{local.nodes['hungary'].api_url}/v1/identity").json()["address"]
+        with AdminClient(local.nodes["hungary"].api_url) as hungary_api:
+            hungary = hungary_api.identity().address
         founder_dir = tmp_path / "founder"
         founder_dir.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("APIARY_")}

@@ -104,6 +104,11 @@ def test_poison_is_rejected_and_failures_do_not_stop_the_loop(node, caplog) -> N
     assert any("failed unexpectedly (ValueError: scale out of bounds)" in m for m in messages)
     assert sum("cannot reach" in m for m in messages) == 1
     assert any("aggregate rejected" in m and "round=1" in m for m in messages)
+    counted = node.metrics.registry.get_sample_value
+    assert counted("apiary_rounds_rejected_total", {"node": "va"}) == 2
+    assert counted("apiary_rounds_completed_total", {"node": "va"}) == 1
+    assert counted("apiary_rounds_failed_total", {"node": "va"}) == 1, "the unexpected error"
+    assert counted("apiary_round_seconds_count", {"node": "va"}) == 3, "rounds with an outcome"
 
 
 def test_a_node_restarted_on_poisoned_saved_weights_starts_again(node) -> None:
@@ -118,7 +123,7 @@ def test_a_chain_without_the_swarms_contract_stops_the_node_in_one_line(node, w3
     """A devnet restarted without its state answers, but holds no contract any more: the
     node says so and stops, rather than dying on a BadFunctionCallOutput traceback."""
     gone = SwarmContract.at(w3, "0x" + "12" * 20, dev_keys[1])
-    node.link = SwarmLink(gone, "http://127.0.0.1:8545", None)
+    node.link = SwarmLink(gone, w3.provider.endpoint_uri, None)
     node.driver = ScriptedDriver([raising(BadFunctionCallOutput("no code at the address"))])
     with pytest.raises(runtime.ContractGone, match="no longer holds the swarm's contract"):
         node.run()

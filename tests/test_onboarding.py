@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from apiary.core.flat import weights_digest
 from apiary.core.he import HEContext
 from apiary.core.tls import TlsFiles, create_self_signed
 from apiary.core.transport import TransportError, push_update, sign_update
+from apiary.node.client import AdminApiError, AdminClient, AdminUnreachable
 from apiary.node.identity import Identity
 from apiary.node.keys import KeyRing
+from apiary.node.onboarding import AdminRole, JoinRequest
 from apiary.node.trust import TTL_S
 from apiary.tools.demo import DemoOptions, LocalSwarm
 from apiary.wire import apiary_pb2
@@ -44,6 +47,18 @@ def api(swarm: LocalSwarm, name: str) -> str:
 
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def admin(swarm: LocalSwarm, name: str) -> AdminClient:
+    """`name`'s admin API through the one client; calls that go on chain take a while."""
+    return AdminClient(api(swarm, name), TOKEN, timeout_s=60)
+
+
+def refusal(call: Callable[[], object]) -> AdminApiError:
+    """The AdminApiError that `call()` raises."""
+    with pytest.raises(AdminApiError) as refused:
+        call()
+    return refused.value
 
 
 def committed_rounds(swarm: LocalSwarm, name: str) -> list[int]:
@@ -148,14 +163,15 @@ def test_refused_invites_change_nothing(swarm) -> None:
             "dataset_size": 50})
 
     assert join_request("x" * 43, "0x" + "12" * 20, certificate).status_code == 403
-    short = httpx.post(f"{url}/v1/invites", headers=admin_headers(), json={"ttl_s": 0.5}).json()
-    time.sleep(1.0)
-    expired = join_request(short["invite"], "0x" + "12" * 20, certificate)
-    assert expired.status_code == 410 and "expired" in expired.json()["detail"]
-    fresh = httpx.post(f"{url}/v1/invites", headers=admin_headers(), json={}).json()
-    bad_certificate = join_request(fresh["invite"], "0x" + "12" * 20)
+    with admin(local, "cleveland") as cleveland:
+        short = cleveland.create_invite(0.5)
+        time.sleep(1.0)
+        expired = join_request(short.invite, "0x" + "12" * 20, certificate)
+        assert expired.status_code == 410 and "expired" in expired.json()["detail"]
+        fresh = cleveland.create_invite()
+    bad_certificate = join_request(fresh.invite, "0x" + "12" * 20)
     assert bad_certificate.status_code == 422
-    member_again = join_request(fresh["invite"], local.addresses["hungary"], certificate)
+    member_again = join_request(fresh.invite, local.addresses["hungary"], certificate)
     assert member_again.status_code == 409 and "already a member" in member_again.json()["detail"]
     assert httpx.post(f"{url}/v1/invites", json={}).status_code == 401
     assert httpx.post(f"{url}/v1/members", json={"invite": "x"}).status_code == 422
@@ -174,54 +190,35 @@ def test_the_admin_role_moves_to_another_member_in_two_steps(swarm) -> None:
     local, contract = swarm
     assert contract.admin() == local.addresses["cleveland"], "the ceremony handed it over"
     hungary = local.addresses["hungary"]
-    refused = httpx.post(f"{api(local, 'hungary')}/v1/admin/transfer", headers=admin_headers(),
-                         json={"address": local.addresses["va"]}, timeout=30)
-    assert refused.status_code == 403
-    started = httpx.post(f"{api(local, 'cleveland')}/v1/admin/transfer",
-                         headers=admin_headers(), json={"address": hungary}, timeout=30)
-    assert started.status_code == 200, started.text
-    assert started.json() == {"admin": local.addresses["cleveland"], "pending_admin": hungary}
-    not_theirs = httpx.post(f"{api(local, 'va')}/v1/admin/accept", headers=admin_headers(),
-                            timeout=30)
-    assert not_theirs.status_code == 409
-    accepted = httpx.post(f"{api(local, 'hungary')}/v1/admin/accept", headers=admin_headers(),
-                          timeout=30)
-    assert accepted.status_code == 200
-    assert accepted.json() == {"admin": hungary, "pending_admin": None}
+    with admin(local, "hungary") as new_admin, admin(local, "cleveland") as old_admin, \
+            admin(local, "va") as bystander:
+        refused = refusal(lambda: new_admin.transfer_admin(local.addresses["va"]))
+        assert refused.status == 403
+        started = old_admin.transfer_admin(hungary)
+        assert started == AdminRole(admin=local.addresses["cleveland"], pending_admin=hungary)
+        assert refusal(bystander.accept_admin).status == 409
+        accepted = new_admin.accept_admin()
+        assert accepted == AdminRole(admin=hungary, pending_admin=None)
     assert contract.admin() == hungary
 
 
 def test_a_fourth_hospital_joins_through_a_member_that_is_not_the_first(swarm) -> None:
     local, contract = swarm
     url = api(local, "hungary")
-    created = httpx.post(f"{url}/v1/invites", headers=admin_headers(), json={"ttl_s": 600})
-    assert created.status_code == 201
-    invite = created.json()["invite"]
+    with admin(local, "hungary") as sponsor:
+        invite = sponsor.create_invite(600).invite
     assert invite not in (local.state_dir("hungary") / "invites.json").read_text()
     started = time.monotonic()
-    local.start(NEWCOMER)
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{api(local, NEWCOMER)}/v1/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    local.wait_until(answers, 60, "the newcomer's API")
-    own = httpx.get(f"{api(local, NEWCOMER)}/v1/identity").json()
-    reply = httpx.post(f"{api(local, NEWCOMER)}/v1/join", headers=admin_headers(),
-                       json={"sponsor_url": url, "invite": invite}, timeout=30)
-    assert reply.status_code == 202, reply.text
-
-    def joined() -> bool:
-        progress = httpx.get(f"{api(local, NEWCOMER)}/v1/join", headers=admin_headers()).json()
-        assert progress["state"] != "failed", progress
-        return bool(progress["state"] == "member")
-
-    local.wait_until(joined, 120, "the join")
-    address = own["address"]
+    process = local.start(NEWCOMER).process
+    with admin(local, NEWCOMER) as newcomer:
+        newcomer.wait_healthy(60, alive=lambda: process.poll() is None)
+        own = newcomer.identity()
+        newcomer.start_join(url, invite)
+        progress = newcomer.follow_join(120)
+    assert progress.state == "member", progress
+    address = own.address
     record = contract.member(address)
-    assert record.active and record.tls_certificate == own["tls_certificate"].encode()
+    assert record.active and record.tls_certificate == own.tls_certificate.encode()
     assert record.tls_certificate == (local.state_dir(NEWCOMER) / "tls" / "node.pem").read_bytes()
     assert time.monotonic() - started < 120
 
@@ -234,11 +231,12 @@ def test_a_fourth_hospital_joins_through_a_member_that_is_not_the_first(swarm) -
     assert address in contract.participants(round_number)
     assert len(round_digests(local, (*FOUNDERS, NEWCOMER), round_number)) == 1
 
-    reused = httpx.post(f"{url}/v1/members", timeout=30, json={
-        "invite": invite, "address": "0x" + "34" * 20, "x25519_public_key": "22" * 32,
-        "endpoint": "127.0.0.1:2", "tls_certificate": own["tls_certificate"],
-        "dataset_size": own["dataset_size"]})
-    assert reused.status_code == 409 and "already used" in reused.json()["detail"]
+    another = JoinRequest(invite=invite, address="0x" + "34" * 20, x25519_public_key="22" * 32,
+                          endpoint="127.0.0.1:2", tls_certificate=own.tls_certificate,
+                          dataset_size=own.dataset_size)
+    with AdminClient(url, timeout_s=30) as invitee:
+        reused = refusal(lambda: invitee.request_admission(another))
+    assert reused.status == 409 and "already used" in reused.detail
 
 
 def test_a_grpc_client_without_a_members_certificate_is_refused(swarm) -> None:
@@ -258,16 +256,14 @@ def test_a_removed_member_is_refused_at_the_handshake_and_cannot_read_later_roun
     gone = local.addresses["va"]
     old_key = swarm_key(local, 0, "va")
     before = chain_state(contract)
-    refused = httpx.delete(f"{api(local, 'cleveland')}/v1/members/{gone}",
-                           headers=admin_headers(), timeout=60)
-    assert refused.status_code == 403, "cleveland handed the admin role to hungary"
+    with admin(local, "cleveland") as cleveland:
+        refused = refusal(lambda: cleveland.remove(gone))
+    assert refused.status == 403, "cleveland handed the admin role to hungary"
     assert chain_state(contract) == before
     va_credentials = member_credentials(local, contract, "va")
-    reply = httpx.delete(f"{api(local, 'hungary')}/v1/members/{gone}",
-                         headers=admin_headers(), timeout=60)
-    assert reply.status_code == 200, reply.text
-    removal = reply.json()
-    assert removal["failed"] == [] and gone not in removal["delivered"]
+    with admin(local, "hungary") as hungary:
+        removal = hungary.remove(gone)
+    assert removal.failed == [] and gone not in removal.delivered
     assert not contract.member(gone).active
 
     assert push_as(local, contract, "va", "hungary", va_credentials) == \
@@ -285,7 +281,7 @@ def test_a_removed_member_is_refused_at_the_handshake_and_cannot_read_later_roun
                        member_credentials(local, contract, caller))
         assert code == grpc.StatusCode.FAILED_PRECONDITION, (caller, target, code)
 
-    epoch, from_round = removal["key_epoch"], removal["from_round"]
+    epoch, from_round = removal.key_epoch, removal.from_round
     assert contract.key_epoch(epoch)[0] == from_round
     stayers = tuple(n for n in (*FOUNDERS, NEWCOMER) if n != "va")
     local.wait_until(lambda: bool(round_digests(local, stayers, from_round))
@@ -304,17 +300,14 @@ def test_a_removed_member_is_refused_at_the_handshake_and_cannot_read_later_roun
         contract.enrol(contract.current_round(), epoch, 10)
 
     # "Rotate now": only the admin's node may, every member gets the key, rounds go on.
-    refused = httpx.post(f"{api(local, 'cleveland')}/v1/keys/rotation",
-                         headers=admin_headers(), timeout=60)
-    assert refused.status_code == 403
-    reply = httpx.post(f"{api(local, 'hungary')}/v1/keys/rotation", headers=admin_headers(),
-                       timeout=60)
-    assert reply.status_code == 200, reply.text
-    rotation = reply.json()
-    assert rotation["key_epoch"] == epoch + 1 and rotation["failed"] == []
-    assert sorted(rotation["delivered"]) == sorted(
+    with admin(local, "cleveland") as cleveland:
+        assert refusal(cleveland.rotate_key).status == 403
+    with admin(local, "hungary") as hungary:
+        rotation = hungary.rotate_key()
+    assert rotation.key_epoch == epoch + 1 and rotation.failed == []
+    assert sorted(rotation.delivered) == sorted(
         m.address for m in contract.members() if m.address != local.addresses["hungary"])
-    later = rotation["from_round"]
+    later = rotation.from_round
     local.wait_until(lambda: bool(round_digests(local, stayers, later))
                      and all(later in committed_rounds(local, n) for n in stayers),
                      180, f"round {later} under the rotated key")
@@ -360,27 +353,25 @@ def test_under_the_majority_rule_any_member_proposes_a_newcomer(tmp_path: Path) 
         local.wait_until(lambda: all(committed_rounds(local, n) for n in FOUNDERS), 120,
                          "round 1")
         sponsor = api(local, "va")
-        invite = httpx.post(f"{sponsor}/v1/invites", headers=admin_headers(), json={}).json()
-        local.start(NEWCOMER, ["--join", sponsor, "--invite", invite["invite"]])
+        with admin(local, "va") as va:
+            invite = va.create_invite().invite
+        local.start(NEWCOMER, ["--join", sponsor, "--invite", invite])
+        with admin(local, NEWCOMER) as newcomer:
 
-        def progress() -> dict[str, Any]:
-            try:
-                return dict(httpx.get(f"{api(local, NEWCOMER)}/v1/join",
-                                      headers=admin_headers()).json())
-            except httpx.HTTPError:
-                return {"state": "starting"}
+            def state() -> str:
+                try:
+                    return newcomer.join_progress().state
+                except AdminUnreachable:
+                    return "starting"
 
-        local.wait_until(lambda: progress()["state"] == "awaiting approval", 120,
-                         "the proposal")
-        state = progress()
-        assert state["approvals"] == 1 and state["needed"] == 2
-        address = state["address"]
-        reply = httpx.post(f"{api(local, 'hungary')}/v1/members/{address}/approval",
-                           headers=admin_headers(), timeout=30)
-        assert reply.status_code == 200 and reply.json()["member"] is True
-        again = httpx.post(f"{api(local, 'cleveland')}/v1/members/{address}/approval",
-                           headers=admin_headers(), timeout=30)
-        assert again.status_code == 409
-        local.wait_until(lambda: progress()["state"] == "member", 120, "the hand-over")
+            local.wait_until(lambda: state() == "awaiting approval", 120, "the proposal")
+            proposal = newcomer.join_progress()
+            assert proposal.approvals == 1 and proposal.needed == 2
+            address = proposal.address
+            assert address is not None
+            with admin(local, "hungary") as hungary, admin(local, "cleveland") as cleveland:
+                assert hungary.approve(address).member is True
+                assert refusal(lambda: cleveland.approve(address)).status == 409
+            assert newcomer.follow_join(120).state == "member"
         local.wait_until(lambda: bool(committed_rounds(local, NEWCOMER)), 180,
                          "the newcomer's first round")

@@ -50,6 +50,8 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
                                                   + wheel.name.split("-")[1] + ".dist-info"}
     for module in ("apiary/node/runtime.py", "apiary/chain/binding.py",
                    "apiary/chain/build/SwarmLearning.json", "apiary/wire/apiary_pb2.py",
-                   "apiary/coordinator/server.py", "apiary/core/he.py", "apiary/cli/__init__.py"):
+                   "apiary/coordinator/server.py", "apiary/core/he.py", "apiary/cli/__init__.py",
+                   "apiary/node/api/static/dashboard.html", "apiary/node/api/static/dashboard.js",
+                   "apiary/node/api/static/dashboard.css"):
         assert module in names, module
     assert not any("node_modules" in n for n in names)

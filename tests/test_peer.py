@@ -56,11 +56,12 @@ def relay(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[dict]:
     a.fix_participants(1)
     inbox = Inbox()
     port = free_port()
-    server = start_peer_server(PeerService(admin.as_account(dev_keys[2]), inbox, "b"),
-                               "127.0.0.1", port)
+    service = PeerService(admin.as_account(dev_keys[2]), inbox, "b")
+    server = start_peer_server(service, "127.0.0.1", port)
     rng = np.random.default_rng(3)
     yield {
         "admin": admin, "a": a, "inbox": inbox, "target": f"127.0.0.1:{port}",
+        "metrics": service.metrics,
         "blocks": he.encrypt(rng.normal(0, 1, PARAMS)),
         "other": he.encrypt(rng.normal(0, 1, PARAMS)),
         "keys": dev_keys,
@@ -169,6 +170,36 @@ def test_forged_or_missing_signature_is_refused(relay: dict) -> None:
     header = signed_header(relay["blocks"], other_contract, relay["keys"][1])
     refused(relay, list(update_chunks(header, relay["blocks"])),
             grpc.StatusCode.UNAUTHENTICATED, "not signed by its sender")
+
+
+def test_accepted_bytes_and_refused_pushes_are_counted_by_reason(relay: dict, he) -> None:
+    def count(name: str, **labels: str) -> float | None:
+        return relay["metrics"].registry.get_sample_value(name, {"node": "b", **labels})
+
+    address, member = relay["admin"].address, relay["keys"][1]
+    header = signed_header(relay["blocks"], address, member)
+    push_update(relay["target"], header, relay["blocks"], timeout=10)
+    assert count("apiary_bytes_received_total") == sum(len(b) for b in relay["blocks"])
+    raw_push(relay["target"], list(update_chunks(header, relay["blocks"])))
+    forged = signed_header(relay["blocks"], address, relay["keys"][-1])
+    forged.sender = relay["a"].sender
+    raw_push(relay["target"], list(update_chunks(forged, relay["blocks"])))
+    late = signed_header(relay["blocks"], address, relay["keys"][3])
+    raw_push(relay["target"], list(update_chunks(late, relay["blocks"])))
+    closed = signed_header(relay["blocks"], address, member, round_number=2)
+    raw_push(relay["target"], list(update_chunks(closed, relay["blocks"])))
+    outsider = signed_header(relay["blocks"], address, relay["keys"][-1])
+    raw_push(relay["target"], list(update_chunks(outsider, relay["blocks"])))
+    bad = bad_update_streams(header, relay["blocks"], relay["other"], he.modulus)
+    for chunks, _, _ in bad.values():
+        raw_push(relay["target"], chunks)
+    assert {reason: count("apiary_push_refused_total", reason=reason)
+            for reason in ("duplicate", "bad_signature", "not_participant", "wrong_round",
+                           "unknown_member", "malformed")} == {
+        "duplicate": 1, "bad_signature": 1, "not_participant": 1, "wrong_round": 1,
+        "unknown_member": 1, "malformed": len(bad)}
+    assert count("apiary_bytes_received_total") == sum(len(b) for b in relay["blocks"]), \
+        "refused pushes add no bytes"
 
 
 def test_update_for_a_round_that_is_not_open_is_refused(relay: dict) -> None:

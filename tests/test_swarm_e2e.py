@@ -21,6 +21,7 @@ from apiary.core.data.shards import Shard
 from apiary.core.flat import load_flat, weights_digest
 from apiary.core.models import build_model
 from apiary.core.training import evaluate
+from apiary.node.client import AdminClient
 from apiary.node.keys import KeyRing
 from apiary.tools.demo import DemoOptions, LocalSwarm
 
@@ -139,22 +140,27 @@ def test_killed_node_is_left_out_then_catches_up_and_rejoins(tmp_path: Path):
 
 def check_admin_api(swarm: LocalSwarm, name: str) -> None:
     url = swarm.nodes[name].api_url
-    good = {"Authorization": f"Bearer {TOKEN}"}
-    before = httpx.get(f"{url}/v1/rounds", headers=good).json()
-    assert httpx.get(f"{url}/v1/health").status_code == 200
-    for path in ("/v1/status", "/v1/rounds", "/v1/model"):
-        assert httpx.get(f"{url}{path}").status_code == 401
-        wrong = httpx.get(f"{url}{path}", headers={"Authorization": "Bearer nope"})
-        assert wrong.status_code == 401 and "token" in wrong.json()["detail"]
-        assert httpx.get(f"{url}{path}", headers={"Authorization": "Basic x"}).status_code == 401
-    assert httpx.post(f"{url}/v1/rounds", headers=good).status_code == 405
-    status = httpx.get(f"{url}/v1/status", headers=good).json()
-    assert status["mode"] == "swarm" and status["node"] == name
-    assert len(status["members"]) == 3
-    model = httpx.get(f"{url}/v1/model", headers=good).json()
-    assert model["params"] == swarm.params and len(model["weights_digest"]) == 64
-    assert model["round"] >= 2 and model["evaluation"]["accuracy"] > 0.5
-    metrics = httpx.get(f"{url}/metrics").text
-    assert "apiary_round" in metrics and "apiary_phase_seconds" in metrics
-    after = httpx.get(f"{url}/v1/rounds", headers=good).json()
-    assert after["rounds"][: len(before["rounds"])] == before["rounds"]
+    with AdminClient(url, TOKEN) as client:
+        before = client.rounds()
+        assert client.health().node == name
+        # Missing, wrong and malformed tokens, a wrong method: the server's answers, raw.
+        for path in ("/v1/status", "/v1/rounds", "/v1/model"):
+            assert httpx.get(f"{url}{path}").status_code == 401
+            wrong = httpx.get(f"{url}{path}", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and "token" in wrong.json()["detail"]
+            basic = httpx.get(f"{url}{path}", headers={"Authorization": "Basic x"})
+            assert basic.status_code == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert httpx.post(f"{url}/v1/rounds", headers=good).status_code == 405
+        status = client.status()
+        assert status.mode == "swarm" and status.node == name
+        assert len(status.members) == 3
+        model = client.model()
+        assert model.params == swarm.params
+        assert model.weights_digest is not None and len(model.weights_digest) == 64
+        assert model.round >= 2 and model.evaluation is not None
+        assert model.evaluation.accuracy is not None and model.evaluation.accuracy > 0.5
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "apiary_round" in metrics and "apiary_phase_seconds" in metrics
+        after = client.rounds()
+        assert after.rounds[: len(before.rounds)] == before.rounds

@@ -88,9 +88,11 @@ def check_environment(environ: Mapping[str, str]) -> None:
     if not unknown:
         return
     described = []
+    names = {variable[len(ENV_PREFIX):]: variable for variable in known
+             if variable.startswith(ENV_PREFIX)}  # the common prefix says nothing
     for name in unknown:
-        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
-        described.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        close = difflib.get_close_matches(name.upper()[len(ENV_PREFIX):], names, n=1, cutoff=0.6)
+        described.append(f"{name} (did you mean {names[close[0]]}?)" if close else name)
     many = len(unknown) > 1
     raise ConfigError(f"unknown environment variable{'s' if many else ''} "
                       f"{', '.join(described)}: no setting reads {'them' if many else 'it'}; "

@@ -109,6 +109,13 @@ def cancel_with_status(context: grpc.ServicerContext, code: grpc.StatusCode,
     context.cancel()
 
 
+class StreamsExhausted(TransportError):
+    """A peer holds all the streams it may open at a time (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
 class PeerSlots:
     """At most `limit` streams at a time per peer (thread-safe)."""
 
@@ -118,12 +125,11 @@ class PeerSlots:
         self._lock = threading.Lock()
 
     def acquire(self, peer: str, what: str) -> None:
-        """Take a slot for `peer`; TransportError (RESOURCE_EXHAUSTED) when it holds all."""
+        """Take a slot for `peer`; StreamsExhausted when it holds all."""
         key = peer.lower()
         with self._lock:
             if self._held.get(key, 0) >= self.limit:
-                raise TransportError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                raise StreamsExhausted(
                     f"{peer} already has {self.limit} {what} streams open here; wait for "
                     "them to finish")
             self._held[key] = self._held.get(key, 0) + 1

@@ -9,11 +9,12 @@ from fastapi.responses import JSONResponse
 from apiary.core.admin_token import require_admin_token
 from apiary.core.errors import ApiaryError
 from apiary.core.settings import NodeSettings
+from apiary.node.api import dashboard, health, membership, metrics, rounds
 from apiary.node.api import founding as ceremony
-from apiary.node.api import health, membership, metrics, rounds
 from apiary.node.api.audit import AuditLog
 from apiary.node.api.deps import Founding, History, InviteIssuer, JoinControl, Sponsoring
 from apiary.node.api.limits import BodySizeLimit, describe_errors
+from apiary.node.metrics import NodeMetrics
 from apiary.node.ports import NodeView
 
 
@@ -26,6 +27,7 @@ def create_app(
     sponsor: Sponsoring,
     founding: Founding,
     joiner: JoinControl | None,
+    node_metrics: NodeMetrics | None = None,
 ) -> FastAPI:
     """The admin API of one node; `joiner` is None on a node that does not join.
     Refuses (AdminTokenRefused) to make one whose admin token is missing or weak."""
@@ -34,6 +36,7 @@ def create_app(
         title=f"Apiary node {settings.name}",
         version="1",
         description="Admin API of one hospital node of an Apiary swarm.",
+        docs_url=None, redoc_url=None,  # served from the node's own assets: dashboard.py
     )
     app.state.settings = settings
     app.state.node = node
@@ -42,7 +45,7 @@ def create_app(
     app.state.sponsor = sponsor
     app.state.joiner = joiner
     app.state.founding = founding
-    app.state.metrics = metrics.NodeMetrics()
+    app.state.metrics = node_metrics or metrics.metrics_for(settings.name, history, node)
     app.add_exception_handler(ApiaryError, apiary_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
@@ -50,6 +53,7 @@ def create_app(
                    membership.invitee_router, ceremony.router, ceremony.open_router,
                    metrics.router):
         app.include_router(router)
+    dashboard.install(app)
     app.add_middleware(AuditLog, token=settings.admin_token, also=[membership.invitee_router])
     return app
 

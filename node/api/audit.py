@@ -19,7 +19,7 @@ from typing import Literal
 from fastapi import APIRouter
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apiary.node.api.deps import require_admin
@@ -57,8 +57,9 @@ def token_verdict(headers: Iterable[tuple[bytes, bytes]], expected: str | None) 
 
 
 class AuditLog:
-    """Pure ASGI middleware logging one line per audited call once it is answered. Add it
-    last, so that it is outermost and also sees the answers of the other middleware (413)."""
+    """Pure ASGI middleware logging one line per audited call once it is answered. The
+    route is the one the router chose (a call refused before routing, such as a body over
+    the size limit, names no route and is not audited)."""
 
     def __init__(self, app: ASGIApp, token: str | None,
                  also: Iterable[APIRouter] = ()) -> None:
@@ -67,22 +68,17 @@ class AuditLog:
         self.also = {(route.path, method) for router in also for route in router.routes
                      if isinstance(route, APIRoute) for method in route.methods}
 
-    def _audited(self, scope: Scope) -> tuple[APIRoute, dict[str, str]] | None:
-        """The audited route this request goes to, and its path parameters."""
-        for route in getattr(scope.get("app"), "routes", ()):
-            if not isinstance(route, APIRoute):
-                continue
-            match, child = route.matches(scope)
-            if match is not Match.FULL:
-                continue
-            if needs_admin_token(route) or (route.path, scope["method"]) in self.also:
-                return route, dict(child.get("path_params", {}))
+    def _audited(self, scope: Scope) -> APIRoute | None:
+        """The audited route the router sent this request to (it notes it in the scope)."""
+        route = scope.get("route")
+        if not isinstance(route, APIRoute):
             return None
+        if needs_admin_token(route) or (route.path, scope["method"]) in self.also:
+            return route
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        audited = self._audited(scope) if scope["type"] == "http" else None
-        if audited is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500
@@ -96,7 +92,9 @@ class AuditLog:
         try:
             await self.app(scope, receive, noting_send)
         finally:
-            self._log(scope, *audited, status)
+            route = self._audited(scope)
+            if route is not None:
+                self._log(scope, route, scope.get("path_params", {}), status)
 
     def _log(self, scope: Scope, route: APIRoute, params: dict[str, str], status: int) -> None:
         client = scope.get("client")
