@@ -123,8 +123,8 @@ class ChainSettings(ApiarySettings):
         "few seconds and on exit (default: memory only; `apiary devnet` uses devnet/state.json)"
     )
     devnet_keep_blocks: int = Field(
-        1000, ge=0, description="blocks whose transactions, receipts and logs the devnet keeps "
-        "(anvil --transaction-block-keeper; ~100 rounds of 3 nodes): memory and the state file "
+        300, ge=0, description="blocks whose transactions, receipts and logs the devnet keeps "
+        "(anvil --transaction-block-keeper; ~40 rounds of 3 nodes): memory and the state file "
         "stay bounded, logs of older blocks are gone (0: keep everything)"
     )
     devnet_keep_states: int = Field(

@@ -68,7 +68,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--every", type=float, default=60.0, help="seconds between samples")
     parser.add_argument("--round-interval", default="2", help="ROUND_INTERVAL_S of the stack")
-    parser.add_argument("--keep-blocks", default="1000", help="DEVNET_KEEP_BLOCKS")
+    parser.add_argument("--keep-blocks", default="300", help="DEVNET_KEEP_BLOCKS")
     parser.add_argument("--out", type=Path, default=REPO / "runs/devnet-memory.json")
     args = parser.parse_args()
     project = f"apiary-devnet-bench-{os.getpid()}"
