@@ -24,6 +24,7 @@ from web3.types import TxParams, TxReceipt
 
 from apiary.chain.compiler import load_artifact
 from apiary.core.errors import ApiaryError
+from apiary.core.tls import certificate_name
 
 GAS_HEADROOM = 1.1
 MEMBERSHIP_RULES = ("admin", "majority")
@@ -74,6 +75,11 @@ class MemberInfo:
     dataset_size: int
     """The dataset size approved at admission: the most samples it may enrol with."""
     active: bool
+
+    @property
+    def name(self) -> str:
+        """The hospital's name from its certificate, else its endpoint (for logs)."""
+        return certificate_name(self.tls_certificate) or self.endpoint
 
 
 @dataclass(frozen=True)

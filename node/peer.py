@@ -217,7 +217,7 @@ class PeerService(apiary_pb2_grpc.PeerServicer):
         self.metrics.received(update.blocks)
         log.info("node=%s round=%d attempt=%d received %d blocks from %s", self.node,
                  header.round, header.attempt, len(update.blocks), member.address,
-                 extra={"peer": member.endpoint, "peer_address": member.address})
+                 extra={"peer": member.name, "peer_address": member.address})
         return apiary_pb2.PushReply(round=header.round, blocks_received=len(update.blocks))
 
 

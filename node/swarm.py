@@ -451,7 +451,7 @@ class SwarmRound:
                     log.warning("node=%s round=%d attempt=%d push to %s (%s) failed: %s",
                                 self.node, round_number, attempt, member.address,
                                 member.endpoint, exc,
-                                extra={"peer": member.endpoint, "peer_address": member.address})
+                                extra={"peer": member.name, "peer_address": member.address})
         if members and delivered == 0:
             log.error("node=%s round=%d attempt=%d: no other member accepted our update",
                       self.node, round_number, attempt)

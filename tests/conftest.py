@@ -6,6 +6,7 @@ Test tiers: a test that uses the devnet is marked ``chain`` here automatically, 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -46,3 +47,12 @@ def dev_keys() -> list[str]:
 @pytest.fixture(scope="session")
 def he() -> HEContext:
     return HEContext.create()
+
+
+@pytest.fixture
+def listening_port() -> Iterator[int]:
+    """A local port something listens on (and never answers): a port in use."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -33,14 +31,6 @@ def one_error_line(run: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, run.stderr
     return errors[0]
-
-
-@pytest.fixture
-def listening_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 def test_a_port_out_of_range_is_one_line_and_exit_2(tmp_path: Path) -> None:

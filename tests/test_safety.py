@@ -60,14 +60,6 @@ def silent_chain() -> Iterator[str]:
         server.close()
 
 
-@pytest.fixture
-def listening_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
 def node_dir(tmp_path: Path) -> Path:
     """What `apiary node` leaves in its working directory: data/ and state/ with keys."""
     (tmp_path / "data").mkdir()

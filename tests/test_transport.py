@@ -156,8 +156,10 @@ def bad_update_streams(
 
 
 def raw_push(target: str, chunks: Iterator | list, *, service: str = "peer") -> grpc.RpcError:
-    """Send arbitrary chunks; return the error the server answered with."""
-    with grpc.insecure_channel(target) as channel:
+    """Send arbitrary chunks; return the error the server answered with. Each call gets a
+    connection of its own: on a shared one, a stream the server just aborted can still count
+    against its streams-per-connection limit, and the next push would be refused for that."""
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         stub: apiary_pb2_grpc.PeerStub | apiary_pb2_grpc.CoordinatorStub
         if service == "peer":
             stub = apiary_pb2_grpc.PeerStub(channel)

@@ -136,6 +136,17 @@ def check_member_certificate(pem: bytes) -> x509.Certificate:
     return cert
 
 
+def certificate_name(pem: bytes) -> str | None:
+    """The common name of a PEM certificate: a member's hospital name, as its node put it
+    in the certificate it registered on chain (None if there is none or it does not parse)."""
+    try:
+        names = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME)
+    except ValueError:
+        return None
+    return str(names[0].value) if names else None
+
+
 def fingerprint(pem: bytes) -> str:
     """SHA-256 of the certificate's DER encoding, hex: the same certificate in any PEM form
     has one fingerprint. ValueError if `pem` is not a certificate."""

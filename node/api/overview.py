@@ -22,7 +22,6 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 from eth_account import Account
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -31,7 +30,7 @@ from web3.exceptions import Web3Exception
 
 from apiary.chain.binding import SwarmContract
 from apiary.core.settings import NodeSettings
-from apiary.core.tls import NODE_CERT, fingerprint
+from apiary.core.tls import NODE_CERT, certificate_name, fingerprint
 from apiary.node.api.deps import HistoryDep, NodeDep
 from apiary.node.identity import TLS_DIR
 from apiary.node.ports import NodeView, SwarmLink
@@ -318,7 +317,7 @@ class OverviewSource:
 
     def _name(self, certificate: bytes) -> str | None:
         if certificate not in self._names:
-            self._names[certificate] = _common_name(certificate)
+            self._names[certificate] = certificate_name(certificate)
         return self._names[certificate]
 
     # ------------------------------------------------------------------ node
@@ -348,7 +347,7 @@ class OverviewSource:
             return None
         expiry = cert.not_valid_after_utc
         left = expiry - datetime.datetime.now(datetime.UTC)
-        return CertificateView(subject=_common_name(pem), not_after=expiry.isoformat(),
+        return CertificateView(subject=certificate_name(pem), not_after=expiry.isoformat(),
                                days_left=round(left.total_seconds() / 86400, 1),
                                fingerprint=fingerprint(pem))
 
@@ -357,15 +356,6 @@ def _endpoint(rpc_url: str) -> str:
     parts = urlsplit(rpc_url)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname}{port}"
-
-
-def _common_name(pem: bytes) -> str | None:
-    try:
-        names = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(
-            NameOID.COMMON_NAME)
-    except ValueError:
-        return None
-    return str(names[0].value) if names else None
 
 
 def _last_contributions(records: list[dict[str, Any]]) -> dict[str, int]:
