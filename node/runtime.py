@@ -378,8 +378,8 @@ class NodeRuntime:
         """Rounds on a schedule: wait round_interval_s after a round this node took part in.
         Every member sees a round close within a second or two, so all of them enrol again
         together, inside the swarm's enrolment window when the interval is shorter."""
-        interval = self.settings.round_interval_s
-        if interval > 0:
+        interval, target = self.settings.round_interval_s, self.settings.rounds
+        if interval > 0 and not (target and self.state.round >= target):
             self.phase = f"resting {interval:g} s before the next round"
             self.stop_event.wait(interval)
 

@@ -129,3 +129,15 @@ def test_a_chain_without_the_swarms_contract_stops_the_node_in_one_line(node, w3
         node.run()
     assert node.phase.startswith("stopped")
     assert node.state.snapshot()["history"] == []
+
+
+def test_a_node_rests_its_round_interval_after_each_round_it_took_part_in(node) -> None:
+    """Rounds on a schedule: after each round the loop waits round_interval_s (on its stop
+    event, so a signal still ends the rest at once), and says so in its phase."""
+    node.settings = node.settings.model_copy(update={"round_interval_s": 30.0, "rounds": 2})
+    rests: list[tuple[float, str]] = []
+    node.stop_event.wait = lambda timeout=None: rests.append((timeout, node.phase)) or False
+    node.driver = ScriptedDriver([lambda w: w, lambda w: w])
+    node.run()
+    assert [r["round"] for r in node.state.snapshot()["history"]] == [1, 2]
+    assert rests == [(30.0, "resting 30 s before the next round")], "none after the last"
