@@ -574,8 +574,7 @@ def connect(address: str, rpc_url: str, private_key: str) -> SwarmContract:
 
 
 def _answers_rpc(rpc_url: str) -> bool:
-    probe = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": PROBE_TIMEOUT_S}))
-    return bool(probe.is_connected())
+    return answers(rpc_url, PROBE_TIMEOUT_S)
 
 
 def _answers_coordinator(driver: FederatedRound) -> bool:

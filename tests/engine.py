@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -98,12 +97,6 @@ def build_image(tag: str = IMAGE) -> float:
         raise AssertionError(f"make image failed:\n{result.stderr[-3000:]}")
     return time.monotonic() - started
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def docker(*args: str, timeout_s: float = 120.0, check: bool = True) -> str:

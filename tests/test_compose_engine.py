@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from apiary.chain.devnet import free_port
 from apiary.core.paths import REPO_ROOT
 from apiary.node.client import AdminClient
 from apiary.node.schemas import RoundEntry
@@ -30,7 +31,6 @@ from tests.engine import (
     build_image,
     docker,
     docker_engine,
-    free_port,
     wait_until,
 )
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,14 +21,10 @@ from pathlib import Path
 
 import httpx
 
+from apiary.chain.devnet import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "devnet-memory-bench-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def compose(project: str, env: dict[str, str], *args: str) -> str:
