@@ -164,16 +164,22 @@ app.add_command(settings_command(
               help="where shards, node state and logs go (an earlier run's are replaced)")
 @click.option("--onboard", is_flag=True,
               help="hold one hospital back and onboard it through the HTTP API after round 2")
+@click.option("--split", type=click.Choice(["apiary", "flamby"]), default="apiary",
+              show_default=True,
+              help="the hospitals' train/test split and features: apiary's, or FLamby's "
+                   "Fed-Heart-Disease exactly")
 @json_option
 def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: int,
-         out_dir: Path, onboard: bool, json_path: Path | None) -> None:
+         out_dir: Path, onboard: bool, split: str, json_path: Path | None) -> None:
     """Run the four UCI Heart Disease hospitals as a swarm on this machine, then stop."""
+    from apiary.core.data.datasets import DatasetSpec
     from apiary.tools.demo import DemoOptions, run_demo, summary_lines
 
     if onboard and mode != "swarm":
         raise click.UsageError("--onboard needs --mode swarm (members join on chain)")
     options = DemoOptions(mode=mode, rounds=rounds, epochs=epochs, lr=lr, seed=seed,
-                          min_peers=min_peers, out_dir=out_dir, onboard=onboard)
+                          min_peers=min_peers, out_dir=out_dir, onboard=onboard,
+                          dataset=DatasetSpec("heart", split=split))
     with _progress() as progress:
         result = run_demo(options, click.echo, progress)
     _report_run(summary_lines(result), result, json_path)
@@ -207,6 +213,10 @@ def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | No
               help="mini-batch size")
 @click.option("--methods", default="central,local,fedavg,swarm,federated", show_default=True,
               help="comma-separated subset of the methods to run")
+@click.option("--split", type=click.Choice(["apiary", "flamby"]), default="apiary",
+              show_default=True,
+              help="heart: apiary = stratified 2/3 per hospital drawn per seed, 15 features; "
+                   "flamby = FLamby's Fed-Heart-Disease split and 13 features, exactly")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="fashion: Dirichlet label-skew concentration (smaller: more skew)")
 @click.option("--images", type=int, default=12_500, show_default=True,
@@ -221,7 +231,7 @@ def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | No
 @click.option("--figure", "figure_path", type=click.Path(path_type=Path), default=None,
               help="write the PNG figure here [OUT/DATASET.png]")
 def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch_size: int,
-            methods: str, alpha: float, images: int, workers: int, out_dir: Path,
+            methods: str, split: str, alpha: float, images: int, workers: int, out_dir: Path,
             json_path: Path | None, figure_path: Path | None) -> None:
     """Is joining the swarm worth it? Train central, local (each hospital alone), plaintext
     FedAvg, swarm and federated on the same data, split and seeds; score every model on every
@@ -232,17 +242,18 @@ def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch
     from apiary.tools.compare_table import format_tables
     from apiary.tools.plot import plot_comparison
 
+    spec = DatasetSpec(dataset, alpha=alpha, images=images, split=split)
     options = CompareOptions(
-        dataset=DatasetSpec(dataset, alpha=alpha, images=images), seeds=seeds,
+        dataset=spec, seeds=seeds,
         rounds=rounds, epochs=epochs, lr=lr, batch_size=batch_size,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         out_dir=out_dir, workers=workers)
     with _progress() as progress:
         result = run_compare(options, progress)
     click.echo(format_tables(result))
-    json_path = json_path or out_dir / f"{dataset}.json"
+    json_path = json_path or out_dir / f"{spec.label}.json"
     write_json(json_path, result)
-    figure = plot_comparison(result, figure_path or out_dir / f"{dataset}.png")
+    figure = plot_comparison(result, figure_path or out_dir / f"{spec.label}.png")
     click.echo(f"wrote {json_path} and {figure}")
 
 

@@ -223,10 +223,18 @@ def score(weights: np.ndarray, shards: dict[str, Shard], model_name: str,
     heldout = union_test(shards)
     model = build_model(model_name, heldout.input_shape, heldout.num_classes, seed)
     load_flat(model, weights)
+    per_node = {n: _metric(evaluate(model, s.x_test, s.y_test)) for n, s in shards.items()}
     return {
         "overall": _metric(evaluate(model, heldout.x_test, heldout.y_test)),
-        "per_node": {n: _metric(evaluate(model, s.x_test, s.y_test)) for n, s in shards.items()},
+        "client_mean": _client_mean(per_node),
+        "per_node": per_node,
     }
+
+
+def _client_mean(per_node: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
+    """FLamby's metric: the plain mean over hospitals of their test-split scores (each
+    hospital counts once, whatever its size)."""
+    return {k: _mean(m[k] for m in per_node.values()) for k in ("accuracy", "auc")}
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -244,6 +252,7 @@ def score_local(run: MethodRun, shards: dict[str, Shard], model_name: str,
                     for k in ("accuracy", "auc")},
         "per_node": {n: models[n]["per_node"][n] for n in shards},
     }
+    local["client_mean"] = _client_mean(local["per_node"])
     best = max(models, key=lambda n: models[n]["overall"]["accuracy"])
     return local, {**models[best], "model": best}, models
 
@@ -262,6 +271,7 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     nodes = per_seed[0]["per_node"]
     return {
         "overall": {k: _stat([s["overall"][k] for s in per_seed]) for k in keys},
+        "client_mean": {k: _stat([s["client_mean"][k] for s in per_seed]) for k in keys},
         "per_node": {n: {k: _stat([s["per_node"][n][k] for s in per_seed]) for k in keys}
                      for n in nodes},
     }
@@ -374,6 +384,8 @@ def _compare(options: CompareOptions, emit: Emit, started: float) -> dict[str, A
             "local: per_node is each hospital's own model on its own test split; overall is the "
             "mean of the local models on the union (local_best: the best one)",
             "auc is null where a test split holds a single class; means ignore nulls",
+            "client_mean: the mean over hospitals of their test-split scores (FLamby's metric); "
+            "for local, of each hospital's own model on its own test split",
         ],
     }
     if local_best:

@@ -27,8 +27,9 @@ def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _table(result: dict[str, Any], metric: str, title: str, percent: bool) -> list[str]:
     hospitals = result["hospitals"]
-    header = ["method", "all", *hospitals]
+    header = ["method", "all", "mean", *hospitals]
     body = [[row["label"], _cell(row["overall"][metric], percent),
+             _cell(row["client_mean"][metric], percent),
              *(_cell(row["per_node"][h][metric], percent) for h in hospitals)]
             for row in _rows(result)]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -45,15 +46,17 @@ def format_tables(result: dict[str, Any]) -> str:
     config, samples = result["config"], result["samples"]
     seeds = len(config["seeds"])
     lines = [
-        f"dataset {result['dataset']['name']}: model {config['model']}, {config['rounds']} "
+        f"dataset {result['dataset']['name']}"
+        f"{', split ' + result['dataset']['split'] if 'split' in result['dataset'] else ''}: "
+        f"model {config['model']}, {config['rounds']} "
         f"rounds × {config['epochs']} epochs, Adam lr {config['lr']}, batch "
         f"{config['batch_size']}; mean ± std over {seeds} seed(s)",
         "training / test samples: " + ", ".join(
             f"{h} {round(sum(c['train']) / seeds)}/{round(sum(c['test']) / seeds)}"
             for h, c in samples.items()),
         "",
-        *_table(result, "accuracy", "held-out accuracy, % ('all' = union of the test splits)",
-                True),
+        *_table(result, "accuracy", "held-out accuracy, % ('all' = union of the test splits, "
+                "'mean' = mean over the hospitals' test splits, FLamby's metric)", True),
         "",
         *_table(result, "auc", "ROC AUC (n/a: a test split with one class)", False),
         "",
