@@ -33,4 +33,8 @@ class RoundOutcome:
     committed: bool = True
     relay: bool = False
     aggregate_transactions: list[str] = field(default_factory=list)
-    """The hashes of the transactions that put the aggregate on chain (swarm mode)."""
+    """The hashes of the transactions that put the aggregate on chain (swarm mode; when
+    the node summed the blocks itself, the one that finalized the round)."""
+    summed_locally: bool = False
+    """The node computed the aggregate from the blocks it received and checked it against
+    the chain's digests, rather than reading it from the chain's logs."""

@@ -34,7 +34,7 @@ import numpy as np
 from eth_utils import keccak
 
 from apiary.chain.binding import ContractRejected, RoundInfo, SwarmContract
-from apiary.core.coefficients import block_digest
+from apiary.core.coefficients import block_digest, block_from_bytes, block_to_bytes, weighted_sum
 from apiary.core.he import HEContext
 from apiary.core.masking import Masker, MaskSet
 from apiary.core.transport import (
@@ -109,6 +109,8 @@ class SwarmRound:
                                                       repr=False)
     _took_over: set[tuple[int, int]] = field(default_factory=set, init=False, repr=False)
     """(round, attempt) this node announced it relays as a backup."""
+    _own_share_sent: set[tuple[int, int]] = field(default_factory=set, init=False, repr=False)
+    """(round, attempt) whose blocks of our own relay share we sent."""
 
     def __post_init__(self) -> None:
         self.params = self.contract.he_parameters()
@@ -189,18 +191,22 @@ class SwarmRound:
         self._relay_clock = {k: v for k, v in self._relay_clock.items() if k[0] > round_number}
         self._fetched_at = {k: v for k, v in self._fetched_at.items() if k[0] > round_number}
         self._took_over = {k for k in self._took_over if k[0] > round_number}
+        self._own_share_sent = {k for k in self._own_share_sent if k[0] > round_number}
 
         final = self.contract.round_info(round_number)
-        self.inbox.prune(round_number + 1)
-        if self.store is not None:
-            self.store.discard_through(round_number)
-        if not final.finalized:
-            raise RoundAbandoned(f"round {round_number} closed without an aggregate (fewer "
-                                 f"than {self.params.min_peers} participants were left, or "
-                                 "a member was removed while it ran)")
-        started = time.perf_counter()
-        outcome = self.fetch_aggregate(round_number, param_count)
-        seconds["decrypt"] = time.perf_counter() - started
+        try:
+            if not final.finalized:
+                raise RoundAbandoned(f"round {round_number} closed without an aggregate (fewer "
+                                     f"than {self.params.min_peers} participants were left, "
+                                     "or a member was removed while it ran)")
+            started = time.perf_counter()
+            outcome = (self._sum_locally(round_number, final.attempt, param_count)
+                       or self.fetch_aggregate(round_number, param_count))
+            seconds["decrypt"] = time.perf_counter() - started
+        finally:
+            self.inbox.prune(round_number + 1)
+            if self.store is not None:
+                self.store.discard_through(round_number)
         outcome.seconds = seconds
         outcome.train_loss = mine.train_loss if mine else None
         outcome.committed = mine is not None and mine.committed_attempt > 0
@@ -309,16 +315,7 @@ class SwarmRound:
         """The participants' updates that match their commitments for this attempt, and the
         participants whose updates we still lack after asking the other members for them
         (at most every FETCH_EVERY_S)."""
-        held: dict[str, ReceivedUpdate] = {}
-        wanted: dict[str, list[bytes]] = {}
-        for sender in participants:
-            _, committed_attempt, digests = self.contract.commitment(round_number, sender)
-            update = (self.inbox.matching(round_number, attempt, sender, digests)
-                      if committed_attempt == attempt else None)
-            if update is None:
-                wanted[sender] = digests
-            else:
-                held[sender] = update
+        held, wanted = self._held(round_number, attempt, participants)
         now = time.monotonic()
         key = (round_number, attempt)
         if not wanted or now - self._fetched_at.get(key, 0.0) < FETCH_EVERY_S:
@@ -331,6 +328,22 @@ class SwarmRound:
                 if update is not None:
                     held[sender] = update
         return held, [s for s in participants if s not in held]
+
+    def _held(self, round_number: int, attempt: int, participants: list[str]
+              ) -> tuple[dict[str, ReceivedUpdate], dict[str, list[bytes]]]:
+        """The participants' updates in our inbox that match their commitments for this
+        attempt, and the committed digests of those we lack."""
+        held: dict[str, ReceivedUpdate] = {}
+        wanted: dict[str, list[bytes]] = {}
+        for sender in participants:
+            _, committed_attempt, digests = self.contract.commitment(round_number, sender)
+            update = (self.inbox.matching(round_number, attempt, sender, digests)
+                      if committed_attempt == attempt else None)
+            if update is None:
+                wanted[sender] = digests
+            else:
+                held[sender] = update
+        return held, wanted
 
     def _fetch(self, round_number: int, attempt: int, sender: str, endpoint: str) -> bool:
         try:
@@ -459,11 +472,14 @@ class SwarmRound:
     # ------------------------------------------------------------------ relay duty
 
     def _relay_if_our_turn(self, round_number: int, info: RoundInfo) -> bool:
-        """Aggregate when we are the relay, or a backup whose turn came.
+        """Aggregate the blocks that are ours to relay now; True if we aggregated any.
 
-        A backup waits `position × relay_takeover_s` after the round became ready *and*
-        after the last block the chain saw aggregated, so a slow but live relay is never
-        raced.
+        The blocks of a round are spread over the relay order: block i is relayed by the
+        member at position i mod K (K members in the order), so K members send their
+        transactions at once. Every other member is a backup of that block, in order after
+        its relay: the member r places later waits r × `relay_takeover_s` after the round
+        became ready *and* after the last block the chain saw aggregated, so a slow but live
+        relay is never raced.
         """
         now = time.monotonic()
         key = (round_number, info.attempt)
@@ -471,46 +487,61 @@ class SwarmRound:
         if info.aggregated_blocks != blocks_seen:
             blocks_seen, seen_since = info.aggregated_blocks, now
         self._relay_clock[key] = (ready_since, blocks_seen, seen_since)
+        if info.aggregated_blocks >= self.params.block_count:
+            return False
         order = self.contract.relay_order(round_number)
         if self.me not in order:
             return False
-        position = order.index(self.me)
-        turn = max(ready_since, seen_since) + position * self.relay_takeover_s
-        if now < turn:
+        position, relays = order.index(self.me), len(order)
+        elapsed = now - max(ready_since, seen_since)
+        ranks_due = (relays if self.relay_takeover_s <= 0
+                     else min(relays, int(elapsed / self.relay_takeover_s) + 1))
+        if ranks_due == 1 and key in self._own_share_sent:
+            return False  # our share is sent, and no other relay's blocks are ours yet
+        pending = [i for i, digest in enumerate(self.contract.aggregate_digests(round_number))
+                   if digest == bytes(32)]
+        due = [i for i in pending if (position - i) % relays < ranks_due]
+        if not due:
             return False
-        if position > 0 and key not in self._took_over:
+        if any((position - i) % relays > 0 for i in due) and key not in self._took_over:
             self._took_over.add(key)
             self._metrics.relay_takeover()
-            log.warning("node=%s round=%d attempt=%d taking over as relay (position %d)",
-                        self.node, round_number, info.attempt, position)
-        return self._aggregate(round_number, info.attempt)
+            log.warning("node=%s round=%d attempt=%d taking over blocks of a relay that "
+                        "stalled (position %d of %d)", self.node, round_number, info.attempt,
+                        position, relays)
+        done = self._aggregate(round_number, info.attempt, due)
+        if done is not None:
+            self._own_share_sent.add(key)
+        return bool(done)
 
-    def _aggregate(self, round_number: int, attempt: int) -> bool:
+    def _aggregate(self, round_number: int, attempt: int, indices: list[int]) -> list[int] | None:
+        """Send the `indices` blocks' aggregates in batches; the blocks that landed, or None
+        while we still lack some participant's update."""
         participants = self.contract.participants(round_number)
         held, missing = self._collect(round_number, attempt, participants)
         if missing:
-            return False
-        count = self.params.block_count
-        todo = [i for i in range(count)
-                if self.contract.aggregate_digest(round_number, i) == bytes(32)]
-        results = self.contract.aggregate_blocks(
-            round_number, {i: [held[p].blocks[i] for p in participants] for i in todo}
-        )
-        done = [i for i, r in results.items() if not isinstance(r, ContractRejected)]
-        for result in results.values():
-            if isinstance(result, ContractRejected) and result.error not in CHAIN_RACES:
-                raise result
+            return None
+        results = self.contract.aggregate_batches(
+            round_number, {i: [held[p].blocks[i] for p in participants] for i in indices})
+        done = [i for r in results if not isinstance(r.outcome, ContractRejected)
+                for i in r.blocks]
+        for result in results:
+            if isinstance(result.outcome, ContractRejected) and (
+                    result.outcome.error not in CHAIN_RACES):
+                raise result.outcome
         if done:
-            gas = sum(r.gas_used for r in results.values() if not isinstance(r, Exception))
+            gas = sum(r.outcome.gas_used for r in results
+                      if not isinstance(r.outcome, ContractRejected))
             log.info("node=%s round=%d attempt=%d relay aggregated %d of %d blocks of %d "
-                     "participants (gas %d)", self.node, round_number, attempt, len(done),
-                     count, len(participants), gas)
-        return bool(done)
+                     "participants in %d transactions (gas %d)", self.node, round_number,
+                     attempt, len(done), self.params.block_count, len(participants),
+                     len(results), gas)
+        return done
 
     # ------------------------------------------------------------------ result
 
     def fetch_aggregate(self, round_number: int, param_count: int) -> RoundOutcome:
-        """Read a finalized round's aggregate from the chain, check it, decrypt it."""
+        """Read a finalized round's aggregate from the chain's logs, check it, decrypt it."""
         emitted = self.contract.aggregated_blocks(round_number)
         count = self.params.block_count
         if sorted(emitted) != list(range(count)):
@@ -525,16 +556,62 @@ class SwarmRound:
         if root != keccak(b"".join(b.digest for b in ordered)):
             raise RoundFailed(f"round {round_number}: the aggregate blocks do not match the "
                               "root the contract finalized")
-        contributors, _, weight_sum = self.contract.round_weights(round_number)
+        _, _, weight_sum = self.contract.round_weights(round_number)
         if any(b.weight_sum != weight_sum for b in ordered):
             raise RoundFailed(f"round {round_number}: weight sums disagree")
+        return self._decrypted(round_number, [b.coefficients for b in ordered],
+                               [b.digest for b in ordered],
+                               [b.transaction_hash for b in ordered], param_count)
+
+    def _sum_locally(self, round_number: int, attempt: int,
+                     param_count: int) -> RoundOutcome | None:
+        """The round's aggregate computed from the participants' blocks we hold, accepted
+        only when every block's digest equals the one the contract computed and recorded.
+
+        Every member receives every participant's blocks, so it can compute Σ wᵢ·ctᵢ mod q
+        itself (the same arithmetic the contract runs) and compare digests with the chain,
+        instead of reading every aggregate block back from the chain's logs: the chain
+        still decides the result, the node only saves downloading it. None when an update
+        is missing or any digest differs; the caller then reads the logs.
+        """
+        participants = self.contract.participants(round_number)
+        held, wanted = self._held(round_number, attempt, participants)
+        if wanted or not participants:
+            return None
+        finalization = self.contract.finalization(round_number)
+        on_chain = self.contract.aggregate_digests(round_number)
+        if finalization is None or keccak(b"".join(on_chain)) != finalization[0]:
+            return None
+        ordered, weights, _ = self.contract.round_weights(round_number)
+        if ordered != participants:
+            return None
+        q = self.params.modulus
+        blocks = []
+        for index, digest in enumerate(on_chain):
+            total = weighted_sum([block_from_bytes(held[p].blocks[index], q) for p in ordered],
+                                 weights, q)
+            block = block_to_bytes(total)
+            if keccak(block) != digest:
+                log.warning("node=%s round=%d: our sum of block %d differs from the chain's; "
+                            "reading the aggregate from the chain", self.node, round_number,
+                            index)
+                return None
+            blocks.append(block)
+        outcome = self._decrypted(round_number, blocks, on_chain, [finalization[1]],
+                                  param_count)
+        outcome.summed_locally = True
+        return outcome
+
+    def _decrypted(self, round_number: int, blocks: list[bytes], digests: list[bytes],
+                   transactions: list[str], param_count: int) -> RoundOutcome:
+        contributors, _, weight_sum = self.contract.round_weights(round_number)
         he = self.context_for(round_number)
-        total = he.decrypt([b.coefficients for b in ordered], param_count)
+        total = he.decrypt(blocks, param_count)
         return RoundOutcome(
             round=round_number,
             weights=total / weight_sum,
             weight_sum=weight_sum,
             contributors=contributors,
-            aggregate_digests=["0x" + b.digest.hex() for b in ordered],
-            aggregate_transactions=[b.transaction_hash for b in ordered],
+            aggregate_digests=["0x" + d.hex() for d in digests],
+            aggregate_transactions=transactions,
         )

@@ -19,7 +19,13 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "system": platform.platform(terse=True),
+        "load_average_at_start": load_average(),
     }
+
+
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15-minute load averages: what else competed for the CPUs."""
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def median(values: Sequence[float]) -> float:
