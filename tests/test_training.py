@@ -41,8 +41,8 @@ def pooled() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- models
 def test_registry() -> None:
-    assert MODEL_NAMES == ("mlp", "cnn")
-    with pytest.raises(ValueError, match="mlp, cnn"):
+    assert MODEL_NAMES == ("mlp", "cnn", "mlp-wide")
+    with pytest.raises(ValueError, match="mlp, cnn, mlp-wide"):
         build_model("resnet", (15,), 2, seed=0)
     mlp = build_model("mlp", (15,), 2, seed=0)
     assert mlp(torch.zeros(4, 15)).shape == (4, 2)

@@ -197,10 +197,11 @@ def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | No
 
 
 @app.command()
-@click.option("--dataset", type=click.Choice(["heart", "fashion"]), default="heart",
+@click.option("--dataset", type=click.Choice(["heart", "fashion", "letters"]), default="heart",
               show_default=True,
               help="heart: the 4 UCI Heart Disease hospitals (MLP); fashion: Fashion-MNIST over "
-                   "5 sites with Dirichlet label skew (CNN)")
+                   "5 sites with Dirichlet label skew (CNN); letters: UCI Letter Recognition, "
+                   "26 classes over 5 sites with Dirichlet label skew (wide MLP)")
 @click.option("--seeds", type=int, default=3, show_default=True,
               help="seeds 0..N-1: data split, initial model and shuffling")
 @click.option("--rounds", type=int, default=DEFAULT_TRAINING.rounds, show_default=True,
@@ -218,7 +219,7 @@ def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | No
               help="heart: apiary = stratified 2/3 per hospital drawn per seed, 15 features; "
                    "flamby = FLamby's Fed-Heart-Disease split and 13 features, exactly")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
-              help="fashion: Dirichlet label-skew concentration (smaller: more skew)")
+              help="fashion, letters: Dirichlet label-skew concentration (smaller: more skew)")
 @click.option("--images", type=int, default=12_500, show_default=True,
               help="fashion: images drawn (class-balanced) before the split; 80 % train")
 @click.option("--workers", type=int, default=2, show_default=True,

@@ -15,9 +15,10 @@ from apiary.core.errors import InvalidInput
 
 __all__ = ["MODEL_NAMES", "build_mlp_with_params", "build_model", "mlp_param_count"]
 
-MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn")
+MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "mlp-wide")
 
 MLP_HIDDEN: tuple[int, ...] = (32, 16)
+MLP_WIDE_HIDDEN: tuple[int, ...] = (384, 256)
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
@@ -27,6 +28,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
     ``"cnn"``: for ``(channels, height, width)`` images, e.g. 1×28×28: two 3×3 conv (8, 16
     channels) + 2×2 max-pool blocks, then 32 hidden units → classes (26,698 parameters for
     1×28×28 and 10 classes).
+    ``"mlp-wide"``: flatten → d→384→256→classes with ReLU (111,770 parameters for 16 inputs and
+    26 classes: the letters data set).
     """
     if name not in MODEL_NAMES:
         raise InvalidInput(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
@@ -39,6 +42,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
         torch.manual_seed(seed)
         if name == "mlp":
             return _mlp(math.prod(input_shape), MLP_HIDDEN, num_classes)
+        if name == "mlp-wide":
+            return _mlp(math.prod(input_shape), MLP_WIDE_HIDDEN, num_classes)
         return _cnn(input_shape, num_classes)
 
 

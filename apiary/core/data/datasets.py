@@ -13,7 +13,7 @@ from apiary.core.errors import InvalidInput
 
 __all__ = ["DATASET_NAMES", "HEART_SPLITS", "DatasetSpec"]
 
-DATASET_NAMES: tuple[str, ...] = ("heart", "fashion")
+DATASET_NAMES: tuple[str, ...] = ("heart", "fashion", "letters")
 #: How the heart hospitals are split and encoded: ``apiary`` (stratified 2/3 per hospital,
 #: drawn per seed; 15 features, 5 standardised) or ``flamby`` (FLamby's Fed-Heart-Disease
 #: exactly: fixed split, 13 features all standardised; :mod:`apiary.core.data.flamby_heart`).
@@ -25,7 +25,9 @@ class DatasetSpec:
     """``heart``: the four UCI Heart Disease hospitals (natural split, MLP), train/test split
     per ``split`` (:data:`HEART_SPLITS`).
     ``fashion``: Fashion-MNIST over ``hospitals`` sites with Dirichlet(``alpha``) label skew,
-    ``images`` images in all (small CNN)."""
+    ``images`` images in all (small CNN).
+    ``letters``: UCI Letter Recognition (26 classes) over ``hospitals`` sites with
+    Dirichlet(``alpha``) label skew, all 20,000 letters (wide MLP, 111,770 parameters)."""
 
     name: str = "heart"
     alpha: float = 0.5
@@ -60,7 +62,7 @@ class DatasetSpec:
     @property
     def model(self) -> str:
         """The registry model that fits the data."""
-        return "mlp" if self.name == "heart" else "cnn"
+        return {"heart": "mlp", "fashion": "cnn", "letters": "mlp-wide"}[self.name]
 
     def load(self, seed: int) -> dict[str, Shard]:
         """Every hospital's shard, in :attr:`hospital_names` order; deterministic in ``seed``."""
@@ -72,6 +74,10 @@ class DatasetSpec:
             from apiary.core.data.heart import load_heart_shards
 
             return load_heart_shards(seed=seed)
+        if self.name == "letters":
+            from apiary.core.data.letters import load_letters_shards
+
+            return load_letters_shards(seed=seed, alpha=self.alpha, hospitals=self.hospitals)
         from apiary.core.data.fashion import load_fashion_shards
 
         return load_fashion_shards(seed=seed, alpha=self.alpha, images=self.images,
@@ -80,5 +86,8 @@ class DatasetSpec:
     def describe(self) -> dict[str, object]:
         if self.name == "heart":
             return {"name": "heart", "split": self.split, "hospitals": list(self.hospital_names)}
+        if self.name == "letters":
+            return {"name": "letters", "hospitals": list(self.hospital_names),
+                    "alpha": self.alpha}
         return {"name": "fashion", "hospitals": list(self.hospital_names), "alpha": self.alpha,
                 "images": self.images}
