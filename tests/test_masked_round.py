@@ -121,14 +121,14 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def relay_calldata(contract: SwarmContract, round_number: int) -> dict[int, list[bytes]]:
-    """The ciphertexts the relay's aggregate transactions carried on chain, per block."""
-    function = contract.contract.get_function_by_name("aggregate")
+    """The ciphertexts the relays' aggregateBlocks transactions carried on chain, per block."""
     found = {}
-    for index, block in contract.aggregated_blocks(round_number).items():
+    for block in contract.aggregated_blocks(round_number).values():
         tx = contract.w3.eth.get_transaction(block.transaction_hash)
-        _, args = contract.contract.decode_function_input(tx["input"])
-        assert function.abi["name"] == "aggregate"
-        found[index] = [bytes(c) for c in args["ciphertexts"]]
+        function, args = contract.contract.decode_function_input(tx["input"])
+        assert function.abi_element_identifier.startswith("aggregateBlocks")
+        for index, ciphertexts in zip(args["blockIndices"], args["ciphertexts"], strict=True):
+            found[int(index)] = [bytes(c) for c in ciphertexts]
     return found
 
 
