@@ -21,6 +21,7 @@ from apiary.chain.devnet import free_port
 from apiary.core.coefficients import SLOTS_PER_BLOCK, block_digest, weights_from_sample_counts
 from apiary.core.he import HEContext
 from apiary.core.masking import Masker, MaskSet
+from apiary.core.tasks.config import SwarmConfig, TaskIdentity
 from apiary.core.tls import create_self_signed
 from apiary.node.contribution import ContributionStore
 from apiary.node.founding import found_swarm
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.chain
 PARAMS = 2 * SLOTS_PER_BLOCK + 321
 COMMIT_WINDOW_S = 6
 MAX_CORRELATION = 0.05
+TRAINING = SwarmConfig(TaskIdentity("masked-round", "1", "a" * 64, "b" * 64, PARAMS),
+                       {"epochs": 1, "lr": 0.01, "batch_size": 16, "seed": 0})
 
 
 class RecordingInbox(Inbox):
@@ -92,7 +95,8 @@ def swarm(w3: Web3, dev_keys: list[str], he: HEContext) -> Iterator[list[Member]
                         [ident.public(f"127.0.0.1:{port}",
                                       create_self_signed(ident.name, ["127.0.0.1"]), 1000)
                          for ident, port in zip(identities, ports, strict=True)],
-                        min_peers=2, enrol_window_s=30, commit_window_s=COMMIT_WINDOW_S)
+                        min_peers=2, enrol_window_s=30, commit_window_s=COMMIT_WINDOW_S,
+                        training=TRAINING)
     rng = np.random.default_rng(5)
     members, servers = [], []
     for ident, port, samples in zip(identities, ports, (120, 45, 300), strict=True):
@@ -140,7 +144,7 @@ def test_only_the_aggregate_decrypts_what_a_member_sees_is_noise(swarm, he) -> N
     for outcome in outcomes:
         assert np.max(np.abs(outcome.weights - expected)) < 1e-6
         assert sorted(outcome.contributors) == sorted(m.identity.address for m in swarm)
-    assert sum(o.relay for o in outcomes) >= 1
+    assert sum(o.relay for o in outcomes) == 3, "three blocks over three relays"
 
     # A curious member holds the swarm key and every other member's update: from the
     # gRPC stream (its own inbox) and from the chain (the relay's calldata).
@@ -282,3 +286,35 @@ def test_a_member_restarted_after_its_commit_sends_the_blocks_it_committed(
         assert np.max(np.abs(outcome.weights - expected)) < 1e-6
     assert swarm[0].contract.round_info(1).attempt == 1, "nobody was dropped"
     assert list((tmp_path / "round-updates").glob("*")) == [], "discarded once the round ended"
+
+
+def test_the_blocks_are_spread_over_the_relays_and_a_dead_relays_share_is_taken_over(
+    swarm,
+) -> None:
+    """Three blocks, three members: each relays the block its position in the relay order
+    names. One member dies right after it sent its update, before it relays: once nothing
+    moved for the takeover delay, the member after it in the order aggregates its block, and
+    every survivor decrypts the weighted mean of all three updates."""
+    order = swarm[0].contract.relay_order(1)
+    dead = next(m for m in swarm if m.identity.address == order[1])
+
+    def die(*_: object) -> None:
+        raise SystemExit("died before relaying")
+
+    dead.driver._aggregate = die  # type: ignore[method-assign]
+    for member in swarm:
+        member.start()
+    survivors = [m for m in swarm if m is not dead]
+    outcomes = [m.result() for m in survivors]
+    assert isinstance(dead.error, SystemExit)
+    expected = weighted_mean(swarm)
+    for outcome in outcomes:
+        assert np.max(np.abs(outcome.weights - expected)) < 1e-6
+        assert outcome.summed_locally, "each survivor summed the blocks it received itself"
+    emitted = swarm[0].contract.aggregated_blocks(1)
+    senders = {i: swarm[0].contract.w3.eth.get_transaction(b.transaction_hash)["from"]
+               for i, b in emitted.items()}
+    # Block i is relayed by the member at position i mod 3; the dead one's by the next.
+    assert senders[0] == order[0]
+    assert senders[1] == order[2]
+    assert senders[2] == order[2]
