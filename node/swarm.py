@@ -24,6 +24,7 @@ contract checks every block against the committed digests.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -33,7 +34,7 @@ import grpc
 import numpy as np
 from eth_utils import keccak
 
-from apiary.chain.binding import ContractRejected, RoundInfo, SwarmContract
+from apiary.chain.binding import ContractRejected, MemberInfo, RoundInfo, SwarmContract
 from apiary.core.coefficients import block_digest, block_from_bytes, block_to_bytes, weighted_sum
 from apiary.core.he import HEContext
 from apiary.core.masking import Masker, MaskSet
@@ -62,9 +63,14 @@ CHAIN_RACES = frozenset({
     "NotEnoughContributors", "AlreadyCommitted", "NotParticipant",
 })
 PUSH_TIMEOUT_S = 30.0
+PUSH_WORKERS = 64
+"""Pushes at once: one to every other member of the largest swarm (MAX_MEMBERS)."""
 FETCH_TIMEOUT_S = 10.0
 ENROL_TRIES = 3
 FETCH_EVERY_S = 2.0
+CLOCK_SLACK_S = 2.0
+"""How much the chain's clock may run ahead of our estimate of it (anvil's block time jumps)."""
+RELAY_ORDER_TTL_S = 5.0
 
 Train = Callable[[], tuple[np.ndarray, float, int]]
 
@@ -111,6 +117,17 @@ class SwarmRound:
     """(round, attempt) this node announced it relays as a backup."""
     _own_share_sent: set[tuple[int, int]] = field(default_factory=set, init=False, repr=False)
     """(round, attempt) whose blocks of our own relay share we sent."""
+    _withheld_due: dict[tuple[int, int], tuple[int, float]] = field(
+        default_factory=dict, init=False, repr=False)
+    """(round, attempt) → (chain time, local monotonic estimate) when withholders may be
+    dropped."""
+    _pusher: futures.ThreadPoolExecutor = field(
+        default_factory=lambda: futures.ThreadPoolExecutor(PUSH_WORKERS, "push"), init=False,
+        repr=False)
+    """Sends our blocks to the other members while the round loop goes on."""
+    _relay_orders: dict[int, tuple[float, list[str]]] = field(
+        default_factory=dict, init=False, repr=False)
+    """round → (read at, relay order): read again every RELAY_ORDER_TTL_S."""
 
     def __post_init__(self) -> None:
         self.params = self.contract.he_parameters()
@@ -192,6 +209,8 @@ class SwarmRound:
         self._fetched_at = {k: v for k, v in self._fetched_at.items() if k[0] > round_number}
         self._took_over = {k for k in self._took_over if k[0] > round_number}
         self._own_share_sent = {k for k in self._own_share_sent if k[0] > round_number}
+        self._withheld_due = {k: v for k, v in self._withheld_due.items() if k[0] > round_number}
+        self._relay_orders = {k: v for k, v in self._relay_orders.items() if k > round_number}
 
         final = self.contract.round_info(round_number)
         try:
@@ -297,10 +316,18 @@ class SwarmRound:
     def _drop_withheld_when_due(self, round_number: int, info: RoundInfo,
                                 participants: list[str]) -> None:
         """Drop committed participants whose blocks nobody could give us, once the round
-        has been stuck for twice the commit window."""
-        timing = self.contract.round_timing(round_number)
-        due = timing.attempt_started_at + 2 * self.params.commit_window_s
-        if self.contract.chain_time() < due:
+        has been stuck for twice the commit window.
+
+        Every member polls this while the relays work, so the attempt's start is read once
+        and the chain's clock only once the local clock says the deadline may be near.
+        """
+        key = (round_number, info.attempt)
+        if key not in self._withheld_due:
+            timing = self.contract.round_timing(round_number)
+            due = timing.attempt_started_at + 2 * self.params.commit_window_s
+            self._withheld_due[key] = (due, time.monotonic() + due - self.contract.chain_time())
+        due, local_due = self._withheld_due[key]
+        if time.monotonic() < local_due - CLOCK_SLACK_S or self.contract.chain_time() < due:
             return
         _, missing = self._collect(round_number, info.attempt, participants)
         if not missing:
@@ -395,7 +422,7 @@ class SwarmRound:
                 return
             log.info("node=%s round=%d attempt=%d committed before a restart; sending the "
                      "same blocks again", self.node, round_number, attempt)
-            self._exchange(round_number, attempt, blocks, digests, mine.samples)
+            self._exchange(round_number, attempt, blocks, digests, mine.samples, seconds)
             return
 
         started = time.perf_counter()
@@ -410,9 +437,7 @@ class SwarmRound:
         log.info("node=%s round=%d attempt=%d committed %d masked blocks for %d participants",
                  self.node, round_number, attempt, len(blocks), len(participants))
 
-        started = time.perf_counter()
-        self._exchange(round_number, attempt, blocks, digests, mine.samples)
-        seconds["exchange"] = seconds.get("exchange", 0.0) + time.perf_counter() - started
+        self._exchange(round_number, attempt, blocks, digests, mine.samples, seconds)
 
     def _masked(self, round_number: int, attempt: int, participants: list[str],
                 blocks: list[bytes]) -> list[bytes] | None:
@@ -439,7 +464,11 @@ class SwarmRound:
         return self._masker
 
     def _exchange(self, round_number: int, attempt: int, blocks: list[bytes],
-                  digests: list[bytes], samples: int) -> None:
+                  digests: list[bytes], samples: int, seconds: dict[str, float]) -> None:
+        """Start pushing our committed blocks to every other member, and return: the round
+        loop goes on meanwhile, so a relay starts aggregating as soon as it holds every
+        participant's blocks rather than after its own slowest push. `seconds["exchange"]`
+        is set once the last push ended."""
         header = apiary_pb2.UpdateHeader(
             round=round_number, attempt=attempt, sender=self.me, sample_count=samples,
             block_count=len(blocks), block_digests=digests,
@@ -447,27 +476,39 @@ class SwarmRound:
         header = sign_update(header, self.contract.address, self.private_key)
         members = [m for m in self.contract.members() if m.address != self.me]
         self.inbox.put(round_number, attempt, self.me, ReceivedUpdate(header, list(blocks)))
-        with futures.ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
-            pushes = {
-                pool.submit(push_update, m.endpoint, header, blocks, timeout=PUSH_TIMEOUT_S,
-                            credentials=self._credentials()): m
-                for m in members
-            }
-            delivered = 0
-            for done in futures.as_completed(pushes):
-                member = pushes[done]
-                try:
-                    done.result()
-                    delivered += 1
-                    self._metrics.sent(blocks)
-                except TransportError as exc:
-                    log.warning("node=%s round=%d attempt=%d push to %s (%s) failed: %s",
-                                self.node, round_number, attempt, member.address,
-                                member.endpoint, exc,
-                                extra={"peer": member.name, "peer_address": member.address})
-        if members and delivered == 0:
-            log.error("node=%s round=%d attempt=%d: no other member accepted our update",
-                      self.node, round_number, attempt)
+        if not members:
+            return
+        started = time.perf_counter()
+        lock = threading.Lock()
+        outcome = {"left": len(members), "delivered": 0}
+
+        def finished(done: futures.Future[None], member: MemberInfo) -> None:
+            try:
+                done.result()
+                self._metrics.sent(blocks)
+                delivered = 1
+            except TransportError as exc:
+                delivered = 0
+                log.warning("node=%s round=%d attempt=%d push to %s (%s) failed: %s",
+                            self.node, round_number, attempt, member.address,
+                            member.endpoint, exc,
+                            extra={"peer": member.name, "peer_address": member.address})
+            with lock:
+                outcome["left"] -= 1
+                outcome["delivered"] += delivered
+                last = outcome["left"] == 0
+            if last:
+                seconds["exchange"] = seconds.get("exchange", 0.0) + (
+                    time.perf_counter() - started)
+                if outcome["delivered"] == 0:
+                    log.error("node=%s round=%d attempt=%d: no other member accepted our "
+                              "update", self.node, round_number, attempt)
+
+        credentials = self._credentials()
+        for member in members:
+            push = self._pusher.submit(push_update, member.endpoint, header, blocks,
+                                       timeout=PUSH_TIMEOUT_S, credentials=credentials)
+            push.add_done_callback(lambda done, m=member: finished(done, m))
 
     # ------------------------------------------------------------------ relay duty
 
@@ -489,7 +530,7 @@ class SwarmRound:
         self._relay_clock[key] = (ready_since, blocks_seen, seen_since)
         if info.aggregated_blocks >= self.params.block_count:
             return False
-        order = self.contract.relay_order(round_number)
+        order = self._relay_order(round_number)
         if self.me not in order:
             return False
         position, relays = order.index(self.me), len(order)
@@ -513,6 +554,16 @@ class SwarmRound:
         if done is not None:
             self._own_share_sent.add(key)
         return bool(done)
+
+    def _relay_order(self, round_number: int) -> list[str]:
+        """The round's relay order, read again every RELAY_ORDER_TTL_S: it changes only when
+        a member is admitted or removed, and every member asks at every poll."""
+        now = time.monotonic()
+        read_at, order = self._relay_orders.get(round_number, (-RELAY_ORDER_TTL_S, []))
+        if now - read_at >= RELAY_ORDER_TTL_S:
+            order = self.contract.relay_order(round_number)
+            self._relay_orders[round_number] = (now, order)
+        return order
 
     def _aggregate(self, round_number: int, attempt: int, indices: list[int]) -> list[int] | None:
         """Send the `indices` blocks' aggregates in batches; the blocks that landed, or None

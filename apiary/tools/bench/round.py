@@ -12,16 +12,30 @@ contend as separate hospitals would not. Conversely loopback
 gRPC and an anvil that mines each transaction at once hide network and block latency.
 A node's "aggregate" is the relay's aggregate transactions, or for the others their wait
 until the round finalizes (which includes waiting for the slowest member to commit).
+
+Many members (`members_per_process` > 1, automatic above MAX_PROCESSES members): a process
+per member does not fit one machine (each imports torch, ~400 MB), so several members share
+a process, each in a thread of its own. What stays real: every member has its own gRPC peer
+server on its own port, its own Web3 connections, contract binding, `SwarmRound`, swarm key
+copy, model and data, and its own account on the one anvil; the ciphertexts, masks, pushes,
+commits and aggregate transactions are those of a real round against the real contract, so
+the gas figures are exactly a real swarm's. What changes: the members of a process share its
+GIL (and every process this machine's 2 cores), so their seconds, CPU time and the
+process's peak memory are an upper bound of what one hospital's node would take on its own
+machine; "peak MiB" is then per process, not per member.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import os
 import resource
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,10 +43,12 @@ from web3 import Web3
 
 from apiary.chain.binding import SwarmContract
 from apiary.chain.devnet import Devnet, dev_private_keys, free_port, running_devnet
+from apiary.core.errors import ConfigError
 from apiary.core.flat import flatten, load_flat, param_count, weights_digest
 from apiary.core.he import HEContext
 from apiary.core.models import build_mlp_with_params
 from apiary.core.processes import stop_processes
+from apiary.core.settings import ChainSettings
 from apiary.core.tasks.config import SwarmConfig, TaskIdentity, architecture
 from apiary.core.tls import create_self_signed
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig, train_local
@@ -41,11 +57,16 @@ from apiary.node.identity import Identity
 from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.rounds import RoundOutcome
 from apiary.node.swarm import SwarmRound
+from apiary.tools.bench.cost import GAS_KINDS, linear_fit
 from apiary.tools.bench.report import load_average, machine, median, table
 from apiary.tools.progress import Task, as_progress
 
 PHASES = ("train", "enrol", "encrypt", "mask", "exchange", "commit", "aggregate", "decrypt")
 TARGET_NODES = 5
+MAX_MEMBERS = 64
+"""The contract's MAX_MEMBERS: the most active members a swarm may have."""
+MAX_PROCESSES = 10
+"""Above this many members, members share processes (~400 MB each with torch)."""
 TARGETS_SECONDS_EXCLUDING_TRAIN = {100_000: 1.5, 1_000_000: 5.0}
 """Non-training seconds per round that 5 nodes should stay within, by model size."""
 
@@ -68,19 +89,18 @@ def bench_round(
     round_timeout_s: float = 600.0,
     seed: int = TRAINING.seed,
     progress: Callable[[str], None] | None = None,
+    members_per_process: int | None = None,
 ) -> dict[str, Any]:
     """Run `rounds` swarm rounds per (node count, model size) and time each phase on each
-    node.
+    node; `members_per_process` members share a process (None: one each up to
+    MAX_PROCESSES members, else as few per process as keep MAX_PROCESSES processes).
 
     Per round and phase the median and the maximum across nodes; the slowest relay's own
     "aggregate" (its aggregate transactions plus its wait for every commit) separately; then
     the median of each figure over the rounds. Gas is every transaction of the round, of
     every node; memory the peak resident size of each node process.
     """
-    if not node_counts or not param_targets:
-        raise ValueError("need at least one node count and one parameter count")
-    if min(node_counts) < 1 or rows < 1 or rounds < 1:
-        raise ValueError("node counts, rows and rounds must be at least 1")
+    check_round_flags(node_counts, param_targets, rows, rounds, members_per_process)
     say = as_progress(progress)
     facts = machine()
     task = say.task(len(node_counts) * len(param_targets), "warming up torch, starting a devnet")
@@ -89,12 +109,16 @@ def bench_round(
     _warm_up_torch(seed)
     he = HEContext.create()
     keys = dev_private_keys(max(node_counts) + 1)
+    settings = ChainSettings.load()
+    # One funded account per member and the admin's.
+    accounts = max(settings.devnet_accounts, max(node_counts) + 1)
     results = []
-    with running_devnet() as devnet:
+    with running_devnet(settings.model_copy(update={"devnet_accounts": accounts})) as devnet:
         for nodes in node_counts:
+            per_process = members_per_process or auto_members_per_process(nodes)
             for target in param_targets:
                 results.append(_one_config(devnet, he, keys, nodes, target, rows, rounds,
-                                           round_timeout_s, seed, say, task))
+                                           round_timeout_s, seed, say, task, per_process))
                 task.advance()
     return {
         "benchmark": "round",
@@ -109,7 +133,64 @@ def bench_round(
         },
         "load_average_at_end": load_average(),
         "results": results,
+        "scaling": scaling(results),
     }
+
+
+def check_round_flags(
+    node_counts: Sequence[int], param_targets: Sequence[int], rows: int, rounds: int,
+    members_per_process: int | None,
+) -> None:
+    """Refuse a configuration no swarm can run, before anything starts."""
+    if not node_counts or not param_targets:
+        raise ConfigError("need at least one node count (--nodes) and one model size (--params)")
+    if min(node_counts) < 1:
+        raise ConfigError(f"--nodes {min(node_counts)}: a swarm needs at least 1 member")
+    if max(node_counts) > MAX_MEMBERS:
+        raise ConfigError(f"--nodes {max(node_counts)}: the contract admits at most "
+                          f"{MAX_MEMBERS} members (MAX_MEMBERS)")
+    if min(param_targets) < 1:
+        raise ConfigError(f"--params {min(param_targets)}: a model needs at least 1 parameter")
+    if rows < 1 or rounds < 1:
+        raise ConfigError("--rows and --rounds must be at least 1")
+    if members_per_process is not None and members_per_process < 1:
+        raise ConfigError(f"--members-per-process {members_per_process}: must be at least 1")
+
+
+def auto_members_per_process(members: int) -> int:
+    """One member per process up to MAX_PROCESSES members, then as few per process as keep
+    the processes at MAX_PROCESSES."""
+    return max(1, math.ceil(members / MAX_PROCESSES))
+
+
+def process_groups(count: int, per_process: int) -> list[range]:
+    """Member indices 0..count-1 in consecutive groups of at most `per_process`."""
+    return [range(start, min(start + per_process, count))
+            for start in range(0, count, per_process)]
+
+
+def scaling(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model size run with several member counts: the least-squares line of gas, seconds
+    (all but training) and wall time per round against the number of members."""
+    lines = []
+    for params in sorted({r["params"] for r in results}):
+        rows = [r for r in results if r["params"] == params]
+        if len({r["nodes"] for r in rows}) < 2:
+            continue
+        members = [float(r["nodes"]) for r in rows]
+        fits = {key: linear_fit(members, [float(r[key]) for r in rows])
+                for key in ("gas_per_round", "seconds_excluding_train", "round_wall_seconds")}
+        lines.append({
+            "params": params,
+            "members": [r["nodes"] for r in rows],
+            "gas_per_member": fits["gas_per_round"][0],
+            "gas_intercept": fits["gas_per_round"][1],
+            "seconds_per_member": fits["seconds_excluding_train"][0],
+            "seconds_intercept": fits["seconds_excluding_train"][1],
+            "wall_seconds_per_member": fits["round_wall_seconds"][0],
+            "wall_seconds_intercept": fits["round_wall_seconds"][1],
+        })
+    return lines
 
 
 def _one_config(
@@ -124,12 +205,14 @@ def _one_config(
     seed: int,
     say: Callable[[str], None],
     task: Task,
+    members_per_process: int = 1,
 ) -> dict[str, Any]:
     model = build_mlp_with_params(target, INPUT_DIM, NUM_CLASSES, seed)
     params = param_count(model)
     training = SwarmConfig.of(_BenchTask.identity(model), TRAINING)
     label = f"{nodes} nodes, {params:,} params"
-    task.describe(f"{label}: deploying the contract, starting {nodes} node processes")
+    groups = process_groups(nodes, members_per_process)
+    task.describe(f"{label}: deploying the contract, starting {len(groups)} node processes")
     identities = [Identity.create(f"node{i}", keys[i + 1]) for i in range(nodes)]
     ports = [free_port() for _ in identities]
     founders = [
@@ -147,18 +230,19 @@ def _one_config(
                   rounds, round_timeout_s, seed, index)
         for index, (ident, port) in enumerate(zip(identities, ports, strict=True))
     ]  # fmt: skip
-    processes = [context.Process(target=_node_main, args=(spec, ready, go, done), daemon=True)
-                 for spec in specs]
+    processes = [context.Process(target=_process_main,
+                                 args=([specs[i] for i in group], ready, go, done), daemon=True)
+                 for group in groups]
     for process in processes:
         process.start()
     try:
-        for answered in range(len(processes)):
+        for answered in range(nodes):
             task.describe(f"{label}: waiting for {nodes - answered} nodes to start")
-            ready.get(timeout=120)
+            ready.get(timeout=120 + 30 * members_per_process)
         started = time.perf_counter()
         go.set()
         reports: list[dict[str, Any]] = []
-        for _ in processes:
+        for _ in specs:
             task.describe(f"{label}: waiting for {nodes - len(reports)} nodes to finish "
                           f"{rounds} round{'s' if rounds > 1 else ''}")
             reports.append(done.get(timeout=rounds * round_timeout_s + 60))
@@ -180,10 +264,24 @@ def _one_config(
         gas = sum(r["gas"][number - 1] for r in reports)
         cpu = [r["cpu_seconds"][number - 1] for r in reports]
         per_round.append(_summarise(nodes, params, outcomes, error, gas, cpu))
+        per_round[-1]["gas_by_kind"] = {
+            kind: sum(r["gas_by_kind"][number - 1].get(kind, 0) for r in reports)
+            for kind in GAS_KINDS}
+        per_round[-1]["aggregate_transactions"] = sum(
+            r["aggregate_transactions"][number - 1] for r in reports)
     row = _median_row(nodes, params, per_round)
+    row["blocks"] = contract.he_parameters().block_count
+    row["gas_by_kind"] = {kind: int(median([r["gas_by_kind"][kind] for r in per_round]))
+                          for kind in GAS_KINDS}
+    row["aggregate_transactions"] = int(median([r["aggregate_transactions"]
+                                                for r in per_round]))
+    row["members_per_process"] = members_per_process
+    row["processes"] = len(groups)
     row["round_wall_seconds"] = wall / rounds
-    row["peak_rss_mib"] = {"median": median([r["peak_rss_mib"] for r in reports]),
-                           "max": max(r["peak_rss_mib"] for r in reports)}
+    # Members of one process report that process's peak: count each process once.
+    peaks = list({r["process"]: r["peak_rss_mib"] for r in reports}.values())
+    row["peak_rss_mib"] = {"median": median(peaks), "max": max(peaks),
+                           "per": "process" if members_per_process > 1 else "node"}
     say(f"{label}: {row['seconds_excluding_train']:.2f} s excluding training (median of "
         f"{rounds} rounds), {row['gas_per_round'] / 1e6:,.0f} M gas a round")
     return row
@@ -216,55 +314,126 @@ class _NodeSpec:
     index: int
 
 
-def _node_main(spec: _NodeSpec, ready: Any, go: Any, done: Any) -> None:
-    """One member in its own process, as a hospital runs it: its gRPC peer server, its Web3
-    connections, its copy of the swarm key, its data and model; `rounds` rounds when told to.
-
-    Reports each round's outcome, trained weights and the gas of the transactions this node
-    sent in it, and the process's peak resident memory."""
+def _process_main(specs: Sequence[_NodeSpec], ready: Any, go: Any, done: Any) -> None:
+    """One process with one or several members, each set up as a hospital's node is, then
+    each running its rounds in a thread of its own when told to. One report per member."""
+    members: list[_Member] = []
     try:
         torch.set_num_threads(1)
-        _warm_up_torch(spec.seed)
+        _warm_up_torch(specs[0].seed)
+        for spec in specs:
+            members.append(_Member(spec))
+            ready.put(spec.name)
+    except Exception as exc:  # reported to the parent, which fails the benchmark
+        for spec in specs[len(members):]:
+            ready.put(spec.name)
+            done.put({"error": f"{spec.name}: {exc!r}"})
+        specs = specs[:len(members)]
+    go.wait()
+    threads = [threading.Thread(target=member.run_rounds, args=(done, len(members)),
+                                name=member.spec.name) for member in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for member in members:
+        member.server.stop(grace=None).wait()
+
+
+class _GasMeter:
+    """The gas of each transaction a member's binding sends, per round and per kind
+    (enrol, fix, commit, aggregate, drop): each sending method of the binding is wrapped to
+    name the kind its mined transactions count under."""
+
+    METHODS: ClassVar[dict[str, str]] = {
+        "enrol": "enrol", "fix_participants": "fix", "commit": "commit",
+        "aggregate_batches": "aggregate", "aggregate": "aggregate", "drop_absent": "drop",
+        "drop_withheld": "drop",
+    }
+
+    def __init__(self, contract: SwarmContract) -> None:
+        self.rounds: list[dict[str, int]] = [{}]
+        self.aggregate_transactions = [0]
+        self._kind = "other"
+        contract.on_mined = self._mined
+        for method, kind in self.METHODS.items():
+            setattr(contract, method, self._named(getattr(contract, method), kind))
+
+    def _named(self, send: Callable[..., Any], kind: str) -> Callable[..., Any]:
+        def sending(*args: Any, **kwargs: Any) -> Any:
+            self._kind = kind
+            try:
+                return send(*args, **kwargs)
+            finally:
+                self._kind = "other"
+        return sending
+
+    def _mined(self, tx: Any) -> None:
+        this_round = self.rounds[-1]
+        this_round[self._kind] = this_round.get(self._kind, 0) + tx.gas_used
+        if self._kind == "aggregate":
+            self.aggregate_transactions[-1] += 1
+
+    def next_round(self) -> None:
+        self.rounds.append({})
+        self.aggregate_transactions.append(0)
+
+    def totals(self) -> list[int]:
+        return [sum(kinds.values()) for kinds in self.rounds]
+
+
+class _Member:
+    """One member as a hospital runs it: its gRPC peer server, its Web3 connections and
+    contract bindings, its copy of the swarm key, its data and model."""
+
+    def __init__(self, spec: _NodeSpec) -> None:
+        self.spec = spec
         w3 = Web3(Web3.HTTPProvider(spec.rpc_url, request_kwargs={"timeout": 120}))
-        contract = SwarmContract.at(w3, spec.contract, spec.private_key)
-        gas = [0]
-        contract.on_mined = lambda tx: gas.__setitem__(-1, gas[-1] + tx.gas_used)
+        self.contract = SwarmContract.at(w3, spec.contract, spec.private_key)
+        self.gas = _GasMeter(self.contract)
         inbox = Inbox()
         peer = SwarmContract.at(Web3(Web3.HTTPProvider(spec.rpc_url)), spec.contract,
                                 spec.private_key)
-        server = start_peer_server(PeerService(peer, inbox, spec.name), "127.0.0.1", spec.port)
-        driver = SwarmRound(
-            contract, HEContext.from_bytes(spec.secret), inbox, spec.private_key, spec.name,
-            relay_takeover_s=spec.round_timeout_s,
+        self.server = start_peer_server(PeerService(peer, inbox, spec.name), "127.0.0.1",
+                                        spec.port)
+        self.driver = SwarmRound(
+            self.contract, HEContext.from_bytes(spec.secret), inbox, spec.private_key,
+            spec.name, relay_takeover_s=spec.round_timeout_s,
             round_timeout_s=spec.round_timeout_s, x25519_private=spec.x25519_private,
         )  # fmt: skip
-        model = build_mlp_with_params(spec.params, INPUT_DIM, NUM_CLASSES, spec.seed)
-        x, y = _synthetic_data(spec.rows, spec.seed * 1000 + spec.index)
-        trained: list[np.ndarray] = []
+        self.model = build_mlp_with_params(spec.params, INPUT_DIM, NUM_CLASSES, spec.seed)
+        self.x, self.y = _synthetic_data(spec.rows, spec.seed * 1000 + spec.index)
+        self.trained: list[np.ndarray] = []
 
-        def train() -> tuple[np.ndarray, float, int]:
-            loss = _train(model, x, y, spec.seed + spec.index)
-            trained.append(flatten(model))
-            return trained[-1], loss, spec.rows
+    def train(self) -> tuple[np.ndarray, float, int]:
+        loss = _train(self.model, self.x, self.y, self.spec.seed + self.spec.index)
+        self.trained.append(flatten(self.model))
+        return self.trained[-1], loss, self.spec.rows
 
-        ready.put(spec.name)
-        go.wait()
-        outcomes, cpu = [], []
-        for number in range(1, spec.rounds + 1):
-            started = time.process_time()
-            outcomes.append(driver.run(number, train, spec.params))
-            cpu.append(time.process_time() - started)
-            if number < spec.rounds:
-                model_weights = outcomes[-1].weights
-                load_flat(model, model_weights)
-                gas.append(0)
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        done.put({"address": contract.sender, "outcomes": outcomes, "trained": trained,
-                  "gas": gas, "cpu_seconds": cpu, "peak_rss_mib": peak_kib / 1024})
-        server.stop(grace=None).wait()
-    except Exception as exc:  # reported to the parent, which fails the benchmark
-        ready.put(spec.name)
-        done.put({"error": f"{spec.name}: {exc!r}"})
+    def run_rounds(self, done: Any, sharing: int) -> None:
+        """`rounds` rounds; reports each round's outcome, trained weights, the gas of the
+        transactions this member sent in it, CPU time (the process's over the round,
+        divided among the `sharing` members that run at once) and the peak memory."""
+        spec = self.spec
+        try:
+            outcomes, cpu = [], []
+            for number in range(1, spec.rounds + 1):
+                started, cpu_started = time.perf_counter(), time.process_time()
+                outcomes.append(self.driver.run(number, self.train, spec.params))
+                cpu.append((time.process_time() - cpu_started) / sharing)
+                outcomes[-1].seconds["run"] = time.perf_counter() - started
+                if number < spec.rounds:
+                    load_flat(self.model, outcomes[-1].weights)
+                    self.gas.next_round()
+            peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            done.put({"address": self.contract.sender, "outcomes": outcomes,
+                      "trained": self.trained, "gas": self.gas.totals(),
+                      "gas_by_kind": self.gas.rounds,
+                      "aggregate_transactions": self.gas.aggregate_transactions,
+                      "cpu_seconds": cpu, "peak_rss_mib": peak_kib / 1024,
+                      "process": os.getpid()})
+        except Exception as exc:  # reported to the parent, which fails the benchmark
+            done.put({"error": f"{spec.name}: {exc!r}"})
 
 
 def _warm_up_torch(seed: int) -> None:
@@ -305,16 +474,19 @@ def _summarise(
 ) -> dict[str, Any]:
     """One round's figures across its nodes."""
     for outcome in outcomes:
-        missing = [p for p in PHASES if p not in outcome.seconds]
+        # The pushes of "exchange" run beside the round and may end just after it.
+        missing = [p for p in PHASES if p not in outcome.seconds and p != "exchange"]
         if missing or not outcome.committed:
             raise RuntimeError(f"a node did not take part in every phase (missing {missing})")
     relays = [o for o in outcomes if o.relay]
     if not relays:
         raise RuntimeError("no node relayed the round's aggregate")
-    per_node = [sum(o.seconds[p] for p in PHASES if p != "train") for o in outcomes]
+    # A node's round from the start of its part to its decrypted model, but its own training:
+    # phases may overlap (a relay sends while blocks still arrive), so they are not summed.
+    per_node = [o.seconds["run"] - o.seconds["train"] for o in outcomes]
     return {
-        "seconds": {p: median([o.seconds[p] for o in outcomes]) for p in PHASES},
-        "seconds_max": {p: max(o.seconds[p] for o in outcomes) for p in PHASES},
+        "seconds": {p: median(_phase(outcomes, p)) for p in PHASES},
+        "seconds_max": {p: max(_phase(outcomes, p)) for p in PHASES},
         "relays": len(relays),
         "relay_aggregate_seconds": max(o.seconds["aggregate"] for o in relays),
         # Median over nodes of each node's own time from trained weights to decrypted model.
@@ -328,6 +500,10 @@ def _summarise(
         "summed_locally": sum(o.summed_locally for o in outcomes),
         "max_abs_error": error,
     }
+
+
+def _phase(outcomes: Sequence[RoundOutcome], phase: str) -> list[float]:
+    return [o.seconds[phase] for o in outcomes if phase in o.seconds] or [float("nan")]
 
 
 def _median_row(nodes: int, params: int, per_round: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -372,18 +548,19 @@ def format_round_table(result: dict[str, Any]) -> str:
             r["gas_per_round"] / 1e6,
             r["cpu_seconds"],
             r["peak_rss_mib"]["max"],
+            r["members_per_process"],
         )
         for r in result["results"]
     ]
     headers = ("nodes", "params", *PHASES, "relay aggregate", "all but train", "wall",
-               "M gas", "CPU s", "peak MiB")
+               "M gas", "CPU s", "peak MiB", "per proc")
     rounds = result["rounds"]
     lines = [
         table(headers, rows),
         f"(seconds, median of {rounds} round{'s' if rounds > 1 else ''}; phases are the "
-        "median across nodes; 'all but train' is the median of each node's encrypt→decrypt "
-        "time; gas of every transaction of a round; CPU s: median CPU time of a node process "
-        "in a round; peak resident memory of the largest node)",
+        "median across nodes; 'all but train' is the median of each node's round time less "
+        "its own training; gas of every transaction of a round; CPU s: median CPU time of a "
+        "node process in a round; peak resident memory of the largest node)",
     ]
     for r in result["results"]:
         target = TARGETS_SECONDS_EXCLUDING_TRAIN.get(_nearest_target(r["params"]))
@@ -394,8 +571,26 @@ def format_round_table(result: dict[str, Any]) -> str:
                 f"{TARGET_NODES} nodes: {r['seconds_excluding_train']:.2f} s, "
                 f"{'met' if ok else 'MISSED'}"
             )
+    if any(r["members_per_process"] > 1 for r in result["results"]):
+        lines.append("(per proc > 1: that many members share a process, each in a thread "
+                     "with its own gRPC server, Web3 connection and SwarmRound; their seconds "
+                     "and CPU s are an upper bound of one hospital's, peak MiB is per process)")
+    gas_rows = [(r["nodes"], r["params"], r["blocks"],
+                 *(r["gas_by_kind"][k] / 1e6 for k in GAS_KINDS), r["aggregate_transactions"])
+                for r in result["results"]]
+    lines += ["", "gas per round by transaction kind (M gas; 'enrol' includes fixing the "
+              "participants, done by the enrolment that completes the set):",
+              table(("nodes", "params", "blocks", *GAS_KINDS, "aggregate txs"), gas_rows)]
+    if result.get("scaling"):
+        fit_rows = [(f["params"], ",".join(map(str, f["members"])), f["gas_per_member"] / 1e6,
+                     f["gas_intercept"] / 1e6, f["seconds_per_member"],
+                     f["seconds_intercept"], f["wall_seconds_per_member"])
+                    for f in result["scaling"]]
+        lines += ["", "against the number of members (least-squares line):",
+                  table(("params", "members", "M gas/member", "M gas at 0",
+                         "s/member", "s at 0", "wall s/member"), fit_rows)]
     lines.append(
-        f"(machine: {result['processor']}, {result['cpus']} CPUs, one process per node; load "
+        f"(machine: {result['processor']}, {result['cpus']} CPUs; load "
         f"average {result['load_average_at_start']} at the start, "
         f"{result['load_average_at_end']} at the end)"
     )
