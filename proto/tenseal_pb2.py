@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61piary/wire/tenseal.proto\x12\x07tenseal\"D\n\x0f\x43KKSVectorProto\x12\r\n\x05sizes\x18\x01 \x03(\r\x12\x13\n\x0b\x63iphertexts\x18\x02 \x03(\x0c\x12\r\n\x05scale\x18\x03 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61piary/wire/tenseal.proto\x12\x07tenseal\"D\n\x0f\x43KKSVectorProto\x12\r\n\x05sizes\x18\x01 \x03(\r\x12\x13\n\x0b\x63iphertexts\x18\x02 \x03(\x0c\x12\r\n\x05scale\x18\x03 \x01(\x01\"f\n\x13TenSEALPrivateProto\x12\x12\n\nsecret_key\x18\x01 \x01(\x0c\x12\x1c\n\x14relin_keys_generated\x18\x02 \x01(\x08\x12\x1d\n\x15galois_keys_generated\x18\x03 \x01(\x08\"t\n\x12TenSEALPublicProto\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x12\n\nauto_flags\x18\x02 \x01(\r\x12\r\n\x05scale\x18\x03 \x01(\x01\x12\x12\n\nrelin_keys\x18\x04 \x01(\x0c\x12\x13\n\x0bgalois_keys\x18\x05 \x01(\x0c\"\xb9\x01\n\x13TenSEALContextProto\x12\x1d\n\x15\x65ncryption_parameters\x18\x01 \x01(\x0c\x12\x33\n\x0epublic_context\x18\x02 \x01(\x0b\x32\x1b.tenseal.TenSEALPublicProto\x12\x35\n\x0fprivate_context\x18\x03 \x01(\x0b\x32\x1c.tenseal.TenSEALPrivateProto\x12\x17\n\x0f\x65ncryption_type\x18\x04 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,4 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CKKSVECTORPROTO']._serialized_start=38
   _globals['_CKKSVECTORPROTO']._serialized_end=106
+  _globals['_TENSEALPRIVATEPROTO']._serialized_start=108
+  _globals['_TENSEALPRIVATEPROTO']._serialized_end=210
+  _globals['_TENSEALPUBLICPROTO']._serialized_start=212
+  _globals['_TENSEALPUBLICPROTO']._serialized_end=328
+  _globals['_TENSEALCONTEXTPROTO']._serialized_start=331
+  _globals['_TENSEALCONTEXTPROTO']._serialized_end=516
 # @@protoc_insertion_point(module_scope)

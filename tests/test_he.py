@@ -307,3 +307,28 @@ def test_bench_he_reports_the_figures_the_cli_prints() -> None:
     assert result["weighted_mean_max_error"] < 1e-6
     assert messages
     assert "weighted sum" in format_he_table(result)
+
+
+def test_a_secret_context_encrypts_with_the_secret_key_and_any_copy_of_the_key_decrypts(
+    ctx: HEContext,
+) -> None:
+    """Members encrypt with SEAL's secret-key encryption (about half the work of public-key
+    encryption); the ciphertexts are ordinary data-level ciphertexts that any holder of the
+    swarm key decrypts, and each encryption is freshly randomised."""
+    from apiary.wire.tenseal_pb2 import TenSEALContextProto
+
+    encrypting = TenSEALContextProto.FromString(ctx._encrypting.serialize(save_secret_key=True))
+    published = TenSEALContextProto.FromString(ctx.tenseal_context.serialize())
+    assert encrypting.encryption_type == int(ts.ENCRYPTION_TYPE.SYMMETRIC.value)
+    assert published.encryption_type == int(ts.ENCRYPTION_TYPE.ASYMMETRIC.value)
+    assert ctx.public_bytes() == HEContext.from_bytes(ctx.public_bytes()).public_bytes()
+
+    x = np.random.default_rng(3).normal(0, 0.5, 2 * SLOTS_PER_BLOCK + 7)
+    first, second = ctx.encrypt(x), ctx.encrypt(x)
+    assert first != second
+    other_holder = HEContext.from_bytes(ctx.secret_bytes())
+    for blocks in (first, second):
+        assert np.max(np.abs(other_holder.decrypt(blocks, x.size) - x)) < 1e-6
+    # The public context alone (the coordinator's) still encrypts, with the public key.
+    public = HEContext.from_bytes(ctx.public_bytes())
+    assert np.max(np.abs(ctx.decrypt(public.encrypt(x), x.size) - x)) < 1e-6

@@ -46,7 +46,7 @@ from apiary.core.coefficients import (
     block_from_bytes,
     block_to_bytes,
 )
-from apiary.wire.tenseal_pb2 import CKKSVectorProto
+from apiary.wire.tenseal_pb2 import CKKSVectorProto, TenSEALContextProto
 
 POLY_MODULUS_DEGREE = 8192
 COEFF_MOD_BIT_SIZES = (60, 60)
@@ -98,6 +98,7 @@ class HEContext:
             raise ValueError("the TenSEAL context has no public key, so it cannot encrypt")
         context.global_scale = GLOBAL_SCALE
         self._context = context
+        self._encrypting = _symmetric_twin(context) if context.has_secret_key() else context
         seal = context.seal_context().data
         self._modulus = int(seal.first_context_data().parms().coeff_modulus()[0].value())
         self._parms_id = struct.pack("<4Q", *seal.first_parms_id())
@@ -185,7 +186,7 @@ class HEContext:
         padded[: values.size] = values
         blocks = []
         for chunk in padded.reshape(n_blocks, SLOTS_PER_BLOCK):
-            encrypted = ts.ckks_vector(self._context, chunk.tolist())
+            encrypted = ts.ckks_vector(self._encrypting, chunk.tolist())
             blocks.append(block_to_bytes(self.to_coefficients(encrypted)))
         return blocks
 
@@ -391,3 +392,23 @@ def _key(field: int, wire: int) -> bytes:
 
 def _field_bytes(field: int, payload: bytes) -> bytes:
     return _key(field, _WIRE_LEN) + _varint(len(payload)) + payload
+
+
+def _symmetric_twin(context: ts.Context) -> ts.Context:
+    """A copy of a secret context that encrypts with the secret key instead of the public one.
+
+    Every member holds the swarm's secret key, and SEAL's secret-key encryption (a fresh
+    uniform c1, c0 = −c1·s + m + e) is as secure as public-key encryption but needs about half
+    the work (no encryption of zero under the public key, one error polynomial less): it is
+    the larger part of a round's local cost at a million parameters. The ciphertexts have the
+    same form and decrypt with the same key; the public context, its digest on chain and the
+    coordinator are unchanged. TenSEAL sets the encryption type only when a context is made,
+    so the copy is the same serialised context with that one field changed.
+    """
+    proto = TenSEALContextProto.FromString(context.serialize(
+        save_public_key=True, save_secret_key=True, save_galois_keys=False,
+        save_relin_keys=False))
+    proto.encryption_type = int(ts.ENCRYPTION_TYPE.SYMMETRIC.value)
+    twin = ts.context_from(proto.SerializeToString())
+    twin.global_scale = GLOBAL_SCALE
+    return twin
