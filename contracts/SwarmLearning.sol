@@ -109,6 +109,10 @@ contract SwarmLearning {
 
     /// @notice How new members are admitted (fixed at deployment).
     MembershipRule public immutable membershipRule;
+    /// @notice keccak256 of the swarm-wide training configuration (canonical JSON: the task's
+    /// name, version, architecture and initial weights, and the hyper-parameters), fixed at
+    /// founding; every member checks its own against it before it takes part.
+    bytes32 public immutable trainingDigest;
 
     /// @notice The account that adds and removes members.
     address public admin;
@@ -212,6 +216,7 @@ contract SwarmLearning {
     /// @param contextDigest_ keccak256 of the swarm's first public HE context (key epoch 0).
     /// @param enrolWindow_ seconds every active member has to enrol in a round.
     /// @param commitWindow_ seconds the participants of an attempt have to commit.
+    /// @param trainingDigest_ keccak256 of the swarm-wide training configuration.
     constructor(
         uint256 polyModulusDegree_,
         uint256 modulus_,
@@ -220,14 +225,17 @@ contract SwarmLearning {
         MembershipRule rule_,
         bytes32 contextDigest_,
         uint256 enrolWindow_,
-        uint256 commitWindow_
+        uint256 commitWindow_,
+        bytes32 trainingDigest_
     ) {
         if (
             polyModulusDegree_ < 2 || polyModulusDegree_ & (polyModulusDegree_ - 1) != 0
                 || modulus_ < 2 || modulus_ >= 2 ** 64 || paramCount_ == 0 || minPeers_ == 0
                 || minPeers_ > MAX_MEMBERS || contextDigest_ == bytes32(0) || enrolWindow_ == 0
                 || commitWindow_ == 0 || enrolWindow_ > 1 days || commitWindow_ > 1 days
+                || trainingDigest_ == bytes32(0)
         ) revert InvalidParameters();
+        trainingDigest = trainingDigest_;
         enrolWindow = enrolWindow_;
         commitWindow = commitWindow_;
         membershipRule = rule_;

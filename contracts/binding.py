@@ -32,6 +32,9 @@ RECEIPT_POLL_SECONDS = 0.01
 PARTICIPANT_WRITE_GAS = 45_000
 """Gas to (re)write one entry of a round's participant list: a fresh storage slot."""
 MAX_DATASET_SIZE = 2**32 - 1
+NO_TRAINING_DIGEST = bytes(31) + b"\x01"
+"""The training digest of a contract deployed outside a founding (a benchmark, a test of the
+contract alone): no node's configuration has it, so no node takes part in such a swarm."""
 """The contract's MAX_SAMPLE_COUNT: the largest dataset size a member may register."""
 
 
@@ -186,11 +189,13 @@ class SwarmContract:
         membership: str = "admin",
         enrol_window_s: int = 20,
         commit_window_s: int = 30,
+        training_digest: bytes = NO_TRAINING_DIGEST,
     ) -> SwarmContract:
         """Deploy for one model size and HE key; `membership` is "admin" or "majority".
 
         Members have `enrol_window_s` after a round opens to enrol, and the participants
-        `commit_window_s` to commit before the absent ones may be dropped.
+        `commit_window_s` to commit before the absent ones may be dropped. `training_digest`
+        is the swarm-wide training configuration's (``SwarmConfig.digest``).
         """
         if membership not in MEMBERSHIP_RULES:
             raise ValueError(f"membership rule must be one of {', '.join(MEMBERSHIP_RULES)}")
@@ -199,7 +204,8 @@ class SwarmContract:
         account: LocalAccount = Account.from_key(private_key)
         call = factory.constructor(poly_modulus_degree, modulus, param_count, min_peers,
                                    MEMBERSHIP_RULES.index(membership), context_digest,
-                                   int(enrol_window_s), int(commit_window_s))
+                                   int(enrol_window_s), int(commit_window_s),
+                                   bytes(training_digest))
         errors = _error_table(artifact["abi"])
         receipt = _transact(w3, account, call, "constructor", errors)
         address = receipt["contractAddress"]
@@ -223,6 +229,10 @@ class SwarmContract:
 
     def _view(self, name: str, *args: Any) -> Any:
         return getattr(self.contract.functions, name)(*args).call()
+
+    def training_digest(self) -> bytes:
+        """keccak256 of the swarm-wide training configuration, fixed at deployment."""
+        return bytes(self._view("trainingDigest"))
 
     def he_parameters(self) -> HEParameters:
         """Fixed at deployment, so read once."""

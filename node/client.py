@@ -22,6 +22,7 @@ from apiary.node.founding import (
     KeyDelivery,
     PublicContext,
     SwarmAssignment,
+    TrainingInfo,
     WrappedKeys,
 )
 from apiary.node.identity import PublicIdentity
@@ -119,6 +120,9 @@ class AdminClient:
 
     def identity(self) -> PublicIdentity:
         return self._get(PublicIdentity, "/v1/identity")
+
+    def training(self) -> TrainingInfo:
+        return self._get(TrainingInfo, "/v1/training")
 
     def wait_healthy(self, timeout_s: float, *, alive: Callable[[], bool] = lambda: True,
                      poll_s: float = 0.2) -> Health:

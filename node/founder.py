@@ -49,6 +49,7 @@ from apiary.core.flat import param_count
 from apiary.core.he import HEContext
 from apiary.core.models import build_model
 from apiary.core.settings import FoundingSettings
+from apiary.core.tasks import SwarmConfig
 from apiary.core.tls import check_member_certificate
 from apiary.node.client import (
     AdminApiError,
@@ -145,6 +146,26 @@ class Founders:
             raise FoundingError(f"founding member {name}'s identity is unusable: {exc}") from exc
         return identity.model_copy(update={"address": to_checksum_address(identity.address)})
 
+    def training(self, names: list[str]) -> SwarmConfig:
+        """The founders' one training configuration (the first founder's); FoundingError
+        naming the founder and every setting where another one's differs."""
+        configs = {}
+        for name in names:
+            info = self.call(name, AdminClient.training)
+            try:
+                configs[name] = SwarmConfig.from_json(info.config)
+            except ConfigError as exc:
+                raise FoundingError(f"founding member {name}'s training configuration is "
+                                    f"unusable: {exc}") from exc
+        first = names[0]
+        swarm = configs[first]
+        for name, config in configs.items():
+            problem = config.mismatch(swarm, f"founder {first}'s", who=name)
+            if problem is not None:
+                raise FoundingError(f"{problem}: start every founder with the same task and "
+                                    "training settings")
+        return swarm
+
     def wait_members(self, timeout_s: float) -> None:
         """Every founder holds the swarm and its key and takes part (``GET /v1/swarm``)."""
         deadline = time.monotonic() + timeout_s
@@ -169,20 +190,23 @@ def found(settings: FoundingSettings, emit: Callable[[str], None]) -> Founded:
     marker = settings.swarm_dir / SWARM_FILE
     if marker.exists():
         return _already_founded(w3, marker, emit)
-    params = param_count_for(settings.model, settings.dataset)
     deployer_key = settings.funding_key or dev_private_keys(1)[0]
     founders = Founders(urls, token)
     try:
-        return _ceremony(settings, w3, founders, deployer_key, params, emit)
+        return _ceremony(settings, w3, founders, deployer_key, emit)
     finally:
         founders.close()
 
 
 def _ceremony(settings: FoundingSettings, w3: Web3, founders: Founders, deployer_key: str,
-              params: int, emit: Callable[[str], None]) -> Founded:
+              emit: Callable[[str], None]) -> Founded:
     founders.wait_until_up(settings.node_wait_s)
     names = list(founders.urls)
     first = names[0]
+    training = founders.training(names)
+    params = training.task.parameters
+    emit(f"the founders train task {training.task.name!r} (version {training.task.version}, "
+         f"{params} parameters) alike: training digest 0x{training.digest().hex()}")
 
     emit(f"{first} creates the swarm's HE key (POST /v1/he-key); its secret stays there")
     he, public = _public_context(founders.call(first, AdminClient.create_key), first)
@@ -198,13 +222,12 @@ def _ceremony(settings: FoundingSettings, w3: Web3, founders: Founders, deployer
 
     deployer = Account.from_key(deployer_key).address
     emit(f"deployer {deployer} deploys SwarmLearning for {params} parameters "
-         f"({settings.model} on {settings.dataset}) on {settings.rpc_url} and admits "
-         f"{len(names)} founders")
+         f"on {settings.rpc_url} and admits {len(names)} founders")
     try:
         contract = found_swarm(w3, deployer_key, he, params, list(identities.values()),
                                settings.min_peers, settings.membership,
                                enrol_window_s=settings.enrol_window_s,
-                               commit_window_s=settings.commit_window_s)
+                               commit_window_s=settings.commit_window_s, training=training)
     except (ContractRejected, ValueError) as exc:
         raise FoundingError(f"deploying the contract failed: {exc}") from exc
     wei = int(settings.member_funding_eth * 10**18)
@@ -212,7 +235,8 @@ def _ceremony(settings: FoundingSettings, w3: Web3, founders: Founders, deployer
         _transfer(w3, deployer_key, identity.address, wei)
         emit(f"member {name}: {identity.address} at {identity.endpoint}")
 
-    assignment = SwarmAssignment(contract=contract.address, rpc_url=settings.rpc_url)
+    assignment = SwarmAssignment(contract=contract.address, rpc_url=settings.rpc_url,
+                                 training=training.as_json())
     for name in names:
         state = founders.call(name, lambda c: c.assign_swarm(assignment)).state
         emit(f"{name} accepts the swarm ({state})")
@@ -228,7 +252,7 @@ def _ceremony(settings: FoundingSettings, w3: Web3, founders: Founders, deployer
     founders.wait_members(settings.node_wait_s)
 
     admin = _hand_admin(settings.admin, contract, founders, identities, emit)
-    _write_public(settings, public, contract, params, w3.eth.chain_id, identities)
+    _write_public(settings, public, contract, training, w3.eth.chain_id, identities)
     emit(f"founded: contract {contract.address}; swarm file {settings.swarm_dir / SWARM_FILE}")
     return Founded(contract.address, params, {n: i.address for n, i in identities.items()},
                    admin)
@@ -296,14 +320,17 @@ def _already_founded(w3: Web3, marker: Path, emit: Callable[[str], None]) -> Fou
 
 
 def _write_public(settings: FoundingSettings, public: bytes, contract: SwarmContract,
-                  params: int, chain_id: int, identities: dict[str, PublicIdentity]) -> None:
-    """What anyone may read: the public HE context and swarm.json."""
+                  training: SwarmConfig, chain_id: int,
+                  identities: dict[str, PublicIdentity]) -> None:
+    """What anyone may read: the public HE context and swarm.json (with the swarm-wide
+    training configuration whose digest the contract records)."""
     swarm_dir = settings.swarm_dir
     swarm_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(swarm_dir / PUBLIC_CONTEXT_FILE, public)
     record = {
         "contract": contract.address, "rpc_url": settings.rpc_url, "chain_id": chain_id,
-        "param_count": params, "model": settings.model, "dataset": settings.dataset,
+        "param_count": training.task.parameters, "task": training.task.name,
+        "training": training.as_json(), "training_digest": "0x" + training.digest().hex(),
         "min_peers": settings.min_peers, "membership": settings.membership,
         "admin": contract.admin(), "pending_admin": contract.pending_admin(),
         "members": [{"name": n, "address": i.address, "endpoint": i.endpoint}

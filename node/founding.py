@@ -25,16 +25,18 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
 from apiary.chain.binding import SwarmContract
+from apiary.core.errors import ConfigError
 from apiary.core.files import write_json
 from apiary.core.he import HEContext
 from apiary.core.keywrap import UnwrapError, WrappedSecret, unwrap, wrap, wrap_context
+from apiary.core.tasks import ConfigMismatch, SwarmConfig
 from apiary.core.tls import TlsFiles, fingerprint
 from apiary.node.identity import EthAddress, Identity, PublicIdentity
 from apiary.node.invites import Refused
@@ -46,18 +48,47 @@ PUBLIC_CONTEXT_FILE = "he-public.ctx"
 SWARM_FILE = "swarm.json"
 
 
-def write_swarm_file(state_dir: Path, contract: str, rpc_url: str) -> Path:
-    """Where the swarm lives: the contract address and the chain endpoint."""
+def write_swarm_file(state_dir: Path, contract: str, rpc_url: str,
+                     training: SwarmConfig) -> Path:
+    """Where the swarm lives (the contract address and the chain endpoint) and the
+    swarm-wide training configuration it was founded with."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    return write_json(state_dir / SWARM_FILE, {"contract": contract, "rpc_url": rpc_url})
+    return write_json(state_dir / SWARM_FILE, {"contract": contract, "rpc_url": rpc_url,
+                                               "training": training.as_json()})
 
 
-def read_swarm_file(state_dir: Path) -> dict[str, str] | None:
+def read_swarm_file(state_dir: Path) -> dict[str, Any] | None:
     path = state_dir / SWARM_FILE
     if not path.exists():
         return None
-    data: dict[str, str] = json.loads(path.read_text())
+    data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+def stored_training(state_dir: Path) -> SwarmConfig | None:
+    """The swarm-wide training configuration the swarm file holds, if it holds one."""
+    stored = read_swarm_file(state_dir) or {}
+    if "training" not in stored:
+        return None
+    return SwarmConfig.from_json(stored["training"])
+
+
+def check_training(mine: SwarmConfig, on_chain: bytes, stored: SwarmConfig | None,
+                   swarm_file: str = "the swarm file") -> None:
+    """ConfigMismatch unless this node trains as the swarm was founded to: its configuration's
+    digest is the chain's, and the swarm file (whose settings name what differs) agrees."""
+    if stored is not None and stored.digest() != on_chain:
+        raise ConfigMismatch(f"{swarm_file} holds another training configuration than the one "
+                             f"on chain (0x{on_chain.hex()}): restore the file as the founding "
+                             "ceremony or the join wrote it")
+    if mine.digest() == on_chain:
+        return
+    if stored is None:
+        raise ConfigMismatch(
+            f"this node's training configuration (digest 0x{mine.digest().hex()}) differs "
+            f"from the swarm's on chain (0x{on_chain.hex()}), and {swarm_file} holds none to "
+            "name the setting: start the node with the swarm's task and settings")
+    mine.check_matches(stored, "on chain and in " + swarm_file)
 
 
 def found_swarm(
@@ -70,9 +101,12 @@ def found_swarm(
     membership: str = "admin",
     enrol_window_s: int = 20,
     commit_window_s: int = 30,
+    *,
+    training: SwarmConfig,
 ) -> SwarmContract:
-    """Deploy the contract for `he`'s public context and admit the founding members as
-    they describe themselves; returns it seen by the admin (`admin_key`'s account).
+    """Deploy the contract for `he`'s public context and the swarm-wide `training`
+    configuration, and admit the founding members as they describe themselves; returns it
+    seen by the admin (`admin_key`'s account).
 
     The windows are the round's deadlines on chain: members have `enrol_window_s` after a
     round opens to enrol, participants `commit_window_s` to commit before they are dropped.
@@ -81,6 +115,7 @@ def found_swarm(
         w3, admin_key, param_count=param_count, modulus=he.modulus, min_peers=min_peers,
         context_digest=he.public_digest(), membership=membership,
         enrol_window_s=enrol_window_s, commit_window_s=commit_window_s,
+        training_digest=training.digest(),
     )
     for m in members:
         contract.add_member(m.address, m.endpoint, m.x25519_bytes, m.certificate_bytes,
@@ -105,6 +140,19 @@ class SwarmAssignment(BaseModel):
     contract: EthAddress
     rpc_url: str = Field(pattern=r"^https?://", max_length=2000,
                          description="the chain's JSON-RPC endpoint")
+    training: dict[str, Any] = Field(
+        description="the swarm-wide training configuration (GET /v1/training's config) "
+                    "whose digest the contract records")
+
+
+class TrainingInfo(BaseModel):
+    """What this node trains with: the swarm-wide training configuration and its digest."""
+
+    digest: str = Field(description="keccak256 of the canonical JSON of config, 0x-hex: "
+                                    "what the contract records at founding")
+    config: dict[str, Any] = Field(description="the task's identity (name, version, "
+                                               "architecture, initial weights, parameters) "
+                                               "and the training hyper-parameters")
 
 
 FoundingState = Literal["no swarm", "awaiting key", "member"]
@@ -152,6 +200,8 @@ class FoundingCeremony:
     param_count: int
     dataset_size: int
     """The training samples this node holds, registered on chain at admission."""
+    training: SwarmConfig
+    """This node's training configuration: a swarm is accepted only if it is the swarm's."""
     connect: Callable[[str, str, str], SwarmContract]
     """(contract address, chain RPC URL, private key) -> the contract sending as this node."""
     enter: Callable[[], None]
@@ -165,6 +215,10 @@ class FoundingCeremony:
 
     def public_identity(self) -> PublicIdentity:
         return self.identity.public(self.endpoint, self.tls, self.dataset_size)
+
+    def training_info(self) -> TrainingInfo:
+        return TrainingInfo(digest="0x" + self.training.digest().hex(),
+                            config=self.training.as_json())
 
     def status(self) -> FoundingStatus:
         stored = read_swarm_file(self.state_dir)
@@ -206,17 +260,38 @@ class FoundingCeremony:
                                    "already; a node belongs to one swarm")
             rpc_url = self.rpc_url or assignment.rpc_url
             contract = self._check_listed(assignment.contract, rpc_url)
+            swarm = self._check_training(assignment, contract)
             he = self.keys.get(0)
             if he is not None and he.public_digest() != contract.key_epoch(0)[1]:
                 raise Refused(409, "this node holds an HE key that is not the swarm's (its "
                                    "digest differs from key epoch 0 on chain), made for a "
                                    f"founding that did not finish: remove {self.keys.path(0)} "
                                    "to take the swarm's key")
-            write_swarm_file(self.state_dir, contract.address, assignment.rpc_url)
+            write_swarm_file(self.state_dir, contract.address, assignment.rpc_url, swarm)
             self._contract = contract
             log.info("node=%s is a founding member of swarm %s", self.name, contract.address)
             self._enter_if_keyed()
         return self.status()
+
+    def _check_training(self, assignment: SwarmAssignment,
+                        contract: SwarmContract) -> SwarmConfig:
+        """The swarm's training configuration, if the chain records its digest and this
+        node trains with it; Refused naming the differing settings otherwise."""
+        try:
+            swarm = SwarmConfig.from_json(assignment.training)
+            on_chain = contract.training_digest()
+        except ConfigError as exc:
+            raise Refused(422, str(exc)) from exc
+        except (OSError, ValueError, Web3Exception) as exc:
+            raise Refused(502, f"cannot read the swarm contract {contract.address}: "
+                               f"{exc}") from exc
+        if swarm.digest() != on_chain:
+            raise Refused(409, f"the training configuration given is not the one the "
+                               f"contract {contract.address} records (0x{on_chain.hex()})")
+        problem = self.training.mismatch(swarm, "the swarm being founded")
+        if problem is not None:
+            raise Refused(409, f"{problem}: start this node with the swarm's settings")
+        return swarm
 
     def _check_listed(self, address: str, rpc_url: str) -> SwarmContract:
         me = self.public_identity()

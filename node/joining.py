@@ -32,10 +32,11 @@ from pydantic import ValidationError
 
 from apiary.chain.binding import SwarmContract
 from apiary.core.backoff import Backoff
-from apiary.core.errors import ApiaryError
+from apiary.core.errors import ApiaryError, ConfigError
 from apiary.core.files import write_private_json
 from apiary.core.flat import weights_digest
 from apiary.core.keywrap import WrappedSecret, unwrap, wrap_context
+from apiary.core.tasks import SwarmConfig
 from apiary.core.tls import TlsFiles
 from apiary.node.client import AdminApiError, AdminClient, AdminUnreachable
 from apiary.node.founding import write_swarm_file
@@ -79,6 +80,8 @@ class JoiningNode:
     param_count: int
     dataset_size: int
     """Its training samples, registered on chain at admission."""
+    training: SwarmConfig
+    """What it trains with: sent with its join request, checked against the swarm's."""
     keys: KeyRing
     connect: Callable[[str, str, str], SwarmContract]
     """(contract address, chain RPC URL, private key) -> the contract sending as this node."""
@@ -201,7 +204,8 @@ class Joiner:
             request = JoinRequest(invite=invite, address=identity.address,
                                   x25519_public_key=identity.x25519_public,
                                   endpoint=node.endpoint, tls_certificate=node.tls.cert.decode(),
-                                  dataset_size=node.dataset_size)
+                                  dataset_size=node.dataset_size,
+                                  training=node.training.as_json())
         except ValidationError as exc:
             raise JoinFailed(f"no sponsor would accept this join request: {exc}") from None
         with self._sponsor() as sponsor:
@@ -248,7 +252,8 @@ class Joiner:
         if record.dataset_size != node.dataset_size:
             raise JoinFailed(f"the chain registers {record.dataset_size} samples for this node, "
                              f"not {node.dataset_size}")
-        write_swarm_file(node.state_dir, handover.contract, handover.rpc_url)
+        swarm = self._swarm_training(handover, contract)
+        write_swarm_file(node.state_dir, handover.contract, handover.rpc_url, swarm)
         for item in handover.keys:
             _, digest = contract.key_epoch(item.epoch)
             secret = unwrap(WrappedSecret.from_json(item.wrapped),
@@ -266,6 +271,22 @@ class Joiner:
         log.info("node=%s joined the swarm as %s at round %d", node.name, identity.address,
                  round_number)
         node.adopt(weights, round_number, weights_digest(weights))
+
+
+    def _swarm_training(self, handover: Handover, contract: SwarmContract) -> SwarmConfig:
+        """The swarm's training configuration, if it is the one on chain and this node's."""
+        try:
+            swarm = SwarmConfig.from_json(handover.training)
+        except ConfigError as exc:
+            raise JoinFailed(f"the sponsor handed over no usable training configuration: "
+                             f"{exc}") from None
+        if swarm.digest() != contract.training_digest():
+            raise JoinFailed("the training configuration the sponsor handed over is not the "
+                             "one the contract records")
+        problem = self.node.training.mismatch(swarm, "the contract's")
+        if problem is not None:
+            raise JoinFailed(f"{problem}: start this node with the swarm's settings")
+        return swarm
 
 
 def _join_error(exc: AdminApiError) -> JoinRetry | JoinFailed:

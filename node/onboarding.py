@@ -19,15 +19,17 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from apiary.chain.binding import MAX_DATASET_SIZE, ContractRejected, SwarmContract
+from apiary.core.errors import ConfigError
 from apiary.core.he import HEContext
 from apiary.core.keywrap import WrappedSecret, wrap, wrap_context
+from apiary.core.tasks import SwarmConfig
 from apiary.core.tls import MAX_CERTIFICATE_BYTES, check_member_certificate
 from apiary.node.identity import EthAddress, checksum_address
 from apiary.node.invites import Admission, InviteBook, Refused
@@ -57,6 +59,18 @@ class JoinRequest(BaseModel):
     dataset_size: int = Field(ge=1, le=MAX_DATASET_SIZE,
                               description="the newcomer's training samples: registered on "
                                           "chain as the most it may enrol a round with")
+    training: dict[str, Any] = Field(
+        description="the newcomer's training configuration (its GET /v1/training config): "
+                    "refused before anything is registered unless it is the swarm's")
+
+    @field_validator("training")
+    @classmethod
+    def _training(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            SwarmConfig.from_json(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("x25519_public_key")
     @classmethod
@@ -108,6 +122,8 @@ class Handover(BaseModel):
     weights: str = Field(description="the global weights, .npy base64-encoded")
     weights_digest: str | None
     keys: list[WrappedKey]
+    training: dict[str, Any] = Field(description="the swarm-wide training configuration, "
+                                                 "whose digest the contract records")
 
 
 class Approval(BaseModel):
@@ -153,6 +169,9 @@ class Sponsor:
     current_model: CurrentModel
     link: Callable[[], SwarmLink | None]
     """The node's link to the swarm: None until it is a member."""
+    training: SwarmConfig
+    """The swarm-wide training configuration (this member's, checked against the chain's
+    at start): a newcomer with another one is refused before anything is registered."""
     swarm_contract: Callable[[], SwarmContract] | None = None
     """The swarm's contract as this node even when it runs no rounds on chain (federated
     mode), for the admin role; raises Refused while the node is in no swarm."""
@@ -173,6 +192,12 @@ class Sponsor:
         released if nothing reached the chain.
         """
         link = self._link()
+        problem = SwarmConfig.from_json(request.training).mismatch(
+            self.training, f"sponsor {self.node}'s", who="the newcomer")
+        if problem is not None:
+            log.warning("node=%s refused to admit %s: %s", self.node, request.address, problem)
+            raise Refused(409, f"{problem}: start the newcomer with the swarm's task and "
+                               "settings")
         with self.invites.admission(request.invite, request.address) as held:
             return self._admit(link, request, held)
 
@@ -278,6 +303,7 @@ class Sponsor:
             weights=base64.b64encode(buffer.getvalue()).decode(),
             weights_digest=digest,
             keys=wrapped,
+            training=self.training.as_json(),
         )
 
     def approve(self, address: str) -> Approval:

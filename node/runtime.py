@@ -35,7 +35,12 @@ from apiary.node.api import create_app
 from apiary.node.contribution import ContributionStore
 from apiary.node.federated import CHANNEL_OPTIONS as FEDERATED_CHANNEL_OPTIONS
 from apiary.node.federated import FederatedRound
-from apiary.node.founding import FoundingCeremony, read_swarm_file
+from apiary.node.founding import (
+    FoundingCeremony,
+    check_training,
+    read_swarm_file,
+    stored_training,
+)
 from apiary.node.guard import ModelGuard
 from apiary.node.identity import Identity, ensure_identity
 from apiary.node.invites import InviteBook
@@ -123,10 +128,7 @@ class NodeRuntime:
     @classmethod
     def create(cls, settings: NodeSettings) -> NodeRuntime:
         torch.set_num_threads(1)
-        trainer = LocalTrainer.from_files(
-            settings.name, settings.data, settings.heldout, settings.model, settings.seed,
-            settings.epochs, settings.lr, settings.batch_size,
-        )
+        trainer = LocalTrainer.from_settings(settings)
         keys = KeyRing(settings.state_dir, settings.he_context)
         identity, tls = ensure_identity(settings.state_dir, settings.name, settings.endpoint,
                                         settings.private_key)
@@ -178,7 +180,7 @@ class NodeRuntime:
             name=self.settings.name, state_dir=self.settings.state_dir,
             endpoint=self.settings.endpoint, identity=self.identity, tls=self.tls,
             param_count=self.trainer.param_count, dataset_size=self.trainer.sample_count,
-            keys=self.keys, connect=self._connect,
+            training=self.trainer.swarm_config, keys=self.keys, connect=self._connect,
             activate=self._become_member, adopt=self._adopt_handover,
         )
 
@@ -212,6 +214,9 @@ class NodeRuntime:
         if not address or self.identity is None or self.tls is None:
             raise NodeConfigError("federated mode needs the swarm's contract address (from "
                                   "the founding ceremony, or --contract) and this node's identity")
+        swarm = stored_training(settings.state_dir)
+        if swarm is not None:
+            self.trainer.swarm_config.check_matches(swarm, "the swarm file")
         return FederatedRound(
             settings.coordinator, self._founding_key(), settings.name,
             settings.round_timeout_s, private_key=self.identity.private_key,
@@ -251,10 +256,12 @@ class NodeRuntime:
         except (ContractLogicError, BadFunctionCallOutput) as exc:
             raise NodeConfigError(f"the contract at {contract.address} is not a swarm contract "
                                   f"({_first_line(exc)}): check --contract") from None
+        check_training(self.trainer.swarm_config, contract.training_digest(),
+                       stored_training(settings.state_dir))
         if params.param_count != self.trainer.param_count:
             raise NodeConfigError(
-                f"the contract expects {params.param_count} parameters but model "
-                f"{settings.model!r} on this data has {self.trainer.param_count}"
+                f"the contract expects {params.param_count} parameters but task "
+                f"{self.trainer.task.name!r} on this data has {self.trainer.param_count}"
             )
         epoch, _ = contract.key_epoch_for(contract.current_round())
         known = [e for e in range(epoch + 1) if self.keys.has(e)]
@@ -467,7 +474,8 @@ class NodeRuntime:
         sponsor = Sponsor(
             node=settings.name, funding_wei=int(settings.join_funding_eth * 10**18),
             invites=self.invites, keys=self.keys, current_model=self.state.current,
-            link=lambda: self.link, swarm_contract=founding.contract,
+            link=lambda: self.link, training=self.trainer.swarm_config,
+            swarm_contract=founding.contract,
         )
         return create_app(settings, node=self, history=self.state, invites=self.invites,
                           sponsor=sponsor, founding=founding, joiner=self.joiner,
@@ -482,7 +490,8 @@ class NodeRuntime:
             name=self.settings.name, state_dir=self.settings.state_dir,
             endpoint=self.settings.endpoint, identity=self.identity, tls=self.tls,
             keys=self.keys, param_count=self.trainer.param_count,
-            dataset_size=self.trainer.sample_count, connect=self._connect,
+            dataset_size=self.trainer.sample_count, training=self.trainer.swarm_config,
+            connect=self._connect,
             enter=self._enter_swarm,
             entered=self.ready.is_set, rpc_url=self.settings.rpc_url,
         )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -20,6 +21,7 @@ from apiary.chain.binding import SwarmContract
 from apiary.chain.devnet import free_port
 from apiary.core.he import HEContext
 from apiary.core.settings import NodeSettings
+from apiary.core.tasks import SwarmConfig, TaskIdentity
 from apiary.core.tls import TlsFiles, create_self_signed
 from apiary.node import joining
 from apiary.node.api import create_app
@@ -32,7 +34,7 @@ from apiary.node.onboarding import Handover, JoinRequest, Pending, Sponsor
 from apiary.node.ports import SwarmLink
 from apiary.node.resumption import HandoverRequest, sign_handover_request
 from apiary.node.state import NodeState
-from tests.test_api import TOKEN, FakeFounding, FakeNode
+from tests.test_api import TOKEN, TRAINING, FakeFounding, FakeNode
 
 pytestmark = pytest.mark.chain
 
@@ -52,7 +54,7 @@ class Newcomer:
             "invite": invite, "address": self.identity.address,
             "x25519_public_key": self.identity.x25519_public, "endpoint": self.endpoint,
             "tls_certificate": self.tls.cert.decode(), "dataset_size": DATASET_SIZE,
-            **changes})
+            "training": TRAINING.as_json(), **changes})
 
 
 def newcomer(name: str, port: int = 50070) -> Newcomer:
@@ -77,7 +79,8 @@ def sponsor(w3: Web3, dev_keys: list[str], he: HEContext, tmp_path: Path
             ) -> Iterator[SponsorNode]:
     """A fresh contract whose admin's node sponsors, its admin API on real uvicorn."""
     admin = SwarmContract.deploy(w3, dev_keys[0], param_count=PARAMS, modulus=he.modulus,
-                                 context_digest=he.public_digest(), min_peers=2)
+                                 context_digest=he.public_digest(), min_peers=2,
+                                 training_digest=TRAINING.digest())
     keys = KeyRing(tmp_path / "sponsor")
     keys.put(0, he.secret_bytes(), he.public_digest())
     invites = InviteBook(tmp_path / "sponsor")
@@ -85,7 +88,8 @@ def sponsor(w3: Web3, dev_keys: list[str], he: HEContext, tmp_path: Path
     link = SwarmLink(contract=admin, rpc_url=str(w3.provider.endpoint_uri),  # type: ignore[attr-defined]
                      trust=None)
     sponsor = Sponsor(node="sponsor", funding_wei=0, invites=invites, keys=keys,
-                      current_model=lambda: (0, model[0], None), link=lambda: link)
+                      current_model=lambda: (0, model[0], None), link=lambda: link,
+                      training=TRAINING)
     settings = NodeSettings(name="sponsor", admin_token=TOKEN, state_dir=tmp_path / "sponsor")
     app = create_app(settings, node=FakeNode(link=link),
                      history=NodeState.open(tmp_path / "sponsor"), invites=invites,
@@ -172,6 +176,29 @@ def test_four_concurrent_admissions_with_one_invite_admit_exactly_one(
             "invite admits one node)"}
 
 
+def test_a_newcomer_that_trains_otherwise_is_refused_before_anything_changes(
+        sponsor: SponsorNode) -> None:
+    invite, _ = sponsor.invites.create(60)
+    before, invites = sponsor.members(), sponsor.invites.snapshot()
+    block = sponsor.contract.w3.eth.block_number
+    other_task = SwarmConfig(TaskIdentity("tiny", "1", "c" * 64, "d" * 64, PARAMS),
+                             TRAINING.training)
+    slower = SwarmConfig(TRAINING.task, {**TRAINING.training, "lr": 0.0001})
+    late = newcomer("late")
+    for config, named in ((other_task, "task: the newcomer tiny, the swarm heart"),
+                          (slower, "lr: the newcomer 0.0001, the swarm 0.003")):
+        refusal = refused(lambda c=config: admit(sponsor, late.request(
+            invite, training=c.as_json())))
+        assert refusal.status == 409 and named in refusal.detail
+        assert "handover" not in refusal.detail.lower()
+    assert sponsor.members() == before and sponsor.invites.snapshot() == invites
+    assert sponsor.contract.w3.eth.block_number == block, "no transaction"
+    body = late.request(invite).model_dump()
+    malformed = httpx.post(f"{sponsor.url}/v1/members", json={**body, "training": {"task": 1}})
+    assert malformed.status_code == 422 and "training" in malformed.text
+    assert isinstance(admit(sponsor, late.request(invite)), Handover), "the invite still works"
+
+
 def test_a_reverted_admission_releases_its_invite(sponsor: SponsorNode, he: HEContext) -> None:
     removed = newcomer("removed")
     sponsor.contract.add_member(removed.identity.address, removed.endpoint, bytes([7]) * 32,
@@ -237,7 +264,8 @@ def joiner_for(node: Newcomer, state_dir: Path, w3: Web3) -> tuple[Joiner, Joine
     joining_node = JoiningNode(
         name=node.identity.name, state_dir=state_dir, endpoint=node.endpoint,
         identity=node.identity, tls=node.tls, param_count=PARAMS, dataset_size=DATASET_SIZE,
-        keys=keys, connect=connect, activate=lambda: cast(Any, None), adopt=adopt)
+        training=TRAINING, keys=keys, connect=connect, activate=lambda: cast(Any, None),
+        adopt=adopt)
     return Joiner(joining_node), joined, keys
 
 

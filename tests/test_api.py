@@ -23,6 +23,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from apiary.chain.binding import SwarmContract
 from apiary.core.errors import ConfigError
 from apiary.core.settings import NodeSettings
+from apiary.core.tasks import SwarmConfig, TaskIdentity
 from apiary.core.tls import create_self_signed
 from apiary.node import runtime
 from apiary.node.api import create_app
@@ -33,6 +34,7 @@ from apiary.node.founding import (
     KeyDelivery,
     PublicContext,
     SwarmAssignment,
+    TrainingInfo,
     WrappedFor,
     WrappedKeys,
 )
@@ -113,11 +115,15 @@ class FakeNode:
         return self.facts
 
 
+TRAINING = SwarmConfig(TaskIdentity("heart", "1", "a" * 64, "b" * 64, 3),
+                       {"epochs": 2, "lr": 0.003, "batch_size": 16, "seed": 0})
+"""A swarm-wide training configuration, as a node answers GET /v1/training."""
 HANDOVER = Handover(
     address=ADDRESS, contract=FakeContract.address, rpc_url="http://chain:8545", round=2,
     weights="AAAA", weights_digest="d" * 64,
     keys=[WrappedKey(epoch=0, wrapped={"ephemeral_public": "eA==", "nonce": "",
                                        "ciphertext": "Yw=="})],
+    training=TRAINING.as_json(),
 )
 SEALED = {"ephemeral_public": "eA==", "nonce": "", "ciphertext": "Yw=="}
 
@@ -184,6 +190,9 @@ class FakeFounding:
 
     def public_identity(self) -> PublicIdentity:
         return IDENTITY
+
+    def training_info(self) -> TrainingInfo:
+        return TrainingInfo(digest="0x" + TRAINING.digest().hex(), config=TRAINING.as_json())
 
     def status(self) -> FoundingStatus:
         self._call("status")
@@ -259,7 +268,8 @@ def api(tmp_path: Path) -> Iterator[Api]:
 
 def join_body(**changes: Any) -> dict[str, Any]:
     body = {"invite": "i" * 43, "address": ADDRESS.lower(), "x25519_public_key": "11" * 32,
-            "endpoint": "10.0.0.4:50051", "tls_certificate": CERT, "dataset_size": 120}
+            "endpoint": "10.0.0.4:50051", "tls_certificate": CERT, "dataset_size": 120,
+            "training": TRAINING.as_json()}
     return {**body, **changes}
 
 
@@ -280,12 +290,14 @@ ADMIN_ROUTES = [
     ("POST", "/v1/admin/accept", None),
     ("POST", "/v1/he-key", None),
     ("GET", "/v1/swarm", None),
-    ("POST", "/v1/swarm", {"contract": OTHER, "rpc_url": "http://chain:8545"}),
+    ("POST", "/v1/swarm", {"contract": OTHER, "rpc_url": "http://chain:8545",
+                           "training": TRAINING.as_json()}),
     ("POST", "/v1/he-key/wrapped", None),
     ("POST", "/v1/he-key/delivery", {"epoch": 0, "wrapped": SEALED}),
 ]
 OPEN_ROUTES = {("GET", "/v1/health"), ("GET", "/v1/ready"), ("GET", "/metrics"),
-               ("GET", "/v1/identity"), ("GET", "/v1/overview"), ("POST", "/v1/members"),
+               ("GET", "/v1/identity"), ("GET", "/v1/training"), ("GET", "/v1/overview"),
+               ("POST", "/v1/members"),
                ("POST", "/v1/members/{address}/handover")}
 
 
@@ -544,7 +556,7 @@ def sponsor_app(tmp_path: Path, link: SwarmLink | None) -> tuple[TestClient, Inv
     invites = InviteBook(tmp_path)
     state = NodeState.open(tmp_path)
     sponsor = Sponsor(node="basel", funding_wei=0, invites=invites, keys=KeyRing(tmp_path),
-                      current_model=state.current, link=lambda: link)
+                      current_model=state.current, link=lambda: link, training=TRAINING)
     app = create_app(settings, node=FakeNode(link=link), history=state, invites=invites,
                      sponsor=sponsor, founding=FakeFounding(), joiner=None)
     return TestClient(app), invites
@@ -679,7 +691,8 @@ def test_a_real_joiner_reports_idle_before_it_starts(api: Api, tmp_path: Path) -
     identity, tls = ensure_identity(tmp_path, "basel", "h:1")
     joiner = Joiner(JoiningNode(name="basel", state_dir=tmp_path, endpoint="h:1",
                                 identity=identity, tls=tls, param_count=3, dataset_size=5,
-                                keys=KeyRing(tmp_path), connect=unused, activate=unused,
+                                training=TRAINING, keys=KeyRing(tmp_path), connect=unused,
+                                activate=unused,
                                 adopt=unused))
     api.app.dependency_overrides[get_joiner] = lambda: joiner
     reply = api.client.get("/v1/join", headers=GOOD)
@@ -695,6 +708,7 @@ def test_a_real_joiner_reports_idle_before_it_starts(api: Api, tmp_path: Path) -
 class FakeTrainer:
     param_count: int = 5
     sample_count: int = 7
+    swarm_config: SwarmConfig = TRAINING
 
 
 @pytest.mark.parametrize(("mode", "upstream"), [("swarm", "chain"),
@@ -733,6 +747,13 @@ def test_a_runtime_outside_any_swarm_serves_its_state_and_is_not_ready(
 # ---------------------------------------------------------------------- founding ceremony
 
 
+def test_training_is_open_and_answers_the_configuration_and_its_digest(api: Api) -> None:
+    reply = api.client.get("/v1/training")
+    assert reply.status_code == 200
+    assert reply.json() == {"digest": "0x" + TRAINING.digest().hex(),
+                            "config": TRAINING.as_json()}
+
+
 def test_identity_is_open_and_holds_public_halves_only(api: Api) -> None:
     reply = api.client.get("/v1/identity")
     assert reply.status_code == 200
@@ -743,7 +764,8 @@ def test_the_ceremony_steps_reach_the_node(api: Api) -> None:
     created = api.client.post("/v1/he-key", headers=GOOD)
     assert created.status_code == 200 and created.json()["digest"] == "0x" + "ab" * 32
     swarm = api.client.post("/v1/swarm", headers=GOOD,
-                            json={"contract": OTHER.lower(), "rpc_url": "http://chain:8545"})
+                            json={"contract": OTHER.lower(), "rpc_url": "http://chain:8545",
+                                  "training": TRAINING.as_json()})
     assert swarm.status_code == 200 and swarm.json()["state"] == "awaiting key"
     wrapped = api.client.post("/v1/he-key/wrapped", headers=GOOD).json()
     assert wrapped == {"epoch": 0, "keys": [{"address": OTHER, "wrapped": SEALED}]}
@@ -753,7 +775,8 @@ def test_the_ceremony_steps_reach_the_node(api: Api) -> None:
     names = [name for name, _ in api.founding.calls]
     assert names == ["create_key", "join_swarm", "wrap_keys", "accept_key"]
     assert api.founding.calls[1][1] == SwarmAssignment(contract=OTHER,
-                                                       rpc_url="http://chain:8545")
+                                                       rpc_url="http://chain:8545",
+                                                       training=TRAINING.as_json())
     assert api.founding.calls[3][1] == KeyDelivery(epoch=0, wrapped=SEALED)
 
 
@@ -776,7 +799,8 @@ def test_malformed_ceremony_calls_are_refused_before_the_node(api: Api, path: st
 def test_a_refused_ceremony_step_answers_its_status(api: Api, status: int) -> None:
     api.founding.refusal = Refused(status, f"refused with {status}")
     for path, body in (("/v1/he-key", None),
-                       ("/v1/swarm", {"contract": OTHER, "rpc_url": "http://c:1"}),
+                       ("/v1/swarm", {"contract": OTHER, "rpc_url": "http://c:1",
+                                      "training": TRAINING.as_json()}),
                        ("/v1/he-key/wrapped", None),
                        ("/v1/he-key/delivery", {"wrapped": SEALED})):
         reply = api.client.post(path, headers=GOOD, json=body)

@@ -54,6 +54,7 @@ from tests.test_api import (  # noqa: F401  (api: the fixture)
     OTHER,
     SEALED,
     TOKEN,
+    TRAINING,
     Api,
     FakeContract,
     api,
@@ -158,7 +159,9 @@ def test_the_ceremony_steps_parse_into_their_models(api: Api,  # noqa: F811
     assert client.founding_status() == FoundingStatus(state="no swarm", address=ADDRESS,
                                                       contract=None)
     assert isinstance(client.create_key(), PublicContext)
-    assigned = client.assign_swarm(SwarmAssignment(contract=OTHER, rpc_url="http://c:1"))
+    assert client.training().config == TRAINING.as_json()
+    assigned = client.assign_swarm(SwarmAssignment(contract=OTHER, rpc_url="http://c:1",
+                                                   training=TRAINING.as_json()))
     assert assigned.state == "awaiting key" and assigned.contract == OTHER
     wrapped = client.wrap_keys()
     assert isinstance(wrapped, WrappedKeys) and wrapped.keys[0].address == OTHER

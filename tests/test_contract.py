@@ -104,6 +104,17 @@ def test_he_parameters_are_fixed_at_deployment(w3: Web3, dev_keys: list[str], he
     assert swarm.admin.admin() == swarm.admin.sender
 
 
+def test_the_training_digest_is_fixed_at_deployment_and_never_zero(
+        w3: Web3, dev_keys: list[str], he: HEContext) -> None:
+    digest = bytes(range(32))
+    contract = SwarmContract.deploy(w3, dev_keys[0], param_count=10, modulus=he.modulus,
+                                    context_digest=he.public_digest(), training_digest=digest)
+    assert contract.training_digest() == digest
+    with pytest.raises(ContractRejected, match="InvalidParameters"):
+        SwarmContract.deploy(w3, dev_keys[0], param_count=10, modulus=he.modulus,
+                             context_digest=he.public_digest(), training_digest=bytes(32))
+
+
 def enrol_and_commit(members: list[SwarmContract], updates: list[list[bytes]],
                      counts: list[int] | tuple[int, ...], round_number: int = 1) -> None:
     """Every member enrols (which fixes the participants), then commits its blocks."""

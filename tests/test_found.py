@@ -30,6 +30,7 @@ from apiary.core.flat import weights_digest
 from apiary.core.he import HEContext
 from apiary.core.keywrap import wrap, wrap_context
 from apiary.core.settings import FoundingSettings
+from apiary.core.tasks import SwarmConfig, TaskIdentity
 from apiary.core.tls import create_self_signed
 from apiary.node.client import AdminClient
 from apiary.node.founder import FoundingError, found
@@ -44,6 +45,8 @@ from tests.test_onboarding import leaks, secret_key_fragments
 TOKEN = "found-test-token"
 PARAMS = 1074
 DATASET_SIZE = 303
+TRAINING = SwarmConfig(TaskIdentity("heart", "1", "a" * 64, "b" * 64, PARAMS),
+                       {"epochs": 2, "lr": 0.003, "batch_size": 16, "seed": 0})
 
 
 def settings(tmp_path: Path, rpc_url: str, **extra: object) -> FoundingSettings:
@@ -110,7 +113,7 @@ def founder(state_dir: Path, name: str, port: int) -> Founder:
     ceremony = FoundingCeremony(
         name=name, state_dir=state_dir, endpoint=f"127.0.0.1:{port}", identity=identity,
         tls=tls, keys=KeyRing(state_dir), param_count=PARAMS, dataset_size=DATASET_SIZE,
-        connect=connect, enter=enter,
+        training=TRAINING, connect=connect, enter=enter,
         entered=lambda: holder[0].entered,
     )
     holder.append(Founder(ceremony))
@@ -131,24 +134,44 @@ def test_each_founder_checks_its_swarm_and_its_key_against_the_chain(
     listed_wrongly = beta.ceremony.public_identity().model_copy(
         update={"tls_certificate": create_self_signed("beta", ["127.0.0.1"]).cert.decode()})
     wrong = found_swarm(w3, dev_keys[0], he, PARAMS,
-                        [alpha.ceremony.public_identity(), listed_wrongly], min_peers=2)
+                        [alpha.ceremony.public_identity(), listed_wrongly], min_peers=2,
+                        training=TRAINING)
     with pytest.raises(Refused, match="another TLS certificate") as refused:
         beta.ceremony.join_swarm(SwarmAssignment(contract=wrong.address,
-                                                 rpc_url=devnet.rpc_url))
+                                                 rpc_url=devnet.rpc_url,
+                                                 training=TRAINING.as_json()))
     assert refused.value.http_status == 409
     assert not (tmp_path / "beta" / "swarm.json").exists()
 
+    faster = SwarmConfig(TRAINING.task, {**TRAINING.training, "lr": 0.01})
+    other_lr = found_swarm(w3, dev_keys[0], he, PARAMS,
+                           [alpha.ceremony.public_identity(), beta.ceremony.public_identity()],
+                           min_peers=2, training=faster)
+    for given, words in ((faster, "lr: this node 0.003, the swarm 0.01"),
+                         (TRAINING, "not the one the contract")):
+        with pytest.raises(Refused, match=words) as refused:
+            beta.ceremony.join_swarm(SwarmAssignment(contract=other_lr.address,
+                                                     rpc_url=devnet.rpc_url,
+                                                     training=given.as_json()))
+        assert refused.value.http_status == 409
+        assert not (tmp_path / "beta" / "swarm.json").exists()
+
     contract = found_swarm(w3, dev_keys[0], he, PARAMS,
                            [alpha.ceremony.public_identity(), beta.ceremony.public_identity()],
-                           min_peers=2)
-    assignment = SwarmAssignment(contract=contract.address, rpc_url=devnet.rpc_url)
+                           min_peers=2, training=TRAINING)
+    assert contract.training_digest() == TRAINING.digest()
+    assignment = SwarmAssignment(contract=contract.address, rpc_url=devnet.rpc_url,
+                                 training=TRAINING.as_json())
     assert alpha.ceremony.join_swarm(assignment).state == "member" and alpha.entered
     assert beta.ceremony.join_swarm(assignment).state == "awaiting key" and not beta.entered
     with pytest.raises(Refused, match="in the swarm of contract"):
         beta.ceremony.join_swarm(SwarmAssignment(contract=wrong.address,
-                                                 rpc_url=devnet.rpc_url))
+                                                 rpc_url=devnet.rpc_url,
+                                                 training=TRAINING.as_json()))
     with pytest.raises(Refused, match="in the swarm of contract"):
         alpha.ceremony.create_key()
+    stored_file = json.loads((tmp_path / "beta" / "swarm.json").read_text())
+    assert stored_file["training"] == TRAINING.as_json()
 
     sealed = alpha.ceremony.wrap_keys()
     assert [k.address for k in sealed.keys] == [beta.identity.address]
@@ -253,6 +276,8 @@ def test_apiary_found_founds_running_nodes_and_writes_no_private_key(tmp_path: P
         w3 = Web3(Web3.HTTPProvider(local.rpc_url))
         contract = SwarmContract.at(w3, record["contract"], dev_private_keys(1)[0])
         assert contract.admin() == hungary and contract.pending_admin() is None
+        assert SwarmConfig.from_json(record["training"]).digest() == contract.training_digest()
+        assert record["training_digest"] == "0x" + contract.training_digest().hex()
         assert record["admin"] == hungary
         addresses = {m["name"]: m["address"] for m in record["members"]}
         for name in names:
@@ -279,7 +304,8 @@ def test_apiary_found_founds_running_nodes_and_writes_no_private_key(tmp_path: P
             assert set(contract.participants(round_number)) == set(addresses.values())
         relayed = w3.eth.get_transaction(emitted[0].transaction_hash)
         _, arguments = contract.contract.decode_function_input(relayed["input"])
-        one = key.decrypt([bytes(arguments["ciphertexts"][0])], params.param_count)
+        # aggregateBlocks: ciphertexts[k] are the participants' ciphertexts of one block.
+        one = key.decrypt([bytes(arguments["ciphertexts"][0][0])], params.param_count)
         assert np.median(np.abs(one)) > 1e3, "a single update on chain decrypts to noise"
         finals = [np.load(state_root / n / "global.npy") for n in names]
         assert all(np.array_equal(finals[0], f) for f in finals[1:])

@@ -71,8 +71,7 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> runtime.NodeRuntime
     write_sample_shard("va", data)
     settings = NodeSettings(name="va", admin_token=TOKEN, state_dir=tmp_path / "state",
                             data=data, rounds=3)
-    trainer = LocalTrainer.from_files("va", data, None, settings.model, settings.seed,
-                                      settings.epochs, settings.lr, settings.batch_size)
+    trainer = LocalTrainer.from_settings(settings)
     node = runtime.NodeRuntime(settings, trainer, NodeState.open(settings.state_dir),
                                KeyRing(settings.state_dir), InviteBook(settings.state_dir))
     node.ready.set()

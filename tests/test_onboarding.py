@@ -213,6 +213,7 @@ def test_a_fourth_hospital_joins_through_a_member_that_is_not_the_first(swarm) -
     with admin(local, NEWCOMER) as newcomer:
         newcomer.wait_healthy(60, alive=lambda: process.poll() is None)
         own = newcomer.identity()
+        own_training = newcomer.training().config
         newcomer.start_join(url, invite)
         progress = newcomer.follow_join(120)
     assert progress.state == "member", progress
@@ -233,7 +234,7 @@ def test_a_fourth_hospital_joins_through_a_member_that_is_not_the_first(swarm) -
 
     another = JoinRequest(invite=invite, address="0x" + "34" * 20, x25519_public_key="22" * 32,
                           endpoint="127.0.0.1:2", tls_certificate=own.tls_certificate,
-                          dataset_size=own.dataset_size)
+                          dataset_size=own.dataset_size, training=own_training)
     with AdminClient(url, timeout_s=30) as invitee:
         reused = refusal(lambda: invitee.request_admission(another))
     assert reused.status == 409 and "already used" in reused.detail

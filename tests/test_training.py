@@ -204,8 +204,11 @@ def test_every_place_takes_its_training_defaults_from_one_config() -> None:
     values = {"model": "mlp", "rounds": 10, "epochs": 2, "lr": 3e-3, "batch_size": 16, "seed": 0}
     assert asdict(DEFAULT_TRAINING) == values
     node = {name: NodeSettings.model_fields[name].default
-            for name in ("model", "epochs", "lr", "batch_size", "seed")}
-    assert node == {"model": "mlp", "epochs": 2, "lr": 3e-3, "batch_size": 16, "seed": 0}
+            for name in ("epochs", "lr", "batch_size", "seed")}
+    assert node == {"epochs": 2, "lr": 3e-3, "batch_size": 16, "seed": 0}
+    from apiary.node.trainer import training_config
+
+    assert training_config(NodeSettings()).model == DEFAULT_TRAINING.model
     assert DemoOptions().training == DEFAULT_TRAINING
     assert CompareOptions().train_config(DEFAULT_TRAINING.seed) == DEFAULT_TRAINING
     demo = DemoOptions.training_with(TrainingConfig(rounds=3, seed=7), out_dir=Path("x"))

@@ -168,9 +168,12 @@ app.add_command(settings_command(
               show_default=True,
               help="the hospitals' train/test split and features: apiary's, or FLamby's "
                    "Fed-Heart-Disease exactly")
+@click.option("--task", default=DEFAULT_TRAINING.model, show_default=True,
+              help="the task every node runs: a built-in (heart, fashion, mlp, cnn), "
+                   "package.module:name, or path/to/file.py[:name]")
 @json_option
 def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: int,
-         out_dir: Path, onboard: bool, split: str, json_path: Path | None) -> None:
+         out_dir: Path, onboard: bool, split: str, task: str, json_path: Path | None) -> None:
     """Run the four UCI Heart Disease hospitals as a swarm on this machine, then stop."""
     from apiary.core.data.datasets import DatasetSpec
     from apiary.tools.demo import DemoOptions, run_demo, summary_lines
@@ -178,7 +181,7 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
     if onboard and mode != "swarm":
         raise click.UsageError("--onboard needs --mode swarm (members join on chain)")
     options = DemoOptions(mode=mode, rounds=rounds, epochs=epochs, lr=lr, seed=seed,
-                          min_peers=min_peers, out_dir=out_dir, onboard=onboard,
+                          min_peers=min_peers, out_dir=out_dir, onboard=onboard, model=task,
                           dataset=DatasetSpec("heart", split=split))
     with _progress() as progress:
         result = run_demo(options, click.echo, progress)

@@ -148,7 +148,11 @@ class NodeSettings(LogSettings):
     name: str = Field("hospital", description="this hospital's name in logs and tables")
     data: Path = Field(Path("data/hospital.npz"), description="private shard (.npz or .csv)")
     heldout: Path | None = Field(None, description="optional shared held-out test set")
-    model: str = Field(DEFAULT_TRAINING.model, description="model from the registry: mlp or cnn")
+    task: str | None = Field(
+        None, description="the swarm's task: a built-in (heart, fashion), package.module:name, "
+        "or path/to/file.py[:name] (default: heart, or the task of --model)")
+    model: str | None = Field(
+        None, description="short for a built-in task: mlp (--task heart) or cnn (--task fashion)")
     state_dir: Path = Field(Path("state"), description="keys, global weights, round history")
     mode: str = Field("swarm", description="swarm (on chain) or federated (coordinator)")
     api_host: str = Field("127.0.0.1", description="admin API listen address")

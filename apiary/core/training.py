@@ -34,6 +34,8 @@ class TrainingConfig:
     mini-batches of ``batch_size``; ``seed`` fixes the initial model and the shuffling."""
 
     model: str = "mlp"
+    """The task (``--task``): a built-in (heart, fashion, or their models' names mlp, cnn) or
+    an entry point, see :mod:`apiary.core.tasks.loading`."""
     rounds: int = 10
     epochs: int = 2
     lr: float = 3e-3

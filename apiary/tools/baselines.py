@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def pooled(shards: dict[str, Shard]) -> Shard:
 
 
 def _trainer(name: str, shard: Shard, cfg: TrainingConfig, epochs: int) -> LocalTrainer:
-    return LocalTrainer(name, shard, None, cfg.model, cfg.seed, epochs, cfg.lr, cfg.batch_size)
+    return LocalTrainer.for_shard(name, shard, replace(cfg, epochs=epochs))
 
 
 def _alone(name: str, shard: Shard, cfg: TrainingConfig) -> np.ndarray:

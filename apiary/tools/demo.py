@@ -24,8 +24,6 @@ from apiary.core.data.datasets import DatasetSpec
 from apiary.core.data.heart import HOSPITALS
 from apiary.core.data.shards import Shard
 from apiary.core.errors import ApiaryError
-from apiary.core.flat import param_count as count_params
-from apiary.core.models import build_model
 from apiary.core.processes import stop_processes
 from apiary.core.rundirs import clear_run_directory
 from apiary.core.settings import ChainSettings, FoundingSettings
@@ -34,6 +32,7 @@ from apiary.core.training import DEFAULT_TRAINING, TrainingConfig
 from apiary.node.client import AdminApiError, AdminClient, AdminUnreachable
 from apiary.node.founder import found
 from apiary.node.state import saved_history
+from apiary.node.trainer import LocalTrainer
 from apiary.tools.progress import Task, as_progress
 
 PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
@@ -58,6 +57,7 @@ class DemoOptions:
     seed: int = DEFAULT_TRAINING.seed
     min_peers: int = 2
     model: str = DEFAULT_TRAINING.model
+    """The task every node runs (``--task``): a built-in or an entry point."""
     out_dir: Path = Path("runs/demo")
     round_deadline_s: float = 20.0
     """The swarm's enrolment and commit windows on chain (and the coordinator's deadline)."""
@@ -113,7 +113,7 @@ def _node_command(name: str, options: DemoOptions, data: Path, heldout: Path, st
     training = options.training
     return [
         sys.executable, "-m", "apiary.cli", "node",
-        "--name", name, "--mode", options.mode, "--model", training.model,
+        "--name", name, "--mode", options.mode, "--task", training.model,
         "--data", str(data), "--heldout", str(heldout), "--state-dir", str(state),
         "--api-port", str(api_port), "--grpc-port", str(grpc_port),
         "--rounds", str(training.rounds), "--epochs", str(training.epochs),
@@ -286,10 +286,10 @@ class LocalSwarm:
         clear_run_directory(out, "apiary demo",
                             ("data", "state", "logs", "coordinator", "swarm", "devnet"))
         self.emit(f"writing the hospitals' shards to {out / 'data'}")
-        self.data, self.heldout_path, sample = write_data(out, options.seed, options.dataset)
-        self.params = count_params(
-            build_model(options.model, sample.input_shape, sample.num_classes, options.seed)
-        )
+        self.data, self.heldout_path, _ = write_data(out, options.seed, options.dataset)
+        first = self.founders[0]
+        self.params = LocalTrainer.at_site(first, self.data[first], self.heldout_path,
+                                           options.training).param_count
         self.ports = {name: (free_port(), free_port()) for name in self.hospitals}
         chain_settings = (ChainSettings.load(devnet_state=out / "devnet" / "state.json")
                           if self.keep_devnet_state else None)

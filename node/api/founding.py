@@ -15,6 +15,7 @@ from apiary.node.founding import (
     KeyDelivery,
     PublicContext,
     SwarmAssignment,
+    TrainingInfo,
     WrappedKeys,
 )
 from apiary.node.identity import PublicIdentity
@@ -28,6 +29,14 @@ def identity(founding: FoundingDep) -> PublicIdentity:
     """Name, Ethereum address, X25519 public key, gRPC endpoint and TLS certificate: what
     the chain registers for this node. The private keys never leave the node."""
     return founding.public_identity()
+
+
+@open_router.get("/v1/training", response_model=TrainingInfo)
+def training(founding: FoundingDep) -> TrainingInfo:
+    """The training configuration this node runs with (its task's name, version,
+    architecture and initial-weights digests, and the swarm-wide hyper-parameters) and its
+    digest: what the contract records at founding and every member must match."""
+    return founding.training_info()
 
 
 @router.post("/v1/he-key", response_model=PublicContext,
