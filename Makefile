@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.apiary-installed
 NPM_STAMP := node_modules/.apiary-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+LETTERS := /usr/lib/R/site-library/mlbench/data/LetterRecognition.rda
 PYTEST_ARGS ?=
 BASE_IMAGE ?=
 
@@ -12,7 +13,7 @@ BASE_IMAGE ?=
 
 all: test
 
-deps: $(PY_STAMP) $(NPM_STAMP) $(FASHION_MNIST)
+deps: $(PY_STAMP) $(NPM_STAMP) $(FASHION_MNIST) $(LETTERS)
 
 $(PY_STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ $(NPM_STAMP): package.json package-lock.json
 # Fashion-MNIST for `apiary compare --dataset fashion`: Debian's dataset-fashion-mnist.
 $(FASHION_MNIST):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist
+
+# UCI Letter Recognition for `apiary compare --dataset letters`: Debian's r-cran-mlbench.
+$(LETTERS):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends r-cran-mlbench
 
 # The container image, with no image or package registry reachable from the build: a
 # debootstrap'ed Debian base (or BASE_IMAGE=python:3.11-slim), the locked wheels fetched here,
