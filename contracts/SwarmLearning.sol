@@ -670,37 +670,85 @@ contract SwarmLearning {
         onlyCurrentRound(round)
     {
         Round storage r = _rounds[round];
+        (uint256[] memory weights, uint256 weightSum) = _sealWeights(round, r);
+        _aggregateBlock(round, r, blockIndex, ciphertexts, weights, weightSum, new bytes(blockBytes + 128));
+    }
+
+    /// @notice Aggregate several blocks of this round in one transaction, so a large model
+    /// needs fewer transactions (each pays its base cost and signature once).
+    /// `ciphertexts[k]` holds the n participants' ciphertexts of block `blockIndices[k]`, in
+    /// participant order. All or nothing: one block already aggregated (another relay was
+    /// quicker) reverts the whole call.
+    function aggregateBlocks(uint256 round, uint256[] calldata blockIndices, bytes[][] calldata ciphertexts)
+        external
+        onlyActiveMember
+        onlyCurrentRound(round)
+    {
+        if (blockIndices.length == 0 || ciphertexts.length != blockIndices.length) {
+            revert WrongBlockCount(ciphertexts.length, blockIndices.length);
+        }
+        Round storage r = _rounds[round];
+        (uint256[] memory weights, uint256 weightSum) = _sealWeights(round, r);
+        // One result buffer for every block of the call: memory is never freed, and its cost
+        // grows with the square of its size.
+        bytes memory payload = new bytes(blockBytes + 128);
+        for (uint256 k; k < blockIndices.length; ++k) {
+            _aggregateBlock(round, r, blockIndices[k], ciphertexts[k], weights, weightSum, payload);
+        }
+    }
+
+    /// @dev Checks that every participant of the attempt committed and returns their
+    /// weights; the first aggregate of a round seals it.
+    function _sealWeights(uint256 round, Round storage r)
+        private
+        returns (uint256[] memory weights, uint256 weightSum)
+    {
         if (r.attempt == 0) revert ParticipantsNotFixed(round);
         uint256 n = r.participants.length;
         if (r.commitCount < n) revert NotEnoughContributors(r.commitCount, n);
-        if (blockIndex >= blockCount) revert BlockOutOfRange(blockIndex, blockCount);
-        if (r.aggregateDigests[blockIndex] != bytes32(0)) {
-            revert BlockAlreadyAggregated(round, blockIndex);
-        }
-        if (ciphertexts.length != n) revert WrongContributionCount(ciphertexts.length, n);
-
-        (uint256[] memory weights, uint256 weightSum) = _weights(r);
+        (weights, weightSum) = _weights(r);
         if (!r.isSealed) {
             r.isSealed = true;
             emit RoundSealed(round, n, weightSum);
         }
-        bytes memory payload = _sumBlock(r, blockIndex, ciphertexts, weights);
+    }
+
+    /// @dev Sums one block into `payload`, records and emits it; finalizes the round with
+    /// its last block.
+    function _aggregateBlock(
+        uint256 round,
+        Round storage r,
+        uint256 blockIndex,
+        bytes[] calldata ciphertexts,
+        uint256[] memory weights,
+        uint256 weightSum,
+        bytes memory payload
+    ) private {
+        if (blockIndex >= blockCount) revert BlockOutOfRange(blockIndex, blockCount);
+        if (r.aggregateDigests[blockIndex] != bytes32(0)) {
+            revert BlockAlreadyAggregated(round, blockIndex);
+        }
+        if (ciphertexts.length != weights.length) {
+            revert WrongContributionCount(ciphertexts.length, weights.length);
+        }
+        _sumBlock(r, blockIndex, ciphertexts, weights, payload);
         bytes32 resultDigest = _emitAggregate(round, blockIndex, weightSum, payload);
         r.aggregateDigests[blockIndex] = resultDigest;
         r.aggregatedBlocks += 1;
         if (r.aggregatedBlocks == blockCount) _finalize(round, r, weightSum);
     }
 
-    /// @dev Verifies the block's ciphertexts and returns a buffer whose bytes from offset 128
-    /// hold Σ wᵢ·ctᵢ mod q; the first 128 bytes are left for the event's ABI head.
+    /// @dev Verifies the block's ciphertexts and writes Σ wᵢ·ctᵢ mod q into `payload` (of
+    /// blockBytes + 128 bytes) from offset 128; the first 128 bytes are left for the event's
+    /// ABI head.
     function _sumBlock(
         Round storage r,
         uint256 blockIndex,
         bytes[] calldata ciphertexts,
-        uint256[] memory weights
-    ) private view returns (bytes memory payload) {
+        uint256[] memory weights,
+        bytes memory payload
+    ) private view {
         uint256 size = blockBytes;
-        payload = new bytes(size + 128);
         uint256 dataPtr;
         assembly ("memory-safe") {
             dataPtr := add(payload, 160)
@@ -883,5 +931,15 @@ contract SwarmLearning {
     /// @notice keccak256 of an aggregated block's coefficients (zero while not aggregated).
     function aggregateDigest(uint256 round, uint256 blockIndex) external view returns (bytes32) {
         return _rounds[round].aggregateDigests[blockIndex];
+    }
+
+    /// @notice Every block's aggregate digest of `round`, in block order (zero: not yet
+    /// aggregated), so a relay learns what is left and a node checks its own sum in one call.
+    function aggregateDigests(uint256 round) external view returns (bytes32[] memory digests) {
+        Round storage r = _rounds[round];
+        digests = new bytes32[](blockCount);
+        for (uint256 b; b < blockCount; ++b) {
+            digests[b] = r.aggregateDigests[b];
+        }
     }
 }

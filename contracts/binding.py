@@ -29,6 +29,12 @@ from apiary.core.tls import certificate_name
 GAS_HEADROOM = 1.1
 MEMBERSHIP_RULES = ("admin", "majority")
 RECEIPT_POLL_SECONDS = 0.01
+MAX_BATCH_GAS = 200_000_000
+"""Most gas one `aggregateBlocks` transaction may be given (on the devnet, whose blocks take
+1e9 gas): ~7 blocks of 5 members; beyond it, the larger JSON-RPC bodies cost more time than
+the fewer transactions save."""
+BLOCK_FIXED_GAS = 80_000
+"""Per aggregated block: its digest's storage slot, the block counter, the event's topics."""
 PARTICIPANT_WRITE_GAS = 45_000
 """Gas to (re)write one entry of a round's participant list: a fresh storage slot."""
 MAX_DATASET_SIZE = 2**32 - 1
@@ -143,6 +149,14 @@ class TxResult:
     transaction_hash: str
     gas_used: int
     block_number: int
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One `aggregateBlocks` transaction: the blocks it carried and how it ended."""
+
+    blocks: tuple[int, ...]
+    outcome: TxResult | ContractRejected
 
 
 TxListener = Callable[[TxResult], None]
@@ -423,39 +437,50 @@ class SwarmContract:
         return self._send("aggregate", round_number, block_index, list(ciphertexts),
                           gas=_aggregate_gas(ciphertexts))
 
-    def aggregate_blocks(
-        self, round_number: int, blocks: dict[int, Sequence[bytes]]
-    ) -> dict[int, TxResult | ContractRejected]:
-        """Send one `aggregate` per block back to back, then collect the receipts.
+    def aggregate_batches(
+        self, round_number: int, blocks: dict[int, Sequence[bytes]],
+        max_gas: int | None = None,
+    ) -> list[BatchResult]:
+        """Aggregate `blocks` (block index → the participants' ciphertexts) in as few
+        `aggregateBlocks` transactions as fit `max_gas` each (default: half the chain's block
+        gas limit, at most MAX_BATCH_GAS), sent back to back, then collect the receipts.
 
         The relay has checked every block against the committed digests, so the calls are
         not simulated first; a revert (another relay was quicker) is decoded by replaying
-        the call on the state it met and returned as ContractRejected for that block.
+        the call on the state it met and returned as that batch's ContractRejected.
         """
+        if max_gas is None:
+            limit = int(self.w3.eth.get_block("latest")["gasLimit"])
+            max_gas = min(limit // 2, MAX_BATCH_GAS)
         chain_id = self.w3.eth.chain_id
-        sent: dict[int, tuple[Any, Any]] = {}
+        sent: list[tuple[tuple[int, ...], Any, Any]] = []
         with self._nonce_lock:
             nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
-            for offset, (index, ciphertexts) in enumerate(sorted(blocks.items())):
-                call = self.contract.functions.aggregate(round_number, index, list(ciphertexts))
+            for offset, batch in enumerate(plan_batches(blocks, max_gas)):
+                call = self.contract.functions.aggregateBlocks(
+                    round_number, list(batch), [list(blocks[i]) for i in batch])
                 tx = call.build_transaction({"from": self.account.address,
                                              "nonce": nonce + offset,
-                                             "gas": _aggregate_gas(ciphertexts),
+                                             "gas": batch_gas([blocks[i] for i in batch]),
                                              "chainId": chain_id})
                 signed = self.account.sign_transaction(tx)
-                sent[index] = (call, self.w3.eth.send_raw_transaction(signed.raw_transaction))
-        results: dict[int, TxResult | ContractRejected] = {}
-        for index, (call, tx_hash) in sent.items():
+                sent.append((batch, call, self.w3.eth.send_raw_transaction(signed.raw_transaction)))
+        results = []
+        for batch, call, tx_hash in sent:
             receipt = self.w3.eth.wait_for_transaction_receipt(
                 tx_hash, timeout=120, poll_latency=RECEIPT_POLL_SECONDS
             )
             mined = self._mined(receipt)
-            if receipt["status"] == 1:
-                results[index] = mined
-            else:
-                results[index] = _replayed_revert(self.w3, self.account, call, "aggregate",
-                                                  self._errors, receipt["blockNumber"])
+            outcome: TxResult | ContractRejected = mined
+            if receipt["status"] != 1:
+                outcome = _replayed_revert(self.w3, self.account, call, "aggregateBlocks",
+                                           self._errors, receipt["blockNumber"])
+            results.append(BatchResult(batch, outcome))
         return results
+
+    def aggregate_digests(self, round_number: int) -> list[bytes]:
+        """Every block's aggregate digest of the round, in block order (zero: not yet)."""
+        return [bytes(d) for d in self._view("aggregateDigests", round_number)]
 
     # ------------------------------------------------------------------ events
 
@@ -498,10 +523,18 @@ class SwarmContract:
         return pending
 
     def finalized_root(self, round_number: int) -> bytes | None:
+        found = self.finalization(round_number)
+        return found[0] if found is not None else None
+
+    def finalization(self, round_number: int) -> tuple[bytes, str] | None:
+        """The aggregate root a finalized round's RoundFinalized event records, and the
+        transaction that emitted it (None while the round is not finalized)."""
         logs = self.contract.events.RoundFinalized().get_logs(
             from_block=0, argument_filters={"round": round_number}
         )
-        return bytes(logs[-1]["args"]["aggregateRoot"]) if logs else None
+        if not logs:
+            return None
+        return bytes(logs[-1]["args"]["aggregateRoot"]), logs[-1]["transactionHash"].to_0x_hex()
 
 
 def _check_x25519(key: bytes) -> None:
@@ -536,6 +569,31 @@ def aggregate_gas_bound(calldata_bytes: int, block_bytes: int) -> int:
     per result byte, memory and a few storage writes.
     """
     return 21_000 + 44 * calldata_bytes + 12 * block_bytes + 600_000
+
+
+def batch_gas(blocks: Sequence[Sequence[bytes]]) -> int:
+    """The gas bound of one `aggregateBlocks` call over these blocks: calldata at the floor
+    price, each block's hashing, sum, event and storage, and the call's fixed part."""
+    calldata = 128 + 32 * len(blocks) + sum(
+        64 + sum(len(c) + 64 for c in ciphertexts) for ciphertexts in blocks)
+    per_block = sum(12 * max((len(c) for c in ciphertexts), default=0) + BLOCK_FIXED_GAS
+                    for ciphertexts in blocks)
+    return 21_000 + 44 * calldata + per_block + 600_000
+
+
+def plan_batches(blocks: dict[int, Sequence[bytes]], max_gas: int) -> list[tuple[int, ...]]:
+    """Block indices grouped in ascending order into batches whose gas bound stays within
+    `max_gas` (a block that alone exceeds it goes in a batch of its own)."""
+    batches: list[tuple[int, ...]] = []
+    current: list[int] = []
+    for index in sorted(blocks):
+        if current and batch_gas([blocks[i] for i in [*current, index]]) > max_gas:
+            batches.append(tuple(current))
+            current = []
+        current.append(index)
+    if current:
+        batches.append(tuple(current))
+    return batches
 
 
 def _aggregate_gas(ciphertexts: Sequence[bytes]) -> int:
