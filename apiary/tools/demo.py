@@ -39,6 +39,10 @@ PHASES = ("train", "encrypt", "exchange", "commit", "aggregate", "decrypt")
 STOP_GRACE_S = 15.0
 DEVNET_RESTART_S = 120.0
 """How long a restarted devnet may take to load its state file (it grows with the chain)."""
+NODE_START_S = 240.0
+"""How long a node process may take to answer on its admin API: several nodes importing
+PyTorch and TenSEAL at once on a loaded 2-core machine take over a minute; a node that exits
+is reported at once."""
 
 
 class DemoFailed(ApiaryError, RuntimeError):
@@ -445,7 +449,7 @@ def join_through_api(newcomer: NodeProcess, sponsor_url: str, token: str,
     return held + 2, seconds
 
 
-def _wait_healthy(node: NodeProcess, timeout: float = 60.0) -> None:
+def _wait_healthy(node: NodeProcess, timeout: float = NODE_START_S) -> None:
     with AdminClient(node.api_url) as client:
         try:
             client.wait_healthy(timeout, alive=lambda: node.process.poll() is None)
