@@ -15,10 +15,11 @@ from apiary.core.errors import InvalidInput
 
 __all__ = ["MODEL_NAMES", "build_mlp_with_params", "build_model", "mlp_param_count"]
 
-MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "mlp-wide")
+MODEL_NAMES: tuple[str, ...] = ("mlp", "cnn", "mlp-wide", "mlp-1m")
 
 MLP_HIDDEN: tuple[int, ...] = (32, 16)
 MLP_WIDE_HIDDEN: tuple[int, ...] = (384, 256)
+MLP_1M_PARAMS = 1_000_000
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
@@ -30,6 +31,9 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
     1×28×28 and 10 classes).
     ``"mlp-wide"``: flatten → d→384→256→classes with ReLU (111,770 parameters for 16 inputs and
     26 classes: the letters data set).
+    ``"mlp-1m"``: flatten → d→h→h→classes with ReLU, h chosen for about a million parameters
+    (1,000,912 for the heart data's 15 features and 2 classes): a model of a real size, to see
+    what a round costs with it.
     """
     if name not in MODEL_NAMES:
         raise InvalidInput(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
@@ -44,6 +48,9 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
             return _mlp(math.prod(input_shape), MLP_HIDDEN, num_classes)
         if name == "mlp-wide":
             return _mlp(math.prod(input_shape), MLP_WIDE_HIDDEN, num_classes)
+        if name == "mlp-1m":
+            width = _hidden_for(MLP_1M_PARAMS, math.prod(input_shape), num_classes)
+            return _mlp(math.prod(input_shape), (width, width), num_classes)
         return _cnn(input_shape, num_classes)
 
 
@@ -97,14 +104,7 @@ def build_mlp_with_params(
             f"need target_params > 0, input_dim > 0, num_classes >= 2; got "
             f"{target_params}, {input_dim}, {num_classes}"
         )
-    # h^2 + (input_dim + 2 + num_classes) h + num_classes = target
-    b = input_dim + 2 + num_classes
-    root = (-b + math.sqrt(b * b + 4 * max(target_params - num_classes, 0))) / 2
-    candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
-    hidden = min(
-        candidates,
-        key=lambda h: abs(mlp_param_count(input_dim, h, num_classes) - target_params),
-    )
+    hidden = _hidden_for(target_params, input_dim, num_classes)
     got = mlp_param_count(input_dim, hidden, num_classes)
     if abs(got - target_params) > 0.1 * target_params:
         raise ValueError(
@@ -114,3 +114,13 @@ def build_mlp_with_params(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _mlp(input_dim, (hidden, hidden), num_classes)
+
+
+def _hidden_for(target_params: int, input_dim: int, num_classes: int) -> int:
+    """The width h of input_dim→h→h→num_classes whose parameter count is closest to the
+    target: h² + (input_dim + 2 + num_classes)·h + num_classes = target."""
+    b = input_dim + 2 + num_classes
+    root = (-b + math.sqrt(b * b + 4 * max(target_params - num_classes, 0))) / 2
+    candidates = {max(1, math.floor(root)), max(1, math.ceil(root))}
+    return min(candidates,
+               key=lambda h: abs(mlp_param_count(input_dim, h, num_classes) - target_params))
