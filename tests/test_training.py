@@ -41,8 +41,8 @@ def pooled() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- models
 def test_registry() -> None:
-    assert MODEL_NAMES == ("mlp", "cnn", "mlp-wide")
-    with pytest.raises(ValueError, match="mlp, cnn, mlp-wide"):
+    assert MODEL_NAMES == ("mlp", "cnn", "mlp-wide", "mlp-1m")
+    with pytest.raises(ValueError, match="mlp, cnn, mlp-wide, mlp-1m"):
         build_model("resnet", (15,), 2, seed=0)
     mlp = build_model("mlp", (15,), 2, seed=0)
     assert mlp(torch.zeros(4, 15)).shape == (4, 2)
@@ -50,6 +50,8 @@ def test_registry() -> None:
     assert cnn(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert param_count(cnn) < 100_000
     assert param_count(mlp) == 15 * 32 + 32 + 32 * 16 + 16 + 16 * 2 + 2
+    assert param_count(build_model("mlp-1m", (15,), 2, seed=0)) == 1_000_912
+    assert abs(param_count(build_model("mlp-1m", (1, 28, 28), 10, seed=0)) - 10**6) < 2_000
 
 
 def test_init_is_seeded_and_leaves_global_rng_alone() -> None:
