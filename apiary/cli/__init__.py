@@ -307,18 +307,62 @@ def bench_chain_command(nodes: tuple[int, ...], params: int, json_path: Path | N
               help="approximate model sizes (repeatable) [10000, 100000, 1000000]")
 @click.option("--rows", type=int, default=256, show_default=True,
               help="synthetic training rows per node")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="rounds per configuration; figures are their medians")
+@click.option("--members-per-process", type=int, default=None,
+              help="members sharing one process, each in its own thread (default: one "
+                   "each up to 10 members, then 10 processes)")
 @json_option
 def bench_round_command(nodes: tuple[int, ...], params: tuple[int, ...], rows: int,
+                        rounds: int, members_per_process: int | None,
                         json_path: Path | None) -> None:
-    """One real swarm round per configuration: seconds per phase, train to decrypt."""
+    """Real swarm rounds per configuration: seconds per phase, train to decrypt, gas and
+    peak memory per node, and their slope against the number of members."""
     from apiary.tools.bench.report import write_json
-    from apiary.tools.bench.round import bench_round, format_round_table
+    from apiary.tools.bench.round import bench_round, check_round_flags, format_round_table
 
+    node_counts, targets = nodes or (3, 5), params or (10_000, 100_000, 1_000_000)
+    check_round_flags(node_counts, targets, rows, rounds, members_per_process)
     with _progress() as progress:
-        result = bench_round(node_counts=nodes or (3, 5),
-                             param_targets=params or (10_000, 100_000, 1_000_000),
-                             rows=rows, progress=progress)
+        result = bench_round(node_counts=node_counts, param_targets=targets, rows=rows,
+                             rounds=rounds, progress=progress,
+                             members_per_process=members_per_process)
     click.echo(format_round_table(result))
+    write_json(json_path, result)
+
+
+@bench.command("cost")
+@click.option("--members", type=click.IntRange(min=1), multiple=True,
+              help="member counts (repeatable) [5, 10, 20, 50, 100]")
+@click.option("--params", type=click.IntRange(min=1), multiple=True,
+              help="model sizes (repeatable) [10000, 100000, 1000000, 10000000]")
+@click.option("--gas-limit", type=click.IntRange(min=1), multiple=True,
+              help="block gas limits of the chain (repeatable) [30M, 60M, 1G]")
+@click.option("--block-time", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="seconds between two blocks")
+@click.option("--fit", "fit_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="fit the model to this apiary bench round --json report instead of the "
+                   "figures measured for the README")
+@json_option
+def bench_cost_command(members: tuple[int, ...], params: tuple[int, ...],
+                       gas_limit: tuple[int, ...], block_time: float, fit_path: Path | None,
+                       json_path: Path | None) -> None:
+    """Gas per round against members × parameters, and rounds per hour on a chain."""
+    import json
+
+    from apiary.core.errors import ConfigError
+    from apiary.tools.bench import cost
+    from apiary.tools.bench.report import write_json
+
+    model = cost.default_model()
+    if fit_path is not None:
+        try:
+            model = cost.fit_model(cost.measured_from_round(json.loads(fit_path.read_text())))
+        except ValueError as exc:
+            raise ConfigError(f"--fit {fit_path}: {exc}") from None
+    result = cost.cost_report(model, members or cost.MEMBER_COUNTS, params or cost.PARAM_COUNTS,
+                              gas_limit or cost.GAS_LIMITS, block_time)
+    click.echo(cost.format_cost_report(result))
     write_json(json_path, result)
 
 

@@ -282,6 +282,7 @@ def _one_config(
     peaks = list({r["process"]: r["peak_rss_mib"] for r in reports}.values())
     row["peak_rss_mib"] = {"median": median(peaks), "max": max(peaks),
                            "per": "process" if members_per_process > 1 else "node"}
+    row["finalized"] = True  # every round was checked above
     say(f"{label}: {row['seconds_excluding_train']:.2f} s excluding training (median of "
         f"{rounds} rounds), {row['gas_per_round'] / 1e6:,.0f} M gas a round")
     return row
