@@ -90,6 +90,9 @@ class JoiningNode:
     aggregates."""
     adopt: Callable[[np.ndarray, int, str], None]
     """Take the verified global weights of a round (and their digest) and start rounds."""
+    model_after: Callable[[AggregateSource, int], np.ndarray] | None = None
+    """The global model after a round as the swarm's aggregates make it (its server step);
+    None: the round's aggregate itself (plain averaging)."""
 
 
 @dataclass
@@ -264,10 +267,11 @@ class Joiner:
         round_number = handover.round
         aggregates = node.activate()
         if round_number > 0:
-            on_chain = aggregates.fetch_aggregate(round_number, node.param_count)
-            if weights_digest(on_chain.weights) != weights_digest(weights):
-                raise JoinRetry(f"the weights handed over differ from round {round_number}'s "
-                                "aggregate on chain")
+            expected = (node.model_after(aggregates, round_number) if node.model_after else
+                        aggregates.fetch_aggregate(round_number, node.param_count).weights)
+            if weights_digest(expected) != weights_digest(weights):
+                raise JoinRetry(f"the weights handed over differ from the model round "
+                                f"{round_number}'s aggregates on chain give")
         log.info("node=%s joined the swarm as %s at round %d", node.name, identity.address,
                  round_number)
         node.adopt(weights, round_number, weights_digest(weights))

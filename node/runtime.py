@@ -8,6 +8,7 @@ joining through a sponsor — and only then starts its peer server and takes par
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -28,6 +29,7 @@ from apiary.core.backoff import Backoff
 from apiary.core.errors import ConfigError
 from apiary.core.he import HEContext
 from apiary.core.logs import in_round
+from apiary.core.server_optim import ServerOptimizer, ServerState
 from apiary.core.settings import NodeSettings
 from apiary.core.tls import TlsFiles
 from apiary.core.transport import TransportError
@@ -49,8 +51,9 @@ from apiary.node.keys import KeyRing
 from apiary.node.metrics import NodeMetrics
 from apiary.node.onboarding import Sponsor
 from apiary.node.peer import Inbox, PeerService, start_peer_server
-from apiary.node.ports import ReadinessFacts, RoundDriver, SwarmLink, Train
+from apiary.node.ports import AggregateSource, ReadinessFacts, RoundDriver, SwarmLink, Train
 from apiary.node.rounds import NotAMember, RoundAbandoned, RoundFailed, RoundOutcome
+from apiary.node.server_steps import load_server_state, rebuild, replay, save_server_state
 from apiary.node.state import NodeState, RoundRecord
 from apiary.node.swarm import SwarmRound
 from apiary.node.trainer import LocalTrainer
@@ -114,6 +117,8 @@ class NodeRuntime:
     stop_event: threading.Event = field(default_factory=threading.Event)
     ready: threading.Event = field(default_factory=threading.Event)
     joiner: Joiner | None = None
+    server_state: ServerState | None = None
+    """The server optimiser's state after the held model's round (stateful optimisers)."""
     metrics: NodeMetrics = field(init=False)
     _servers: list[Any] = field(default_factory=list)
 
@@ -182,6 +187,7 @@ class NodeRuntime:
             param_count=self.trainer.param_count, dataset_size=self.trainer.sample_count,
             training=self.trainer.swarm_config, keys=self.keys, connect=self._connect,
             activate=self._become_member, adopt=self._adopt_handover,
+            model_after=self._model_after,
         )
 
     def _become_member(self) -> RoundDriver:
@@ -301,6 +307,7 @@ class NodeRuntime:
         else:
             self.weights = self.trainer.initial_weights()
             self.state.save(self.weights, 0, self.trainer.digest(self.weights))
+        self._restore_server_state()
         log.info("node=%s resumes at round %d (weights %s)", self.settings.name,
                  self.state.round, self.state.weights_digest)
 
@@ -312,9 +319,78 @@ class NodeRuntime:
             self.phase = "catching up"
             log.info("node=%s catching up from round %d to round %d", self.settings.name,
                      self.state.round, last)
-            outcome = self.driver.fetch_aggregate(last, self.trainer.param_count)
-            outcome.committed = False
-            self._adopt(outcome, consecutive=False)
+            # plain averaging needs the last average only; a server step needs every one
+            first = last if self._server.plain_average else self.state.round + 1
+            for round_number in range(first, last + 1):
+                outcome = self._past_outcome(self.driver, round_number)
+                if outcome is not None:
+                    outcome.committed = False
+                    self._adopt(outcome, consecutive=False)
+
+    # ------------------------------------------------------------------ server optimiser
+
+    @property
+    def _server(self) -> ServerOptimizer:
+        return self.trainer.config.server_step()
+
+    def _past_outcome(self, source: AggregateSource, round_number: int) -> RoundOutcome | None:
+        """A finalized round's decrypted average; None for a round closed without one."""
+        if self.link is not None and not self.link.contract.round_info(round_number).finalized:
+            return None
+        return source.fetch_aggregate(round_number, self.trainer.param_count)
+
+    def _server_step(self, outcome: RoundOutcome) -> tuple[RoundOutcome, ServerState | None]:
+        """The round's global model: the server step from the held model to its average."""
+        server = self._server
+        if server.plain_average:
+            return outcome, None
+        state = self.server_state or server.initial_state(self.weights.size)
+        weights, state = server.step(self.weights, outcome.weights, state, outcome.round)
+        return dataclasses.replace(outcome, weights=weights), state if server.stateful else None
+
+    def _model_after(self, source: AggregateSource, round_number: int) -> np.ndarray:
+        """The global model after ``round_number`` as the swarm's rounds make it (a joiner
+        checks its hand-over against it); a stateful optimiser's state is kept with it."""
+        server = self._server
+        if server.plain_average:
+            return source.fetch_aggregate(round_number, self.trainer.param_count).weights
+
+        def average_of(number: int) -> np.ndarray | None:
+            past = self._past_outcome(source, number)
+            return None if past is None else past.weights
+
+        weights, state = replay(server, self.trainer.initial_weights(), round_number, average_of)
+        if server.stateful:
+            save_server_state(self.settings.state_dir, server, state)
+        return weights
+
+    def _restore_server_state(self) -> None:
+        """The saved state of the held model's round, or one rebuilt by replaying the
+        rounds from the chain (or coordinator)."""
+        server, size = self._server, self.trainer.param_count
+        if not server.stateful:
+            return
+        saved = load_server_state(self.settings.state_dir, server, size)
+        if saved is not None and saved.round == self.state.round:
+            self.server_state = saved
+            return
+        if self.state.round == 0:
+            self.server_state = server.initial_state(size)
+            return
+        assert self.driver is not None
+        self.phase = "rebuilding the server optimiser's state"
+        log.info("node=%s rebuilding the %s state from rounds 1..%d", self.settings.name,
+                 server.name, self.state.round)
+        driver = self.driver
+
+        def average_of(number: int) -> np.ndarray | None:
+            past = self._past_outcome(driver, number)
+            return None if past is None else past.weights
+
+        _, state = rebuild(server, self.trainer.initial_weights(), self.state.round,
+                           self.state.weights_digest, average_of)
+        save_server_state(self.settings.state_dir, server, state)
+        self.server_state = state
 
     def run(self) -> None:
         if self.settings.join and not self.ready.is_set():
@@ -429,6 +505,7 @@ class NodeRuntime:
 
     def _adopt(self, outcome: RoundOutcome, *, consecutive: bool = True) -> None:
         """Take the round's global model, unless it fails the model check."""
+        outcome, server_state = self._server_step(outcome)
         guard = self._guard()
         reason = guard.verdict(outcome.weights, self.weights, self.state.recent_changes(),
                                consecutive=consecutive)
@@ -457,6 +534,9 @@ class NodeRuntime:
             change_norm=change,
             aggregate_transactions=outcome.aggregate_transactions,
         )
+        if server_state is not None:  # first: a state ahead of the model is rebuilt at start
+            save_server_state(self.settings.state_dir, self._server, server_state)
+            self.server_state = server_state
         self.state.save(self.weights, outcome.round, digest, record)
         if consecutive:  # a round it took part in, not one it caught up on
             self.metrics.round_completed()

@@ -13,6 +13,7 @@ import click
 from apiary.cli.admin import admin
 from apiary.cli.boundary import ErrorBoundaryGroup
 from apiary.cli.settings_options import settings_command
+from apiary.cli.strategy import strategy_options
 from apiary.core.settings import (
     ChainSettings,
     CoordinatorSettings,
@@ -171,9 +172,11 @@ app.add_command(settings_command(
 @click.option("--task", default=DEFAULT_TRAINING.model, show_default=True,
               help="the task every node runs: a built-in (heart, fashion, mlp, cnn), "
                    "package.module:name, or path/to/file.py[:name]")
+@strategy_options
 @json_option
 def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: int,
-         out_dir: Path, onboard: bool, split: str, task: str, json_path: Path | None) -> None:
+         out_dir: Path, onboard: bool, split: str, task: str, json_path: Path | None,
+         strategy: dict[str, Any]) -> None:
     """Run the four UCI Heart Disease hospitals as a swarm on this machine, then stop."""
     from apiary.core.data.datasets import DatasetSpec
     from apiary.tools.demo import DemoOptions, run_demo, summary_lines
@@ -182,7 +185,7 @@ def demo(mode: str, rounds: int, epochs: int, lr: float, seed: int, min_peers: i
         raise click.UsageError("--onboard needs --mode swarm (members join on chain)")
     options = DemoOptions(mode=mode, rounds=rounds, epochs=epochs, lr=lr, seed=seed,
                           min_peers=min_peers, out_dir=out_dir, onboard=onboard, model=task,
-                          dataset=DatasetSpec("heart", split=split))
+                          dataset=DatasetSpec("heart", split=split), **strategy)
     with _progress() as progress:
         result = run_demo(options, click.echo, progress)
     _report_run(summary_lines(result), result, json_path)
@@ -234,15 +237,16 @@ def _report_run(summary: list[str], result: dict[str, Any], json_path: Path | No
               help="write the numbers here [OUT/DATASET.json]")
 @click.option("--figure", "figure_path", type=click.Path(path_type=Path), default=None,
               help="write the PNG figure here [OUT/DATASET.png]")
+@strategy_options
 def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch_size: int,
             methods: str, split: str, alpha: float, images: int, workers: int, out_dir: Path,
-            json_path: Path | None, figure_path: Path | None) -> None:
+            json_path: Path | None, figure_path: Path | None, strategy: dict[str, Any]) -> None:
     """Is joining the swarm worth it? Train central, local (each hospital alone), plaintext
     FedAvg, swarm and federated on the same data, split and seeds; score every model on every
     hospital's test split and on their union. Prints tables; writes JSON and a PNG."""
     from apiary.core.data.datasets import DatasetSpec
     from apiary.tools.bench.report import write_json
-    from apiary.tools.compare import CompareOptions, run_compare
+    from apiary.tools.compare import CompareOptions, dataset_strategy, run_compare
     from apiary.tools.compare_table import format_tables
     from apiary.tools.plot import plot_comparison
 
@@ -251,7 +255,7 @@ def compare(dataset: str, seeds: int, rounds: int, epochs: int, lr: float, batch
         dataset=spec, seeds=seeds,
         rounds=rounds, epochs=epochs, lr=lr, batch_size=batch_size,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        out_dir=out_dir, workers=workers)
+        out_dir=out_dir, workers=workers, **dataset_strategy(dataset, strategy))
     with _progress() as progress:
         result = run_compare(options, progress)
     click.echo(format_tables(result))

@@ -6,7 +6,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +15,9 @@ from pydantic_settings.exceptions import SettingsError
 from apiary.core.errors import ConfigError
 from apiary.core.logs import LogFormat, LogLevel
 from apiary.core.training import DEFAULT_TRAINING
+
+ServerOptimizerName = Literal["fedavg", "fedavgm", "fedadam", "fedyogi"]
+"""`apiary.core.server_optim.SERVER_OPTIMIZERS`, as a type the settings validate."""
 
 ENV_PREFIX = "APIARY_"
 FILE_SUFFIX = "_FILE"
@@ -201,6 +204,30 @@ class NodeSettings(LogSettings):
     seed: int = Field(
         DEFAULT_TRAINING.seed, description="swarm seed: initial model and per-round shuffling"
     )
+    server_optimizer: ServerOptimizerName = Field(
+        DEFAULT_TRAINING.server_optimizer,  # type: ignore[arg-type]
+        description="step every node applies to the decrypted average: fedavg (plain "
+        "averaging), fedavgm, fedadam or fedyogi")
+    server_lr: float | None = Field(
+        DEFAULT_TRAINING.server_lr, gt=0, allow_inf_nan=False,
+        description="server learning rate (default 1 for fedavg and fedavgm, 0.01 for "
+        "fedadam and fedyogi)")
+    server_momentum: float = Field(
+        DEFAULT_TRAINING.server_momentum, ge=0, lt=1, allow_inf_nan=False,
+        description="fedavgm: server momentum")
+    server_beta1: float = Field(
+        DEFAULT_TRAINING.server_beta1, ge=0, lt=1, allow_inf_nan=False,
+        description="fedadam, fedyogi: first-moment decay")
+    server_beta2: float = Field(
+        DEFAULT_TRAINING.server_beta2, ge=0, lt=1, allow_inf_nan=False,
+        description="fedadam, fedyogi: second-moment decay")
+    server_tau: float = Field(
+        DEFAULT_TRAINING.server_tau, gt=0, allow_inf_nan=False,
+        description="fedadam, fedyogi: adaptivity (added to the root of the second moment)")
+    fedprox_mu: float = Field(
+        DEFAULT_TRAINING.fedprox_mu, ge=0, allow_inf_nan=False,
+        description="FedProx: weight mu of the proximal term mu/2·|w − w_global|² in the local "
+        "loss (0: none)")
     relay_takeover_s: float = Field(
         5.0, description="extra seconds each backup relay waits before taking over"
     )

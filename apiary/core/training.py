@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from apiary.core.server_optim import ServerOptimizer, ServerOptimizerError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -31,7 +33,9 @@ _EVAL_BATCH = 4096
 @dataclass(frozen=True)
 class TrainingConfig:
     """How each hospital trains: ``rounds`` of ``epochs`` local epochs of Adam at ``lr`` on
-    mini-batches of ``batch_size``; ``seed`` fixes the initial model and the shuffling."""
+    mini-batches of ``batch_size``; ``seed`` fixes the initial model and the shuffling. The
+    ``server_*`` fields choose the step applied to each round's average, ``fedprox_mu`` the
+    proximal term of the local loss; bad values raise ServerOptimizerError."""
 
     model: str = "mlp"
     """The task (``--task``): a built-in (heart, fashion, or their models' names mlp, cnn) or
@@ -41,6 +45,27 @@ class TrainingConfig:
     lr: float = 3e-3
     batch_size: int = 16
     seed: int = 0
+    server_optimizer: str = "fedavg"
+    """The step every node applies to the decrypted average (`apiary.core.server_optim`)."""
+    server_lr: float | None = None
+    """Server learning rate η; None: 1 for fedavg and fedavgm, 10^-2 for fedadam and fedyogi."""
+    server_momentum: float = 0.9
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
+    fedprox_mu: float = 0.0
+    """FedProx's proximal weight μ: local loss + μ/2·‖w − w_global‖² (0: plain local loss)."""
+
+    def __post_init__(self) -> None:
+        self.server_step()  # refuses bad server optimiser parameters
+        mu = self.fedprox_mu
+        if not (isinstance(mu, int | float) and math.isfinite(mu) and mu >= 0):
+            raise ServerOptimizerError(f"fedprox_mu must be a finite number >= 0, got {mu!r}")
+
+    def server_step(self) -> ServerOptimizer:
+        """The server optimiser these settings select."""
+        return ServerOptimizer(self.server_optimizer, self.server_lr, self.server_momentum,
+                               self.server_beta1, self.server_beta2, self.server_tau)
 
 
 DEFAULT_TRAINING = TrainingConfig()
@@ -77,12 +102,15 @@ def train_local(
     lr: float,
     batch_size: int,
     seed: int,
+    mu: float = 0.0,
 ) -> float:
     """Train ``model`` in place with Adam; return the mean training loss of the last epoch.
 
     Mini-batches are reshuffled every epoch by a ``torch.Generator`` seeded with ``seed``, so the
     same model, data and seed give bitwise identical weights (same machine and thread count).
-    The model is left in eval mode.
+    ``mu`` > 0 adds FedProx's proximal term μ/2·‖w − w₀‖² to each batch's loss, w₀ the weights
+    the model starts from (the global model); μ = 0 trains exactly as without it. The reported
+    loss is the cross-entropy alone. The model is left in eval mode.
     """
     import torch
     import torch.nn.functional as F
@@ -94,11 +122,14 @@ def train_local(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if not (math.isfinite(mu) and mu >= 0):
+        raise ValueError(f"mu must be a finite number >= 0, got {mu}")
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
     n = xt.shape[0]
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    anchor = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
     model.train()
     epoch_loss = math.nan
     for _ in range(epochs):
@@ -108,7 +139,12 @@ def train_local(
             idx = order[start : start + batch_size]
             optimiser.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xt[idx]), yt[idx])
-            loss.backward()
+            if anchor:
+                proximal = sum(((p - p0) ** 2).sum()
+                               for p, p0 in zip(model.parameters(), anchor, strict=True))
+                (loss + 0.5 * mu * proximal).backward()
+            else:
+                loss.backward()
             optimiser.step()
             total += float(loss.detach()) * idx.shape[0]
         epoch_loss = total / n

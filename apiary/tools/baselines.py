@@ -4,8 +4,9 @@ FedAvg mirrors a node's round loop (`node.runtime.NodeRuntime.run`/`_adopt`) cal
 the same initial model (`LocalTrainer.initial_weights`), the same `LocalTrainer.train` per
 hospital and round (so the same `round_seed` shuffling), and the same integer weights
 (`weights_from_sample_counts` of the training-set sizes), divided by their sum as a node does
-after decrypting. Only the encryption is missing, so its accuracy is what swarm and federated
-runs must reproduce. Central and local get the same budget of rounds × epochs epochs, in one
+after decrypting, then the same server step (`TrainingConfig.server_step`) and FedProx term.
+Only the encryption is missing, so its accuracy is what swarm and federated runs must
+reproduce. Central and local get the same budget of rounds × epochs epochs, in one
 run of Adam.
 """
 
@@ -57,8 +58,9 @@ def pooled(shards: dict[str, Shard]) -> Shard:
                  first.feature_names, first.num_classes)
 
 
-def _trainer(name: str, shard: Shard, cfg: TrainingConfig, epochs: int) -> LocalTrainer:
-    return LocalTrainer.for_shard(name, shard, replace(cfg, epochs=epochs))
+def _trainer(name: str, shard: Shard, cfg: TrainingConfig, epochs: int,
+             fedprox_mu: float = 0.0) -> LocalTrainer:
+    return LocalTrainer.for_shard(name, shard, replace(cfg, epochs=epochs, fedprox_mu=fedprox_mu))
 
 
 def _alone(name: str, shard: Shard, cfg: TrainingConfig) -> np.ndarray:
@@ -82,18 +84,21 @@ def run_local(shards: dict[str, Shard], cfg: TrainingConfig) -> MethodRun:
 def run_fedavg(shards: dict[str, Shard], cfg: TrainingConfig,
                on_round: Callable[[int, float], None] | None = None) -> MethodRun:
     started = time.perf_counter()
-    trainers = [_trainer(name, shard, cfg, cfg.epochs) for name, shard in shards.items()]
+    trainers = [_trainer(name, shard, cfg, cfg.epochs, cfg.fedprox_mu)
+                for name, shard in shards.items()]
+    server = cfg.server_step()
     coefficients = weights_from_sample_counts([t.sample_count for t in trainers])
     heldout = union_test(shards)
     scorer = build_model(cfg.model, heldout.input_shape, heldout.num_classes, cfg.seed)
     weights = trainers[0].initial_weights()
+    state = server.initial_state(weights.size)
     curve: list[float] = []
     for round_number in range(1, cfg.rounds + 1):
         total = np.zeros_like(weights)
         for trainer, coefficient in zip(trainers, coefficients, strict=True):
             update, _ = trainer.train(weights, round_number)
             total += coefficient * update
-        weights = total / sum(coefficients)
+        weights, state = server.step(weights, total / sum(coefficients), state, round_number)
         load_flat(scorer, weights)
         curve.append(evaluate(scorer, heldout.x_test, heldout.y_test).accuracy)
         if on_round is not None:

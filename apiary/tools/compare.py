@@ -68,6 +68,13 @@ class CompareOptions:
     epochs: int = DEFAULT_TRAINING.epochs
     lr: float = DEFAULT_TRAINING.lr
     batch_size: int = DEFAULT_TRAINING.batch_size
+    server_optimizer: str = DEFAULT_TRAINING.server_optimizer
+    server_lr: float | None = DEFAULT_TRAINING.server_lr
+    server_momentum: float = DEFAULT_TRAINING.server_momentum
+    server_beta1: float = DEFAULT_TRAINING.server_beta1
+    server_beta2: float = DEFAULT_TRAINING.server_beta2
+    server_tau: float = DEFAULT_TRAINING.server_tau
+    fedprox_mu: float = DEFAULT_TRAINING.fedprox_mu
     methods: tuple[str, ...] = METHODS
     out_dir: Path = Path("runs/compare")
     workers: int = 2
@@ -80,11 +87,16 @@ class CompareOptions:
                                f"{', '.join(METHODS)}")
         if self.seeds < 1 or self.rounds < 1 or self.epochs < 1:
             raise InvalidInput("seeds, rounds and epochs must be at least 1")
+        self.train_config(0)  # refuses bad server optimiser and FedProx parameters
 
     def train_config(self, seed: int) -> TrainingConfig:
         """How every method trains for one seed; the real runs' nodes get the same."""
         return TrainingConfig(model=self.dataset.model, rounds=self.rounds, epochs=self.epochs,
-                              lr=self.lr, batch_size=self.batch_size, seed=seed)
+                              lr=self.lr, batch_size=self.batch_size, seed=seed,
+                              server_optimizer=self.server_optimizer, server_lr=self.server_lr,
+                              server_momentum=self.server_momentum,
+                              server_beta1=self.server_beta1, server_beta2=self.server_beta2,
+                              server_tau=self.server_tau, fedprox_mu=self.fedprox_mu)
 
 
 # ---------------------------------------------------------------------- in-process methods
@@ -306,6 +318,28 @@ def _agreement(runs: dict[tuple[str, int], MethodRun], scores: dict[tuple[str, i
 
 # ---------------------------------------------------------------------- the comparison
 
+DATASET_STRATEGY: dict[str, dict[str, Any]] = {}
+"""A data set's default server optimiser and FedProx settings in `apiary compare`."""
+
+
+def dataset_strategy(dataset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The data set's defaults overridden by the flags ``given``; naming a server optimiser
+    drops the data set's server step settings (they belong to its optimiser)."""
+    defaults = dict(DATASET_STRATEGY.get(dataset, {}))
+    if "server_optimizer" in given:
+        defaults = {k: v for k, v in defaults.items() if not k.startswith("server_")}
+    return {**defaults, **given}
+
+
+def _strategy(options: CompareOptions) -> dict[str, Any]:
+    """The server step and FedProx term that fedavg, swarm and federated share."""
+    cfg = options.train_config(0)
+    return {"server_optimizer": cfg.server_optimizer, "server_lr": cfg.server_step().eta,
+            "server_momentum": cfg.server_momentum, "server_beta1": cfg.server_beta1,
+            "server_beta2": cfg.server_beta2, "server_tau": cfg.server_tau,
+            "fedprox_mu": cfg.fedprox_mu}
+
+
 def run_compare(options: CompareOptions, emit: Emit = _say) -> dict[str, Any]:
     """Run every method for every seed; return the JSON-ready result."""
     started = time.perf_counter()
@@ -373,6 +407,7 @@ def _compare(options: CompareOptions, emit: Emit, started: float) -> dict[str, A
         "config": {"model": model_name, "rounds": options.rounds, "epochs": options.epochs,
                    "lr": options.lr, "batch_size": options.batch_size, "seeds": seeds,
                    "optimizer": "Adam", "weighting": "weights_from_sample_counts",
+                   **_strategy(options),
                    "std": "sample standard deviation over seeds (ddof=1)"},
         "hospitals": list(spec.hospital_names),
         "samples": samples,

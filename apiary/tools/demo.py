@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,13 @@ class DemoOptions:
     lr: float = DEFAULT_TRAINING.lr
     batch_size: int = DEFAULT_TRAINING.batch_size
     seed: int = DEFAULT_TRAINING.seed
+    server_optimizer: str = DEFAULT_TRAINING.server_optimizer
+    server_lr: float | None = DEFAULT_TRAINING.server_lr
+    server_momentum: float = DEFAULT_TRAINING.server_momentum
+    server_beta1: float = DEFAULT_TRAINING.server_beta1
+    server_beta2: float = DEFAULT_TRAINING.server_beta2
+    server_tau: float = DEFAULT_TRAINING.server_tau
+    fedprox_mu: float = DEFAULT_TRAINING.fedprox_mu
     min_peers: int = 2
     model: str = DEFAULT_TRAINING.model
     """The task every node runs (``--task``): a built-in or an entry point."""
@@ -80,8 +87,7 @@ class DemoOptions:
 
     @property
     def training(self) -> TrainingConfig:
-        return TrainingConfig(model=self.model, rounds=self.rounds, epochs=self.epochs,
-                              lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+        return TrainingConfig(**{f.name: getattr(self, f.name) for f in fields(TrainingConfig)})
 
 
 @dataclass
@@ -123,8 +129,20 @@ def _node_command(name: str, options: DemoOptions, data: Path, heldout: Path, st
         "--rounds", str(training.rounds), "--epochs", str(training.epochs),
         "--lr", str(training.lr), "--batch-size", str(training.batch_size),
         "--seed", str(training.seed), "--relay-takeover-s", "3",
-        *extra,
+        *_strategy_flags(training), *extra,
     ]  # fmt: skip
+
+
+def _strategy_flags(training: TrainingConfig) -> list[str]:
+    """The server optimiser and FedProx flags, only where they differ from the defaults."""
+    names = ("server_optimizer", "server_lr", "server_momentum", "server_beta1",
+             "server_beta2", "server_tau", "fedprox_mu")
+    flags: list[str] = []
+    for name in names:
+        value = getattr(training, name)
+        if value != getattr(DEFAULT_TRAINING, name):
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
 
 
 def _spawn(name: str, command: list[str], log_dir: Path, api_url: str,

@@ -142,9 +142,11 @@ class TaskBase:
     def train(self, model: nn.Module, data: SiteData, config: TrainingConfig,
               seed: int) -> float:
         """Adam on cross-entropy, ``config.epochs`` epochs of mini-batches of
-        ``config.batch_size`` at ``config.lr``, reshuffled by ``seed``."""
+        ``config.batch_size`` at ``config.lr``, reshuffled by ``seed``, with FedProx's
+        proximal term when ``config.fedprox_mu`` > 0."""
         return train_local(model, data.train.x, data.train.y, epochs=config.epochs,
-                           lr=config.lr, batch_size=config.batch_size, seed=seed)
+                           lr=config.lr, batch_size=config.batch_size, seed=seed,
+                           mu=config.fedprox_mu)
 
     def evaluate(self, model: nn.Module, split: Split) -> Metrics:
         """Accuracy, ROC AUC and mean cross-entropy."""
