@@ -160,3 +160,12 @@ def test_the_command_refits_from_a_report_and_refuses_one_without_gas(tmp_path: 
     assert refused.output.startswith(f"Error: --fit {bad}: not an apiary bench round report")
     assert len(refused.output.strip().splitlines()) == 1
     assert CliRunner().invoke(app, ["bench", "cost", "--members", "0"]).exit_code == 2
+
+
+def test_the_model_s_constants_are_the_contract_s() -> None:
+    from apiary.core.coefficients import MAX_WEIGHT_SUM
+
+    source = (Path(__file__).resolve().parents[1] / "contracts" / "SwarmLearning.sol").read_text()
+    assert f"MAX_MEMBERS = {cost.MAX_MEMBERS};" in source
+    assert f"MAX_WEIGHT_SUM = {cost.MAX_WEIGHT_SUM};" in source
+    assert cost.MAX_WEIGHT_SUM == MAX_WEIGHT_SUM

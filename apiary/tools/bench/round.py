@@ -57,14 +57,12 @@ from apiary.node.identity import Identity
 from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.rounds import RoundOutcome
 from apiary.node.swarm import SwarmRound
-from apiary.tools.bench.cost import GAS_KINDS, linear_fit
+from apiary.tools.bench.cost import GAS_KINDS, MAX_MEMBERS, linear_fit
 from apiary.tools.bench.report import load_average, machine, median, table
 from apiary.tools.progress import Task, as_progress
 
 PHASES = ("train", "enrol", "encrypt", "mask", "exchange", "commit", "aggregate", "decrypt")
 TARGET_NODES = 5
-MAX_MEMBERS = 64
-"""The contract's MAX_MEMBERS: the most active members a swarm may have."""
 MAX_PROCESSES = 10
 """Above this many members, members share processes (~400 MB each with torch)."""
 TARGETS_SECONDS_EXCLUDING_TRAIN = {100_000: 1.5, 1_000_000: 5.0}
