@@ -23,6 +23,7 @@ from apiary.chain.binding import SwarmContract
 from apiary.chain.devnet import free_port
 from apiary.core.coefficients import SLOTS_PER_BLOCK, block_digest, weights_from_sample_counts
 from apiary.core.he import HEContext
+from apiary.core.tasks.config import SwarmConfig, TaskIdentity
 from apiary.core.tls import create_self_signed
 from apiary.core.transport import TransportError, push_update, sign_update
 from apiary.node.founding import found_swarm
@@ -38,6 +39,8 @@ pytestmark = pytest.mark.chain
 PARAMS = SLOTS_PER_BLOCK + 100
 NAMES = ("a", "b", "c", "gone")
 SAMPLES = {"a": 40, "b": 70, "c": 25, "gone": 90}
+TRAINING = SwarmConfig(TaskIdentity("removal-race", "1", "a" * 64, "b" * 64, PARAMS),
+                       {"epochs": 1, "lr": 0.01, "batch_size": 16, "seed": 0})
 DELAYS_S = (0.0, 0.15, 0.4, 0.8, 1.5, 3.0)
 """When the removal lands after the members start round 1: before or during enrolment,
 around the commits, while the relay aggregates, and after round 1 finished."""
@@ -110,7 +113,7 @@ def test_removal_at_any_moment_never_mixes_keys(w3: Web3, dev_keys: list[str], h
                                      create_self_signed(n, ["127.0.0.1"]), 1000)
                 for n in NAMES]
     admin = found_swarm(w3, dev_keys[0], he, PARAMS, founders, min_peers=2,
-                        enrol_window_s=10, commit_window_s=5)
+                        enrol_window_s=10, commit_window_s=5, training=TRAINING)
     members = {n: Member(n, identities[n], admin.as_account(identities[n].private_key), he,
                          tmp_path / n, ports[n]) for n in NAMES}
     try:

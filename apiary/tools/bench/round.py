@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -75,6 +76,7 @@ DATASET_SIZE = ROWS_PER_NODE
 MAX_AGGREGATE_ERROR = 1e-4
 """CKKS at scale 2^40 averages to ~1e-8; anything near this bound means a broken round."""
 STOP_GRACE_S = 10.0
+WINDOW_S = 600
 TRAINING = TrainingConfig(rounds=1, epochs=1, lr=0.01, batch_size=32, seed=DEFAULT_TRAINING.seed)
 """One quick epoch on the synthetic rows: the benchmark times the round, not the learning."""
 
@@ -218,7 +220,10 @@ def _one_config(
                      DATASET_SIZE)
         for ident, port in zip(identities, ports, strict=True)
     ]
+    # Every member takes part in every round: windows long enough that no member is dropped
+    # for being slow on a loaded machine (the benchmark times rounds, not dropouts).
     contract = found_swarm(devnet.web3(), keys[0], he, params, founders, min_peers=nodes,
+                           enrol_window_s=WINDOW_S, commit_window_s=WINDOW_S,
                            training=training)
     context = multiprocessing.get_context("spawn")
     ready, go, done = context.Queue(), context.Event(), context.Queue()
@@ -237,6 +242,7 @@ def _one_config(
         for answered in range(nodes):
             task.describe(f"{label}: waiting for {nodes - answered} nodes to start")
             ready.get(timeout=120 + 30 * members_per_process)
+        chain_cpu_started = _process_cpu_seconds(devnet)
         started = time.perf_counter()
         go.set()
         reports: list[dict[str, Any]] = []
@@ -245,6 +251,7 @@ def _one_config(
                           f"{rounds} round{'s' if rounds > 1 else ''}")
             reports.append(done.get(timeout=rounds * round_timeout_s + 60))
         wall = time.perf_counter() - started
+        chain_cpu = _process_cpu_seconds(devnet) - chain_cpu_started
     finally:
         stop_processes(processes, STOP_GRACE_S)
     failures = [r["error"] for r in reports if "error" in r]
@@ -273,17 +280,33 @@ def _one_config(
                           for kind in GAS_KINDS}
     row["aggregate_transactions"] = int(median([r["aggregate_transactions"]
                                                 for r in per_round]))
+    row["finalized"] = True  # every round was checked above
     row["members_per_process"] = members_per_process
     row["processes"] = len(groups)
     row["round_wall_seconds"] = wall / rounds
+    # How busy the machine's CPUs were while the rounds ran: near 1, running phases side by
+    # side (e.g. aggregating while blocks still stream) can only reshuffle the same work.
+    node_cpu = sum(sum(r["cpu_seconds"]) for r in reports)
+    row["chain_cpu_seconds_per_round"] = chain_cpu / rounds
+    row["cpu_utilisation"] = (node_cpu + chain_cpu) / (wall * (os.cpu_count() or 1))
     # Members of one process report that process's peak: count each process once.
     peaks = list({r["process"]: r["peak_rss_mib"] for r in reports}.values())
     row["peak_rss_mib"] = {"median": median(peaks), "max": max(peaks),
                            "per": "process" if members_per_process > 1 else "node"}
-    row["finalized"] = True  # every round was checked above
     say(f"{label}: {row['seconds_excluding_train']:.2f} s excluding training (median of "
         f"{rounds} rounds), {row['gas_per_round'] / 1e6:,.0f} M gas a round")
     return row
+
+
+def _process_cpu_seconds(devnet: Devnet) -> float:
+    """CPU seconds the devnet's anvil process used so far (0 where /proc is not there)."""
+    if devnet.process is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{devnet.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _BenchTask:
