@@ -57,6 +57,7 @@ class Inbox:
     def __init__(self) -> None:
         self._updates: dict[tuple[int, int], dict[str, list[ReceivedUpdate]]] = {}
         self._lock = threading.Lock()
+        self._arrived = threading.Event()
 
     def put(self, round_number: int, attempt: int, sender: str, update: ReceivedUpdate) -> bool:
         """Keep `update` unless the same copy, or `MAX_COPIES` others, are held already."""
@@ -68,7 +69,16 @@ class Inbox:
             if len(held) >= MAX_COPIES:
                 return False
             held.append(update)
-            return True
+        self._arrived.set()
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout` seconds, waking early when an update arrives (True then):
+        the round loop polls the chain, and the last update a relay waits for is a reason to
+        look again at once."""
+        arrived = self._arrived.wait(timeout)
+        self._arrived.clear()
+        return arrived
 
     def copies(self, round_number: int, attempt: int) -> dict[str, list[ReceivedUpdate]]:
         """Every copy held for (round, attempt), by sender."""

@@ -205,7 +205,7 @@ class SwarmRound:
                     self._drop_withheld_when_due(round_number, info, participants)
             if info.participants_fixed and info.committed == info.contributors:
                 relayed = self._relay_if_our_turn(round_number, info) or relayed
-            time.sleep(POLL_SECONDS)
+            self.inbox.wait(POLL_SECONDS)
         seconds["aggregate"] = time.perf_counter() - waiting_since
         self._relay_clock = {k: v for k, v in self._relay_clock.items() if k[0] > round_number}
         self._fetched_at = {k: v for k, v in self._fetched_at.items() if k[0] > round_number}
