@@ -318,3 +318,29 @@ def test_the_blocks_are_spread_over_the_relays_and_a_dead_relays_share_is_taken_
     assert senders[0] == order[0]
     assert senders[1] == order[2]
     assert senders[2] == order[2]
+
+
+def test_a_node_whose_own_sum_differs_from_the_chains_adopts_the_chains(
+    swarm, monkeypatch
+) -> None:
+    """Each node sums the blocks it received and keeps its sum only if every block's digest is
+    the one the contract computed. A sum that differs (here: every node's arithmetic is off by
+    one in a coefficient) is never adopted: the node reads the aggregate from the chain."""
+    import apiary.node.swarm as swarm_module
+
+    exact = swarm_module.weighted_sum
+
+    def off_by_one(blocks, weights, modulus):  # type: ignore[no-untyped-def]
+        total = exact(blocks, weights, modulus).copy()
+        total[0] = (int(total[0]) + 1) % modulus
+        return total
+
+    monkeypatch.setattr(swarm_module, "weighted_sum", off_by_one)
+    for member in swarm:
+        member.start()
+    outcomes = [m.result() for m in swarm]
+    expected = weighted_mean(swarm)
+    for outcome in outcomes:
+        assert not outcome.summed_locally
+        assert np.max(np.abs(outcome.weights - expected)) < 1e-6
+        assert len(outcome.aggregate_transactions) == 3, "read block by block from the logs"
