@@ -203,7 +203,9 @@ def test_every_place_takes_its_training_defaults_from_one_config() -> None:
     from apiary.tools.compare import CompareOptions
     from apiary.tools.demo import DemoOptions
 
-    values = {"model": "mlp", "rounds": 10, "epochs": 2, "lr": 3e-3, "batch_size": 16, "seed": 0}
+    values = {"model": "mlp", "rounds": 10, "epochs": 2, "lr": 3e-3, "batch_size": 16, "seed": 0,
+              "server_optimizer": "fedavg", "server_lr": None, "server_momentum": 0.9,
+              "server_beta1": 0.9, "server_beta2": 0.99, "server_tau": 1e-3, "fedprox_mu": 0.0}
     assert asdict(DEFAULT_TRAINING) == values
     node = {name: NodeSettings.model_fields[name].default
             for name in ("epochs", "lr", "batch_size", "seed")}
