@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -487,6 +488,11 @@ class SwarmContract:
                 signed = self.account.sign_transaction(tx)
                 sent.append((batch, call, self.w3.eth.send_raw_transaction(signed.raw_transaction)))
         results = []
+        if sent:
+            # Our nonces follow each other, so the last mined means every one is: wait for it
+            # alone, with a bare request (web3's receipt polling costs a core's worth of CPU
+            # while the chain is busy with the batches).
+            self._await_mined(sent[-1][2])
         for batch, call, tx_hash in sent:
             receipt = self.w3.eth.wait_for_transaction_receipt(
                 tx_hash, timeout=120, poll_latency=RECEIPT_POLL_SECONDS
@@ -498,6 +504,19 @@ class SwarmContract:
                                            self._errors, receipt["blockNumber"])
             results.append(BatchResult(batch, outcome))
         return results
+
+    def _await_mined(self, tx_hash: Any, timeout: float = 120.0) -> None:
+        """Return once the transaction has a receipt; TimeoutError after `timeout` seconds."""
+        give_up = time.monotonic() + timeout
+        request = [tx_hash.to_0x_hex() if hasattr(tx_hash, "to_0x_hex") else str(tx_hash)]
+        while True:
+            answer = self.w3.provider.make_request("eth_getTransactionReceipt", request)
+            if isinstance(answer, dict) and answer.get("result"):
+                return
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"transaction {request[0]} was not mined within "
+                                   f"{timeout:.0f} s")
+            time.sleep(RECEIPT_POLL_SECONDS)
 
     def aggregate_digests(self, round_number: int) -> list[bytes]:
         """Every block's aggregate digest of the round, in block order (zero: not yet)."""

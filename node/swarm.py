@@ -34,7 +34,13 @@ import grpc
 import numpy as np
 from eth_utils import keccak
 
-from apiary.chain.binding import ContractRejected, MemberInfo, RoundInfo, SwarmContract
+from apiary.chain.binding import (
+    ContractRejected,
+    MemberInfo,
+    RoundInfo,
+    RoundTiming,
+    SwarmContract,
+)
 from apiary.core.coefficients import block_digest, block_from_bytes, block_to_bytes, weighted_sum
 from apiary.core.he import HEContext
 from apiary.core.masking import Masker, MaskSet
@@ -70,8 +76,9 @@ deadline; a few at a time each finishes in its share of the bandwidth."""
 FETCH_TIMEOUT_S = 10.0
 ENROL_TRIES = 3
 FETCH_EVERY_S = 2.0
-CLOCK_SLACK_S = 2.0
-"""How much the chain's clock may run ahead of our estimate of it (anvil's block time jumps)."""
+CLOCK_SLACK_S = 1.0
+"""How much the chain's clock may run ahead of our estimate of it."""
+CHAIN_CLOCK_EVERY_S = 2.0
 RELAY_ORDER_TTL_S = 5.0
 
 Train = Callable[[], tuple[np.ndarray, float, int]]
@@ -119,10 +126,10 @@ class SwarmRound:
     """(round, attempt) this node announced it relays as a backup."""
     _own_share_sent: set[tuple[int, int]] = field(default_factory=set, init=False, repr=False)
     """(round, attempt) whose blocks of our own relay share we sent."""
-    _withheld_due: dict[tuple[int, int], tuple[int, float]] = field(
+    _deadlines: dict[tuple[str, int, int], tuple[int, float, float]] = field(
         default_factory=dict, init=False, repr=False)
-    """(round, attempt) → (chain time, local monotonic estimate) when withholders may be
-    dropped."""
+    """(window, round, attempt) → (chain time it closes, our monotonic estimate of that, when
+    we last read the chain's clock)."""
     _pusher: futures.ThreadPoolExecutor = field(
         default_factory=lambda: futures.ThreadPoolExecutor(PUSH_WORKERS, "push"), init=False,
         repr=False)
@@ -211,7 +218,7 @@ class SwarmRound:
         self._fetched_at = {k: v for k, v in self._fetched_at.items() if k[0] > round_number}
         self._took_over = {k for k in self._took_over if k[0] > round_number}
         self._own_share_sent = {k for k in self._own_share_sent if k[0] > round_number}
-        self._withheld_due = {k: v for k, v in self._withheld_due.items() if k[0] > round_number}
+        self._deadlines = {k: v for k, v in self._deadlines.items() if k[1] > round_number}
         self._relay_orders = {k: v for k, v in self._relay_orders.items() if k > round_number}
 
         final = self.contract.round_info(round_number)
@@ -299,37 +306,49 @@ class SwarmRound:
         """Fix the participants once the enrolment window closed with enough members."""
         if info.contributors < self.params.min_peers:
             return
-        timing = self.contract.round_timing(round_number)
         everyone = info.contributors >= self.contract.active_member_count()
-        if not everyone and self.contract.chain_time() < (
-                timing.opened_at + self.params.enrol_window_s):
+        if not everyone and not self._window_closed(
+                "enrol", round_number, info.attempt,
+                lambda t: t.opened_at + self.params.enrol_window_s):
             return
         self._send_racing(lambda: self.contract.fix_participants(round_number))
 
     def _drop_when_due(self, round_number: int, info: RoundInfo) -> None:
         """Drop the participants that did not commit once the commit window closed."""
-        timing = self.contract.round_timing(round_number)
-        if self.contract.chain_time() < timing.attempt_started_at + self.params.commit_window_s:
+        if not self._window_closed("commit", round_number, info.attempt,
+                                   lambda t: t.attempt_started_at + self.params.commit_window_s):
             return
         if self._send_racing(lambda: self.contract.drop_absent(round_number)):
             log.warning("node=%s round=%d attempt=%d dropped the participants that did not "
                         "commit in time", self.node, round_number, info.attempt)
 
+    def _window_closed(self, window: str, round_number: int, attempt: int,
+                       closes_at: Callable[[RoundTiming], int]) -> bool:
+        """Whether the chain's clock passed one of the attempt's deadlines.
+
+        Every member asks at every poll while it waits for the others. The deadline is read
+        once per attempt; the chain's clock when the local clock says the deadline may have
+        come, and at least every CHAIN_CLOCK_EVERY_S in case the chain's clock jumped.
+        """
+        key = (window, round_number, attempt)
+        now = time.monotonic()
+        if key not in self._deadlines:
+            due = closes_at(self.contract.round_timing(round_number))
+            self._deadlines[key] = (due, now + due - self.contract.chain_time(), now)
+        due, local_due, read_at = self._deadlines[key]
+        if now < local_due - CLOCK_SLACK_S and now - read_at < CHAIN_CLOCK_EVERY_S:
+            return False
+        chain_now = self.contract.chain_time()
+        self._deadlines[key] = (due, now + due - chain_now, now)
+        return chain_now >= due
+
     def _drop_withheld_when_due(self, round_number: int, info: RoundInfo,
                                 participants: list[str]) -> None:
         """Drop committed participants whose blocks nobody could give us, once the round
-        has been stuck for twice the commit window.
-
-        Every member polls this while the relays work, so the attempt's start is read once
-        and the chain's clock only once the local clock says the deadline may be near.
-        """
-        key = (round_number, info.attempt)
-        if key not in self._withheld_due:
-            timing = self.contract.round_timing(round_number)
-            due = timing.attempt_started_at + 2 * self.params.commit_window_s
-            self._withheld_due[key] = (due, time.monotonic() + due - self.contract.chain_time())
-        due, local_due = self._withheld_due[key]
-        if time.monotonic() < local_due - CLOCK_SLACK_S or self.contract.chain_time() < due:
+        has been stuck for twice the commit window."""
+        if not self._window_closed(
+                "withheld", round_number, info.attempt,
+                lambda t: t.attempt_started_at + 2 * self.params.commit_window_s):
             return
         _, missing = self._collect(round_number, info.attempt, participants)
         if not missing:
