@@ -134,6 +134,9 @@ class SwarmRound:
         default_factory=lambda: futures.ThreadPoolExecutor(PUSH_WORKERS, "push"), init=False,
         repr=False)
     """Sends our blocks to the other members while the round loop goes on."""
+    _pushes: dict[int, list[futures.Future[None]]] = field(default_factory=dict, init=False,
+                                                           repr=False)
+    """round → its pushes, waited for before the round's outcome is handed back."""
     _relay_orders: dict[int, tuple[float, list[str]]] = field(
         default_factory=dict, init=False, repr=False)
     """round → (read at, relay order): read again every RELAY_ORDER_TTL_S."""
@@ -232,6 +235,7 @@ class SwarmRound:
                        or self.fetch_aggregate(round_number, param_count))
             seconds["decrypt"] = time.perf_counter() - started
         finally:
+            self._settle_pushes(round_number)
             self.inbox.prune(round_number + 1)
             if self.store is not None:
                 self.store.discard_through(round_number)
@@ -366,7 +370,10 @@ class SwarmRound:
         held, wanted = self._held(round_number, attempt, participants)
         now = time.monotonic()
         key = (round_number, attempt)
-        if not wanted or now - self._fetched_at.get(key, 0.0) < FETCH_EVERY_S:
+        if not wanted:
+            return held, []
+        # The first miss only starts the clock: the update is usually still on its way.
+        if now - self._fetched_at.setdefault(key, now) < FETCH_EVERY_S:
             return held, list(wanted)
         self._fetched_at[key] = now
         members = [m for m in self.contract.members() if m.address != self.me]
@@ -502,10 +509,12 @@ class SwarmRound:
         started = time.perf_counter()
         lock = threading.Lock()
         outcome = {"left": len(members), "delivered": 0}
+        credentials = self._credentials()
 
-        def finished(done: futures.Future[None], member: MemberInfo) -> None:
+        def push(member: MemberInfo) -> None:
             try:
-                done.result()
+                push_update(member.endpoint, header, blocks, timeout=PUSH_TIMEOUT_S,
+                            credentials=credentials)
                 self._metrics.sent(blocks)
                 delivered = 1
             except TransportError as exc:
@@ -525,11 +534,15 @@ class SwarmRound:
                     log.error("node=%s round=%d attempt=%d: no other member accepted our "
                               "update", self.node, round_number, attempt)
 
-        credentials = self._credentials()
-        for member in members:
-            push = self._pusher.submit(push_update, member.endpoint, header, blocks,
-                                       timeout=PUSH_TIMEOUT_S, credentials=credentials)
-            push.add_done_callback(lambda done, m=member: finished(done, m))
+        self._pushes.setdefault(round_number, []).extend(
+            self._pusher.submit(push, member) for member in members)
+
+    def _settle_pushes(self, round_number: int) -> None:
+        """Wait for the round's pushes still running (almost always none: the relays needed
+        them), so its outcome's seconds and the byte counters are complete."""
+        pending = self._pushes.pop(round_number, [])
+        if pending:
+            futures.wait(pending, timeout=PUSH_TIMEOUT_S)
 
     # ------------------------------------------------------------------ relay duty
 
@@ -598,9 +611,11 @@ class SwarmRound:
         done = [i for r in results if not isinstance(r.outcome, ContractRejected)
                 for i in r.blocks]
         for result in results:
-            if isinstance(result.outcome, ContractRejected) and (
-                    result.outcome.error not in CHAIN_RACES):
-                raise result.outcome
+            if isinstance(result.outcome, ContractRejected):
+                if result.outcome.error == "NotMember":
+                    raise NotAMember(str(result.outcome)) from result.outcome
+                if result.outcome.error not in CHAIN_RACES:
+                    raise result.outcome
         if done:
             gas = sum(r.outcome.gas_used for r in results
                       if not isinstance(r.outcome, ContractRejected))

@@ -230,6 +230,7 @@ def test_an_invite_made_on_the_page_is_shown_once_and_admits_a_node(
         "invite": token, "address": Account.from_key(newcomer.private_key).address,
         "x25519_public_key": newcomer.x25519_public, "endpoint": "127.0.0.1:1",
         "tls_certificate": create_self_signed("newcomer", ["127.0.0.1"]).cert.decode(),
-        "dataset_size": 100})
+        "dataset_size": 100,
+        "training": httpx.get(f"{url}/v1/training", timeout=60).json()["config"]})
     assert reply.status_code == 200, reply.text
     assert reply.json()["address"] == newcomer.address

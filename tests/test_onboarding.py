@@ -155,12 +155,15 @@ def test_refused_invites_change_nothing(swarm) -> None:
     url = api(local, "cleveland")
     before, invites_before = chain_state(contract), _invite_file(local)
     certificate = create_self_signed("newcomer", ["127.0.0.1"]).cert.decode()
+    # The swarm's own training configuration, so only the invite, address or certificate is
+    # what each request gets wrong.
+    training = httpx.get(f"{url}/v1/training", timeout=30).json()["config"]
 
     def join_request(invite: str, address: str, cert: str = "not a certificate") -> httpx.Response:
         return httpx.post(f"{url}/v1/members", timeout=30, json={
             "invite": invite, "address": address, "x25519_public_key": "11" * 32,
             "endpoint": "127.0.0.1:1", "tls_certificate": cert,
-            "dataset_size": 50})
+            "dataset_size": 50, "training": training})
 
     assert join_request("x" * 43, "0x" + "12" * 20, certificate).status_code == 403
     with admin(local, "cleveland") as cleveland:

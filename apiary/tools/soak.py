@@ -195,13 +195,16 @@ def _join_attacker(swarm: LocalSwarm, options: SoakOptions,
     sponsor = swarm.nodes[swarm.founders[0]].api_url
     with AdminClient(sponsor, swarm.options.admin_token) as client:
         invite = client.create_invite(600).invite
+        # It claims the swarm's own training configuration: the sponsor checks only that.
+        training = client.training().config
     identity = Identity.create("malicious")
     port = free_port()
     tls = create_self_signed("malicious", ["127.0.0.1"])
     reply = httpx.post(f"{sponsor}/v1/members", timeout=120, json={
         "invite": invite, "address": identity.address,
         "x25519_public_key": identity.x25519_public, "endpoint": f"127.0.0.1:{port}",
-        "tls_certificate": tls.cert.decode(), "dataset_size": ATTACKER_SAMPLES})
+        "tls_certificate": tls.cert.decode(), "dataset_size": ATTACKER_SAMPLES,
+        "training": training})
     if reply.status_code != 200:
         raise SoakFailed(f"the sponsor refused the malicious member: {reply.text[:300]}")
     handover = reply.json()
