@@ -16,6 +16,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
+from eth_abi.exceptions import DecodingError
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
@@ -259,11 +260,17 @@ class SwarmContract:
             answer = self.w3.provider.make_request(
                 "eth_call", [{"to": self.address, "data": "0x" + data.hex()}, "latest"])
             result = answer.get("result") if isinstance(answer, dict) else None
-            if isinstance(result, str) and answer.get("error") is None:
-                values = [_checksummed(kind, value) for kind, value in
-                          zip(outputs, abi_decode(outputs, bytes.fromhex(result[2:])),
-                              strict=True)]
-                return values[0] if len(values) == 1 else tuple(values)
+            if isinstance(result, str) and answer.get("error") is None and len(result) > 2:
+                try:
+                    decoded = abi_decode(outputs, bytes.fromhex(result[2:]))
+                except (DecodingError, ValueError):
+                    decoded = None
+                if decoded is not None:
+                    values = [_checksummed(kind, value)
+                              for kind, value in zip(outputs, decoded, strict=True)]
+                    return values[0] if len(values) == 1 else tuple(values)
+        # A revert, no code at the address (a devnet still loading its state), an answer
+        # that does not decode: web3's path raises what callers expect for each.
         return getattr(self.contract.functions, name)(*args).call()
 
     def training_digest(self) -> bytes:
