@@ -549,8 +549,8 @@ class SwarmRound:
     def _relay_if_our_turn(self, round_number: int, info: RoundInfo) -> bool:
         """Aggregate the blocks that are ours to relay now; True if we aggregated any.
 
-        The blocks of a round are spread over the relay order: block i is relayed by the
-        member at position i mod K (K members in the order), so K members send their
+        The blocks of a round are spread over the relay order's participants: block i is
+        relayed by the one at position i mod K (K participants), so K members send their
         transactions at once. Every other member is a backup of that block, in order after
         its relay: the member r places later waits r × `relay_takeover_s` after the round
         became ready *and* after the last block the chain saw aggregated, so a slow but live
@@ -564,7 +564,10 @@ class SwarmRound:
         self._relay_clock[key] = (ready_since, blocks_seen, seen_since)
         if info.aggregated_blocks >= self.params.block_count:
             return False
-        order = self._relay_order(round_number)
+        # Only participants relay: they committed, so they were up a moment ago, whereas an
+        # active member that sat the round out may be down and would cost a takeover delay.
+        participants = set(self.contract.participants(round_number))
+        order = [a for a in self._relay_order(round_number) if a in participants]
         if self.me not in order:
             return False
         position, relays = order.index(self.me), len(order)
