@@ -137,7 +137,7 @@ class SwarmRound:
     _pushes: dict[int, list[futures.Future[None]]] = field(default_factory=dict, init=False,
                                                            repr=False)
     """round → its pushes, waited for before the round's outcome is handed back."""
-    _relay_orders: dict[int, tuple[float, list[str]]] = field(
+    _relay_orders: dict[tuple[int, int], tuple[float, list[str]]] = field(
         default_factory=dict, init=False, repr=False)
     """round → (read at, relay order): read again every RELAY_ORDER_TTL_S."""
 
@@ -222,7 +222,7 @@ class SwarmRound:
         self._took_over = {k for k in self._took_over if k[0] > round_number}
         self._own_share_sent = {k for k in self._own_share_sent if k[0] > round_number}
         self._deadlines = {k: v for k, v in self._deadlines.items() if k[1] > round_number}
-        self._relay_orders = {k: v for k, v in self._relay_orders.items() if k > round_number}
+        self._relay_orders = {k: v for k, v in self._relay_orders.items() if k[0] > round_number}
 
         final = self.contract.round_info(round_number)
         try:
@@ -566,8 +566,7 @@ class SwarmRound:
             return False
         # Only participants relay: they committed, so they were up a moment ago, whereas an
         # active member that sat the round out may be down and would cost a takeover delay.
-        participants = set(self.contract.participants(round_number))
-        order = [a for a in self._relay_order(round_number) if a in participants]
+        order = self._relay_order(round_number, info.attempt)
         if self.me not in order:
             return False
         position, relays = order.index(self.me), len(order)
@@ -592,14 +591,17 @@ class SwarmRound:
             self._own_share_sent.add(key)
         return bool(done)
 
-    def _relay_order(self, round_number: int) -> list[str]:
-        """The round's relay order, read again every RELAY_ORDER_TTL_S: it changes only when
-        a member is admitted or removed, and every member asks at every poll."""
+    def _relay_order(self, round_number: int, attempt: int) -> list[str]:
+        """The attempt's relays: the round's relay order without the members that sat it
+        out, read again every RELAY_ORDER_TTL_S (the order changes only when a member is
+        admitted or removed, and every member asks at every poll)."""
         now = time.monotonic()
-        read_at, order = self._relay_orders.get(round_number, (-RELAY_ORDER_TTL_S, []))
+        key = (round_number, attempt)
+        read_at, order = self._relay_orders.get(key, (-RELAY_ORDER_TTL_S, []))
         if now - read_at >= RELAY_ORDER_TTL_S:
-            order = self.contract.relay_order(round_number)
-            self._relay_orders[round_number] = (now, order)
+            participants = set(self.contract.participants(round_number))
+            order = [a for a in self.contract.relay_order(round_number) if a in participants]
+            self._relay_orders[key] = (now, order)
         return order
 
     def _aggregate(self, round_number: int, attempt: int, indices: list[int]) -> list[int] | None:
@@ -646,12 +648,13 @@ class SwarmRound:
         if root != keccak(b"".join(b.digest for b in ordered)):
             raise RoundFailed(f"round {round_number}: the aggregate blocks do not match the "
                               "root the contract finalized")
-        _, _, weight_sum = self.contract.round_weights(round_number)
+        contributors, _, weight_sum = self.contract.round_weights(round_number)
         if any(b.weight_sum != weight_sum for b in ordered):
             raise RoundFailed(f"round {round_number}: weight sums disagree")
         return self._decrypted(round_number, [b.coefficients for b in ordered],
                                [b.digest for b in ordered],
-                               [b.transaction_hash for b in ordered], param_count)
+                               [b.transaction_hash for b in ordered], param_count,
+                               contributors, weight_sum)
 
     def _sum_locally(self, round_number: int, attempt: int,
                      param_count: int) -> RoundOutcome | None:
@@ -672,7 +675,7 @@ class SwarmRound:
         on_chain = self.contract.aggregate_digests(round_number)
         if finalization is None or keccak(b"".join(on_chain)) != finalization[0]:
             return None
-        ordered, weights, _ = self.contract.round_weights(round_number)
+        ordered, weights, weight_sum = self.contract.round_weights(round_number)
         if ordered != participants:
             return None
         q = self.params.modulus
@@ -688,13 +691,13 @@ class SwarmRound:
                 return None
             blocks.append(block)
         outcome = self._decrypted(round_number, blocks, on_chain, [finalization[1]],
-                                  param_count)
+                                  param_count, ordered, weight_sum)
         outcome.summed_locally = True
         return outcome
 
     def _decrypted(self, round_number: int, blocks: list[bytes], digests: list[bytes],
-                   transactions: list[str], param_count: int) -> RoundOutcome:
-        contributors, _, weight_sum = self.contract.round_weights(round_number)
+                   transactions: list[str], param_count: int, contributors: list[str],
+                   weight_sum: int) -> RoundOutcome:
         he = self.context_for(round_number)
         total = he.decrypt(blocks, param_count)
         return RoundOutcome(
