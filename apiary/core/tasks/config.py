@@ -56,9 +56,14 @@ class TaskIdentity:
     @classmethod
     def of(cls, task: Task, model: nn.Module) -> TaskIdentity:
         """The identity of ``task`` whose freshly built (initial) model is ``model``."""
+        return cls.named(task.name, task.version, model)
+
+    @classmethod
+    def named(cls, name: str, version: str, model: nn.Module) -> TaskIdentity:
+        """The identity of a model built outside a task (a benchmark's), under a name."""
         from apiary.core.flat import flatten, param_count, weights_digest
 
-        return cls(name=task.name, version=task.version, architecture=architecture(model),
+        return cls(name=name, version=version, architecture=architecture(model),
                    initial_weights=weights_digest(flatten(model)),
                    parameters=param_count(model))
 

@@ -45,12 +45,12 @@ from web3 import Web3
 from apiary.chain.binding import SwarmContract
 from apiary.chain.devnet import Devnet, dev_private_keys, free_port, running_devnet
 from apiary.core.errors import ConfigError
-from apiary.core.flat import flatten, load_flat, param_count, weights_digest
+from apiary.core.flat import flatten, load_flat, param_count
 from apiary.core.he import HEContext
 from apiary.core.models import build_mlp_with_params
 from apiary.core.processes import stop_processes
 from apiary.core.settings import ChainSettings
-from apiary.core.tasks.config import SwarmConfig, TaskIdentity, architecture
+from apiary.core.tasks.config import SwarmConfig, TaskIdentity
 from apiary.core.tls import create_self_signed
 from apiary.core.training import DEFAULT_TRAINING, TrainingConfig, train_local
 from apiary.node.founding import found_swarm
@@ -209,7 +209,7 @@ def _one_config(
 ) -> dict[str, Any]:
     model = build_mlp_with_params(target, INPUT_DIM, NUM_CLASSES, seed)
     params = param_count(model)
-    training = SwarmConfig.of(_BenchTask.identity(model), TRAINING)
+    training = SwarmConfig.of(TaskIdentity.named("bench-mlp", "1", model), TRAINING)
     label = f"{nodes} nodes, {params:,} params"
     groups = process_groups(nodes, members_per_process)
     task.describe(f"{label}: deploying the contract, starting {len(groups)} node processes")
@@ -307,16 +307,6 @@ def _process_cpu_seconds(devnet: Devnet) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class _BenchTask:
-    """The benchmark's model as a task identity: an MLP of the requested size."""
-
-    @staticmethod
-    def identity(model: torch.nn.Module) -> TaskIdentity:
-        return TaskIdentity(name="bench-mlp", version="1", architecture=architecture(model),
-                            initial_weights=weights_digest(flatten(model)),
-                            parameters=param_count(model))
 
 
 @dataclass(frozen=True)
