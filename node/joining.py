@@ -45,14 +45,16 @@ from apiary.node.keys import KeyRing
 from apiary.node.onboarding import Handover, JoinRequest, Pending
 from apiary.node.ports import AggregateSource
 from apiary.node.resumption import sign_handover_request
+from apiary.node.rounds import RoundFailed
 from apiary.node.schemas import JoinProgress, JoinState
 
 log = logging.getLogger("apiary.node.join")
 
 APPROVAL_POLL_S = 2.0
 JOIN_FILE = "join.json"
-JOIN_ATTEMPTS = 6
-"""Tries of a join whose failures may pass (about 1 + 2 + 4 + 8 + 16 s of pauses)."""
+JOIN_ATTEMPTS = 10
+"""Tries of a join whose failures may pass: 1 + 2 + 4 + 8 + 16 + 4 × 30 s of pauses, long
+enough for a sponsor that restarts, or for a round the chain lost to be run again."""
 RETRY_FIRST_S = 1.0
 SPONSOR_TIMEOUT_S = 120.0
 
@@ -267,8 +269,15 @@ class Joiner:
         round_number = handover.round
         aggregates = node.activate()
         if round_number > 0:
-            expected = (node.model_after(aggregates, round_number) if node.model_after else
-                        aggregates.fetch_aggregate(round_number, node.param_count).weights)
+            try:
+                expected = (node.model_after(aggregates, round_number) if node.model_after
+                            else aggregates.fetch_aggregate(round_number,
+                                                            node.param_count).weights)
+            except RoundFailed as exc:
+                raise JoinRetry(f"the sponsor's model is of round {round_number}, which the "
+                                f"chain does not hold ({exc}): not finalized, or lost by the "
+                                "chain; the sponsor hands over a later round after the next "
+                                "one") from None
             if weights_digest(expected) != weights_digest(weights):
                 raise JoinRetry(f"the weights handed over differ from the model round "
                                 f"{round_number}'s aggregates on chain give")

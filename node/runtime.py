@@ -61,6 +61,9 @@ from apiary.node.trust import MemberTrust
 
 log = logging.getLogger("apiary.node")
 
+CHAIN_BEHIND_POLL_S = 2.0
+"""How often a node whose saved round is ahead of the chain looks at the chain again."""
+
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 PROBE_TIMEOUT_S = 2.0
 """How long a readiness probe waits for the chain or the coordinator."""
@@ -411,6 +414,7 @@ class NodeRuntime:
         target = self.settings.rounds
         assert self.driver is not None
         outage = Outage(self.settings.name, self._upstream())
+        went_back_at: int | None = None
         while not self.stop_event.is_set():
             round_number = 0
             try:
@@ -419,6 +423,12 @@ class NodeRuntime:
                     log.info("node=%s reached round %d; stopping", self.settings.name, target)
                     return
                 round_number = self.driver.current_round()
+                if round_number <= self.state.round:
+                    if went_back_at != round_number:
+                        went_back_at = round_number
+                        self._chain_went_back(round_number)
+                    self.stop_event.wait(CHAIN_BEHIND_POLL_S)
+                    continue
                 self.phase = f"round {round_number}"
                 started = time.monotonic()
                 with in_round(round_number):
@@ -452,10 +462,29 @@ class NodeRuntime:
                 self.stop_event.wait(outage.backoff.next())
                 continue
             outage.recovered()
-            self._adopt(outcome)
+            try:
+                self._adopt(outcome)
+            except Exception as exc:  # a model that cannot be kept must not stop the node
+                self.metrics.round_failed()
+                log.error("node=%s round=%d: its model could not be kept (%s: %s); holding "
+                          "round %d's", self.settings.name, outcome.round, type(exc).__name__,
+                          exc, self.state.round)
+                self.stop_event.wait(outage.backoff.next())
+                continue
             self.metrics.round_timed(outcome.seconds, time.monotonic() - started)
             self._rest_between_rounds()
         self.phase = "stopped"
+
+    def _chain_went_back(self, round_number: int) -> None:
+        """The chain's open round is one this node already holds: the chain lost blocks it
+        had seen (a devnet restored from an older state write). The node's history is never
+        rewritten, so it sits such rounds out and takes part again from the next one."""
+        saved = self.state.round
+        self.phase = f"waiting for round {saved + 1}: the chain is back at round {round_number}"
+        log.warning("node=%s round=%d: the chain is back at round %d although this node holds "
+                    "round %d (it lost blocks this node had seen: a devnet restored from an "
+                    "older state?); sitting rounds out until round %d", self.settings.name,
+                    round_number, round_number, saved, saved + 1)
 
     def _rest_between_rounds(self) -> None:
         """Rounds on a schedule: wait round_interval_s after a round this node took part in.
@@ -504,7 +533,13 @@ class NodeRuntime:
         return ModelGuard(s.guard_max_weight, s.guard_change_ratio, s.guard_change_factor)
 
     def _adopt(self, outcome: RoundOutcome, *, consecutive: bool = True) -> None:
-        """Take the round's global model, unless it fails the model check."""
+        """Take the round's global model, unless it fails the model check or this node
+        holds that round already (the chain went back, see `_chain_went_back`)."""
+        if outcome.round <= self.state.round:
+            log.warning("node=%s round=%d: not adopted, this node holds round %d already "
+                        "(the chain lost blocks it had seen); keeping its model",
+                        self.settings.name, outcome.round, self.state.round)
+            return
         outcome, server_state = self._server_step(outcome)
         guard = self._guard()
         reason = guard.verdict(outcome.weights, self.weights, self.state.recent_changes(),

@@ -140,3 +140,63 @@ def test_a_node_rests_its_round_interval_after_each_round_it_took_part_in(node) 
     node.run()
     assert [r["round"] for r in node.state.snapshot()["history"]] == [1, 2]
     assert rests == [(30.0, "resting 30 s before the next round")], "none after the last"
+
+
+@dataclass
+class ChainGoingBack(ScriptedDriver):
+    """After round 2, the chain is back at round 2 for two polls (a devnet restored from a
+    state written before round 2 finalized), then runs round 2 again and moves on."""
+
+    opens: list[int] = field(default_factory=list)
+
+    def current_round(self) -> int:
+        return self.opens.pop(0) if self.opens and self.round > 2 else self.round
+
+
+def test_a_chain_back_at_a_round_the_node_holds_is_sat_out_and_never_stops_the_node(
+    node, caplog, monkeypatch,
+) -> None:
+    monkeypatch.setattr(runtime, "CHAIN_BEHIND_POLL_S", 0.0)
+    driver = ChainGoingBack([lambda w: w, lambda w: w + 0.01, lambda w: w + 0.02],
+                            opens=[2, 2])
+    node.driver = driver
+    node.run()
+    history = node.state.snapshot()["history"]
+    assert [(r["round"], r["status"]) for r in history] == [
+        (1, "adopted"), (2, "adopted"), (3, "adopted")]
+    assert driver.seen == [1, 2, 3], "round 2 is not run again"
+    lines = [r.getMessage() for r in caplog.records if "the chain is back" in r.getMessage()]
+    assert len(lines) == 1, "said once, not at every poll"
+    assert "round=2" in lines[0] and "holds round 2" in lines[0]
+
+
+def test_an_outcome_of_a_round_the_node_holds_is_not_adopted_and_the_model_kept(
+    node, caplog,
+) -> None:
+    node.load_or_initialise()
+    kept = node.weights + 0.5
+    node.state.save(kept, 2, node.trainer.digest(kept))
+    node.weights = kept
+    node._adopt(RoundOutcome(round=2, weights=kept + 1.0, weight_sum=2,
+                             contributors=["a", "b"], aggregate_digests=[]))
+    assert node.state.round == 2 and np.array_equal(node.state.load_weights(), kept)
+    assert any("not adopted, this node holds round 2 already" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_model_that_cannot_be_saved_fails_the_round_not_the_node(node, monkeypatch) -> None:
+    saves: list[int] = []
+    real_save = node.state.save
+
+    def save(weights, round_number, digest, record=None):  # type: ignore[no-untyped-def]
+        saves.append(round_number)
+        if saves.count(1) == 1 and round_number == 1:
+            raise OSError(28, "No space left on device")
+        real_save(weights, round_number, digest, record)
+
+    monkeypatch.setattr(node.state, "save", save)
+    node.driver = ScriptedDriver([lambda w: w, lambda w: w, lambda w: w, lambda w: w])
+    node.run()
+    assert [r["round"] for r in node.state.snapshot()["history"]] == [2, 3]
+    counted = node.metrics.registry.get_sample_value
+    assert counted("apiary_rounds_failed_total", {"node": "va"}) == 1
