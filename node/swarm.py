@@ -636,6 +636,10 @@ class SwarmRound:
         """Read a finalized round's aggregate from the chain's logs, check it, decrypt it."""
         emitted = self.contract.aggregated_blocks(round_number)
         count = self.params.block_count
+        if not emitted:
+            raise RoundFailed(f"round {round_number}: finalized on chain, but the chain holds "
+                              "none of its aggregate's logs (a devnet that lost blocks it had "
+                              "written, or an RPC node that prunes logs?)")
         if sorted(emitted) != list(range(count)):
             raise RoundFailed(f"round {round_number}: the chain holds blocks "
                               f"{sorted(emitted)}, expected 0..{count - 1}")
