@@ -54,7 +54,7 @@ from apiary.node.peer import Inbox, PeerService, start_peer_server
 from apiary.node.ports import AggregateSource, ReadinessFacts, RoundDriver, SwarmLink, Train
 from apiary.node.rounds import NotAMember, RoundAbandoned, RoundFailed, RoundOutcome
 from apiary.node.server_steps import load_server_state, rebuild, replay, save_server_state
-from apiary.node.state import NodeState, RoundRecord
+from apiary.node.state import ORPHANED_FILE, NodeState, RoundRecord
 from apiary.node.swarm import SwarmRound
 from apiary.node.trainer import LocalTrainer
 from apiary.node.trust import MemberTrust
@@ -424,9 +424,13 @@ class NodeRuntime:
                     return
                 round_number = self.driver.current_round()
                 if round_number <= self.state.round:
+                    finalized = self.driver.last_finalized_round()
+                    if finalized < self.state.round:
+                        self._rewind_to_chain(finalized)
+                        continue
                     if went_back_at != round_number:
                         went_back_at = round_number
-                        self._chain_went_back(round_number)
+                        self._chain_behind(round_number)
                     self.stop_event.wait(CHAIN_BEHIND_POLL_S)
                     continue
                 self.phase = f"round {round_number}"
@@ -475,16 +479,29 @@ class NodeRuntime:
             self._rest_between_rounds()
         self.phase = "stopped"
 
-    def _chain_went_back(self, round_number: int) -> None:
-        """The chain's open round is one this node already holds: the chain lost blocks it
-        had seen (a devnet restored from an older state write). The node's history is never
-        rewritten, so it sits such rounds out and takes part again from the next one."""
+    def _chain_behind(self, round_number: int) -> None:
+        """The chain's open round is one this node holds, though the chain finalized it: a
+        view that lags (an RPC node behind the others); the node waits for the next round."""
         saved = self.state.round
-        self.phase = f"waiting for round {saved + 1}: the chain is back at round {round_number}"
-        log.warning("node=%s round=%d: the chain is back at round %d although this node holds "
-                    "round %d (it lost blocks this node had seen: a devnet restored from an "
-                    "older state?); sitting rounds out until round %d", self.settings.name,
-                    round_number, round_number, saved, saved + 1)
+        self.phase = f"waiting for round {saved + 1}: the chain is open at round {round_number}"
+        log.warning("node=%s round=%d: the chain is open at round %d although this node holds "
+                    "round %d; waiting for round %d", self.settings.name, round_number,
+                    round_number, saved, saved + 1)
+
+    def _rewind_to_chain(self, finalized: int) -> None:
+        """The chain lost rounds this node holds (a devnet restored from an older state
+        write): the chain is the swarm's ledger, so the node forgets those rounds (kept in
+        orphaned.json) and takes part again from round `finalized` + 1 with the model it
+        holds. Every member does the same, so the swarm goes on instead of waiting forever
+        for rounds that every member sits out."""
+        saved = self.state.round
+        orphaned = self.state.rewind(
+            finalized, f"the chain's last finalized round is {finalized}, this node held {saved}")
+        log.warning("node=%s round=%d: the chain lost rounds %s that this node holds (its last "
+                    "finalized round is %d: a devnet restored from an older state?); they are "
+                    "kept in %s and the node takes part again from round %d with the model it "
+                    "holds", self.settings.name, finalized + 1,
+                    ", ".join(map(str, orphaned)), finalized, ORPHANED_FILE, finalized + 1)
 
     def _rest_between_rounds(self) -> None:
         """Rounds on a schedule: wait round_interval_s after a round this node took part in.
@@ -534,10 +551,10 @@ class NodeRuntime:
 
     def _adopt(self, outcome: RoundOutcome, *, consecutive: bool = True) -> None:
         """Take the round's global model, unless it fails the model check or this node
-        holds that round already (the chain went back, see `_chain_went_back`)."""
+        holds that round already (the chain's view lags, see `_chain_behind`)."""
         if outcome.round <= self.state.round:
             log.warning("node=%s round=%d: not adopted, this node holds round %d already "
-                        "(the chain lost blocks it had seen); keeping its model",
+                        "(a round run twice?); keeping its model",
                         self.settings.name, outcome.round, self.state.round)
             return
         outcome, server_state = self._server_step(outcome)

@@ -4,7 +4,8 @@
 ``state.json`` the round they came from and the per-round history, one record per round in
 round order. Writes go through a temporary file and a rename, so a crash never leaves half
 a file behind. The history only grows: a round's record is never replaced, and no round
-older than the saved one is adopted (`HistoryConflict`).
+older than the saved one is adopted (`HistoryConflict`). The one exception is a chain that
+lost rounds the node holds (`NodeState.rewind`): their records move to ``orphaned.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from apiary.core.errors import ApiaryError
 from apiary.core.files import replacing, write_json
 
 STATE_FILE = "state.json"
+ORPHANED_FILE = "orphaned.json"
 
 log = logging.getLogger("apiary.node.state")
 
@@ -138,6 +140,27 @@ class NodeState:
             if record is not None:
                 self.history = sorted([*self.history, record], key=lambda r: r.round)
             self._write_json()
+
+    def rewind(self, to_round: int, reason: str) -> list[int]:
+        """Forget the rounds after ``to_round``, which the chain no longer holds (a devnet
+        restored from an older state): their records are appended to ``orphaned.json`` with
+        ``reason``, the weights stay those last adopted, and the next round saved is
+        ``to_round + 1``. Returns the orphaned rounds."""
+        with self._lock:
+            if not 0 <= to_round < self.round:
+                raise HistoryConflict(f"cannot rewind to round {to_round}: the saved round "
+                                      f"is {self.round}")
+            orphaned = [r for r in self.history if r.round > to_round]
+            path = self.directory / ORPHANED_FILE
+            kept: list[dict[str, Any]] = (json.loads(path.read_text()) if path.exists()
+                                          else [])
+            kept.append({"from_round": self.round, "to_round": to_round, "reason": reason,
+                         "records": [asdict(r) for r in orphaned]})
+            write_json(path, kept)
+            self.history = [r for r in self.history if r.round <= to_round]
+            self.round = to_round
+            self._write_json()
+            return [r.round for r in orphaned]
 
     def _check_new(self, round_number: int, record: RoundRecord) -> None:
         if record.round != round_number:

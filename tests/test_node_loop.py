@@ -7,6 +7,7 @@ driver is scripted here, because what is under test is the loop's reaction to ea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from apiary.node.invites import InviteBook
 from apiary.node.keys import KeyRing
 from apiary.node.ports import SwarmLink
 from apiary.node.rounds import RoundOutcome
-from apiary.node.state import NodeState
+from apiary.node.state import HistoryConflict, NodeState
 from apiary.node.trainer import LocalTrainer
 
 TOKEN = "loop-test-token-0123456789"
@@ -143,31 +144,84 @@ def test_a_node_rests_its_round_interval_after_each_round_it_took_part_in(node) 
 
 
 @dataclass
-class ChainGoingBack(ScriptedDriver):
-    """After round 2, the chain is back at round 2 for two polls (a devnet restored from a
-    state written before round 2 finalized), then runs round 2 again and moves on."""
+class LaggingView(ScriptedDriver):
+    """After round 2, the chain's view says round 2 is open for two polls although it
+    finalized it (an RPC node behind the others), then moves on."""
 
     opens: list[int] = field(default_factory=list)
 
     def current_round(self) -> int:
         return self.opens.pop(0) if self.opens and self.round > 2 else self.round
 
+    def last_finalized_round(self) -> int:
+        return self.round - 1
 
-def test_a_chain_back_at_a_round_the_node_holds_is_sat_out_and_never_stops_the_node(
+
+def test_a_view_behind_the_round_the_node_holds_is_waited_out_and_never_stops_the_node(
     node, caplog, monkeypatch,
 ) -> None:
     monkeypatch.setattr(runtime, "CHAIN_BEHIND_POLL_S", 0.0)
-    driver = ChainGoingBack([lambda w: w, lambda w: w + 0.01, lambda w: w + 0.02],
-                            opens=[2, 2])
+    driver = LaggingView([lambda w: w, lambda w: w + 0.01, lambda w: w + 0.02], opens=[2, 2])
     node.driver = driver
     node.run()
     history = node.state.snapshot()["history"]
     assert [(r["round"], r["status"]) for r in history] == [
         (1, "adopted"), (2, "adopted"), (3, "adopted")]
     assert driver.seen == [1, 2, 3], "round 2 is not run again"
-    lines = [r.getMessage() for r in caplog.records if "the chain is back" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "the chain is open" in r.getMessage()]
     assert len(lines) == 1, "said once, not at every poll"
     assert "round=2" in lines[0] and "holds round 2" in lines[0]
+    assert not (node.state.directory / "orphaned.json").exists()
+
+
+@dataclass
+class ChainLosingRound(ScriptedDriver):
+    """Once round 2 is run, the chain forgets it (a devnet restored from a state written
+    before round 2 finalized) and opens round 2 again."""
+
+    lost: bool = False
+
+    def run(self, round_number: int, train, param_count: int) -> RoundOutcome:  # type: ignore[no-untyped-def]
+        outcome = super().run(round_number, train, param_count)
+        if round_number == 2 and not self.lost:
+            self.lost, self.round = True, 2
+        return outcome
+
+    def last_finalized_round(self) -> int:
+        return self.round - 1
+
+
+def test_rounds_the_chain_lost_are_orphaned_and_run_again_from_the_model_held(
+    node, caplog,
+) -> None:
+    driver = ChainLosingRound([lambda w: w, lambda w: w + 0.01, lambda w: w + 0.02,
+                               lambda w: w + 0.03])
+    node.driver = driver
+    node.run()
+    assert driver.seen == [1, 2, 2, 3], "the lost round 2 is run again, then round 3"
+    history = node.state.snapshot()["history"]
+    assert [(r["round"], r["status"]) for r in history] == [
+        (1, "adopted"), (2, "adopted"), (3, "adopted")]
+    orphaned = json.loads((node.state.directory / "orphaned.json").read_text())
+    assert len(orphaned) == 1 and orphaned[0]["from_round"] == 2
+    assert orphaned[0]["to_round"] == 1
+    assert [r["round"] for r in orphaned[0]["records"]] == [2]
+    assert orphaned[0]["records"][0]["weights_digest"] != history[1]["weights_digest"]
+    assert any("the chain lost rounds 2" in r.getMessage() for r in caplog.records)
+    assert node.metrics.registry.get_sample_value("apiary_rounds_failed_total",
+                                                  {"node": "va"}) in (None, 0)
+
+
+def test_a_rewind_to_a_round_not_before_the_saved_one_is_refused_and_changes_nothing(
+    node,
+) -> None:
+    node.load_or_initialise()
+    node.state.save(node.weights, 2, node.trainer.digest(node.weights))
+    with pytest.raises(HistoryConflict, match="cannot rewind to round 2"):
+        node.state.rewind(2, "test")
+    with pytest.raises(HistoryConflict, match="cannot rewind to round -1"):
+        node.state.rewind(-1, "test")
+    assert node.state.round == 2 and not (node.state.directory / "orphaned.json").exists()
 
 
 def test_an_outcome_of_a_round_the_node_holds_is_not_adopted_and_the_model_kept(
