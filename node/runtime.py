@@ -414,7 +414,7 @@ class NodeRuntime:
         target = self.settings.rounds
         assert self.driver is not None
         outage = Outage(self.settings.name, self._upstream())
-        went_back_at: int | None = None
+        behind_at: int | None = None
         while not self.stop_event.is_set():
             round_number = 0
             try:
@@ -428,8 +428,8 @@ class NodeRuntime:
                     if finalized < self.state.round:
                         self._rewind_to_chain(finalized)
                         continue
-                    if went_back_at != round_number:
-                        went_back_at = round_number
+                    if behind_at != round_number:
+                        behind_at = round_number
                         self._chain_behind(round_number)
                     self.stop_event.wait(CHAIN_BEHIND_POLL_S)
                     continue

@@ -106,10 +106,8 @@ class Stack:
         try:
             yield
         except Exception as exc:
-            restarts = {n: docker("inspect", "--format",
-                                  "restarts {{.RestartCount}}, started {{.State.StartedAt}}",
-                                  self.project.container(n)) for n in names}
-            raise AssertionError(f"{exc}\n{restarts}\n{self.explain(*names)}") from exc
+            raise AssertionError(f"{exc}\nrestarts: {self.restart_counts(names)}\n"
+                                 f"{self.explain(*names)}") from exc
 
     def restart_counts(self, names: tuple[str, ...]) -> dict[str, int]:
         """How often docker restarted each node after it exited by itself."""
@@ -250,17 +248,18 @@ def test_the_devnet_comes_back_with_its_chain_and_the_swarm_goes_on(
     if how == "restart":
         docker("restart", "--time", "30", devnet, timeout_s=90)
     else:
-        # Killed, the devnet loses the blocks since its last state write (every 2 s), and a
-        # write that races a block may keep that block's storage but not its logs: a round
-        # finalized then could never be read. So it is killed early in a round's enrolment
-        # window (10 s), where the blocks it loses are enrolments the members make again.
+        # Killed, the devnet loses the blocks since its last state write (every 2 s; up to
+        # 30 s when the kill truncates the file), and a write that races a block may keep
+        # that block's storage but not its logs: a round finalized then could never be read.
+        # So it is killed early in a round's enrolment window (10 s), away from a finalization;
+        # rounds it loses that the nodes hold are orphaned by them and run again.
         wait_until(lambda: max(swarm.rounds("cleveland")) > before, 120, "a round ending")
         before = max(swarm.rounds("cleveland"))
         time.sleep(3)  # past one state write
         docker("kill", devnet)
         docker("start", devnet)
     wait_until(lambda: chain_height(swarm) > 0, 120, "the devnet answering")
-    # Killed, the chain loses at most the blocks since its last state write.
+    # Killed, the chain loses the blocks since its last whole state write.
     assert chain_height(swarm) >= (height if how == "restart" else 1)
     swarm.wait_rounds(FOUNDERS, before + 2, 300)
     rounds = swarm.assert_same_weights(FOUNDERS, since=before + 1)
