@@ -425,7 +425,9 @@ class NodeRuntime:
                 round_number = self.driver.current_round()
                 if round_number <= self.state.round:
                     finalized = self.driver.last_finalized_round()
-                    if finalized < self.state.round:
+                    # Open below the held round: lost. Open at it, unfinalized: the node may
+                    # have adopted it a moment before the chain's finalization shows.
+                    if round_number < self.state.round and finalized < self.state.round:
                         self._rewind_to_chain(finalized)
                         continue
                     if behind_at != round_number:

@@ -176,14 +176,14 @@ def test_a_view_behind_the_round_the_node_holds_is_waited_out_and_never_stops_th
 
 @dataclass
 class ChainLosingRound(ScriptedDriver):
-    """Once round 2 is run, the chain forgets it (a devnet restored from a state written
-    before round 2 finalized) and opens round 2 again."""
+    """Once round 3 is run, the chain forgets rounds 2 and 3 (a devnet restored from a
+    state written before round 2 finalized) and opens round 2 again."""
 
     lost: bool = False
 
     def run(self, round_number: int, train, param_count: int) -> RoundOutcome:  # type: ignore[no-untyped-def]
         outcome = super().run(round_number, train, param_count)
-        if round_number == 2 and not self.lost:
+        if round_number == 3 and not self.lost:
             self.lost, self.round = True, 2
         return outcome
 
@@ -195,19 +195,20 @@ def test_rounds_the_chain_lost_are_orphaned_and_run_again_from_the_model_held(
     node, caplog,
 ) -> None:
     driver = ChainLosingRound([lambda w: w, lambda w: w + 0.01, lambda w: w + 0.02,
-                               lambda w: w + 0.03])
+                               lambda w: w + 0.03, lambda w: w + 0.04, lambda w: w + 0.05])
     node.driver = driver
+    node.settings = node.settings.model_copy(update={"rounds": 4})
     node.run()
-    assert driver.seen == [1, 2, 2, 3], "the lost round 2 is run again, then round 3"
+    assert driver.seen == [1, 2, 3, 2, 3, 4], "the lost rounds 2 and 3 are run again"
     history = node.state.snapshot()["history"]
     assert [(r["round"], r["status"]) for r in history] == [
-        (1, "adopted"), (2, "adopted"), (3, "adopted")]
+        (1, "adopted"), (2, "adopted"), (3, "adopted"), (4, "adopted")]
     orphaned = json.loads((node.state.directory / "orphaned.json").read_text())
-    assert len(orphaned) == 1 and orphaned[0]["from_round"] == 2
+    assert len(orphaned) == 1 and orphaned[0]["from_round"] == 3
     assert orphaned[0]["to_round"] == 1
-    assert [r["round"] for r in orphaned[0]["records"]] == [2]
+    assert [r["round"] for r in orphaned[0]["records"]] == [2, 3]
     assert orphaned[0]["records"][0]["weights_digest"] != history[1]["weights_digest"]
-    assert any("the chain lost rounds 2" in r.getMessage() for r in caplog.records)
+    assert any("the chain lost rounds 2, 3" in r.getMessage() for r in caplog.records)
     assert node.metrics.registry.get_sample_value("apiary_rounds_failed_total",
                                                   {"node": "va"}) in (None, 0)
 
