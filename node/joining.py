@@ -107,6 +107,7 @@ class Joiner:
     started_at: float | None = None
     finished_at: float | None = None
     pending: Pending | None = None
+    handed_round: int | None = None
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def progress(self) -> JoinProgress:
@@ -117,7 +118,8 @@ class Joiner:
         return JoinProgress(state=self.state, sponsor=self.sponsor, address=self.address,
                             error=self.error, seconds=seconds,
                             approvals=pending.approvals if pending else None,
-                            needed=pending.needed if pending else None)
+                            needed=pending.needed if pending else None,
+                            round=self.handed_round)
 
     @property
     def busy(self) -> bool:
@@ -284,6 +286,7 @@ class Joiner:
         log.info("node=%s joined the swarm as %s at round %d", node.name, identity.address,
                  round_number)
         node.adopt(weights, round_number, weights_digest(weights))
+        self.handed_round = round_number
 
 
     def _swarm_training(self, handover: Handover, contract: SwarmContract) -> SwarmConfig:

@@ -120,3 +120,5 @@ class JoinProgress(BaseModel):
     seconds: float | None
     approvals: int | None = Field(None, description="approvals the proposal has (majority rule)")
     needed: int | None = Field(None, description="approvals it needs")
+    round: int | None = Field(None, description="the round of the model the sponsor handed "
+                                                "over, once this node is a member")

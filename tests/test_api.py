@@ -652,7 +652,7 @@ def test_join_starts_in_the_background(api: Api) -> None:
     progress = api.client.get("/v1/join", headers=GOOD)
     assert progress.status_code == 200
     assert set(progress.json()) == {"state", "sponsor", "address", "error", "seconds",
-                                    "approvals", "needed"}
+                                    "approvals", "needed", "round"}
 
 
 def test_join_while_a_member_is_409(api: Api) -> None:
@@ -698,7 +698,8 @@ def test_a_real_joiner_reports_idle_before_it_starts(api: Api, tmp_path: Path) -
     reply = api.client.get("/v1/join", headers=GOOD)
     assert reply.status_code == 200
     assert reply.json() == {"state": "idle", "sponsor": None, "address": None, "error": None,
-                            "seconds": None, "approvals": None, "needed": None}
+                            "seconds": None, "approvals": None, "needed": None,
+                            "round": None}
 
 
 # ---------------------------------------------------------------------- the runtime's wiring

@@ -220,6 +220,7 @@ def test_a_fourth_hospital_joins_through_a_member_that_is_not_the_first(swarm) -
         newcomer.start_join(url, invite)
         progress = newcomer.follow_join(120)
     assert progress.state == "member", progress
+    assert progress.round is not None and progress.round >= 0
     address = own.address
     record = contract.member(address)
     assert record.active and record.tls_certificate == own.tls_certificate.encode()
@@ -232,6 +233,8 @@ def test_a_fourth_hospital_joins_through_a_member_that_is_not_the_first(swarm) -
 
     local.wait_until(took_part, 180, "the newcomer's first round")
     round_number = committed_rounds(local, NEWCOMER)[0]
+    # From the round after next of the model it was handed at the latest.
+    assert progress.round < round_number <= progress.round + 2
     assert address in contract.participants(round_number)
     assert len(round_digests(local, (*FOUNDERS, NEWCOMER), round_number)) == 1
 

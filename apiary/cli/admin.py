@@ -273,8 +273,9 @@ def _follow(session: Session, client: AdminClient, timeout_s: float) -> None:
     if final.state == "failed":
         raise JoinDidNotFinish(f"the join failed: {final.error}")
     if not out.json:
+        held = f", holding the round-{final.round} model" if final.round is not None else ""
         out.line(f"member {final.address} of the swarm, through {final.sponsor}, after "
-                 f"{final.seconds:.1f} s")
+                 f"{final.seconds:.1f} s{held}")
 
 
 @join.command("start")

@@ -442,8 +442,9 @@ def join_through_api(newcomer: NodeProcess, sponsor_url: str, token: str,
     """Invite, join, wait for membership; returns the round the newcomer surely takes part
     in, and the seconds onboarding took.
 
-    That is the round after next: the members may have fixed the next round's participants
-    before the newcomer was admitted, and then it joins from the round after.
+    That is the round after next of the model it was handed: the members may have fixed the
+    next round's participants before the newcomer was admitted, and then it joins from the
+    round after. (Not the round its status shows: it may have caught up a round since.)
     """
     name = newcomer.name
     started = time.monotonic()
@@ -461,7 +462,7 @@ def join_through_api(newcomer: NodeProcess, sponsor_url: str, token: str,
         if progress.state == "failed":
             raise DemoFailed(f"onboarding {name} failed: {progress.error}")
         seconds = time.monotonic() - started
-        held = client.status().round
+        held = progress.round if progress.round is not None else client.status().round
     emit(f"onboarding {name}: member {progress.address} after {seconds:.1f} s, "
          f"holding the round-{held} model")
     return held + 2, seconds
