@@ -34,7 +34,7 @@ from apiary.node.swarm import SwarmRound
 pytestmark = pytest.mark.chain
 
 PARAMS = 2 * SLOTS_PER_BLOCK + 321
-COMMIT_WINDOW_S = 6
+COMMIT_WINDOW_S = 12
 MAX_CORRELATION = 0.05
 TRAINING = SwarmConfig(TaskIdentity("masked-round", "1", "a" * 64, "b" * 64, PARAMS),
                        {"epochs": 1, "lr": 0.01, "batch_size": 16, "seed": 0})
