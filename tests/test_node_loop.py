@@ -175,6 +175,40 @@ def test_a_view_behind_the_round_the_node_holds_is_waited_out_and_never_stops_th
 
 
 @dataclass
+class FinalizationNotShownYet(ScriptedDriver):
+    """After round 2, one poll sees round 2 still open and round 1 the last finalized: the
+    node adopted round 2 a moment before the chain's finalization shows."""
+
+    stale_polls: int = 1
+    stale: bool = False
+
+    def current_round(self) -> int:
+        self.stale = self.round == 3 and self.stale_polls > 0
+        if self.stale:
+            self.stale_polls -= 1
+            return 2
+        return self.round
+
+    def last_finalized_round(self) -> int:
+        return 1 if self.stale else 0
+
+
+def test_a_round_adopted_before_its_finalization_shows_is_not_orphaned(
+    node, monkeypatch,
+) -> None:
+    monkeypatch.setattr(runtime, "CHAIN_BEHIND_POLL_S", 0.0)
+    driver = FinalizationNotShownYet([lambda w: w, lambda w: w + 0.01, lambda w: w + 0.02])
+    node.driver = driver
+    node.run()
+    assert driver.stale_polls == 0
+    assert driver.seen == [1, 2, 3], "round 2 is not run again"
+    history = node.state.snapshot()["history"]
+    assert [(r["round"], r["status"]) for r in history] == [
+        (1, "adopted"), (2, "adopted"), (3, "adopted")]
+    assert not (node.state.directory / "orphaned.json").exists()
+
+
+@dataclass
 class ChainLosingRound(ScriptedDriver):
     """Once round 3 is run, the chain forgets rounds 2 and 3 (a devnet restored from a
     state written before round 2 finalized) and opens round 2 again."""
